@@ -42,6 +42,8 @@ class AudioConfig:
     # AudioSet statistics used by AST and EAT: (x - mean) / (2 * std).
     norm_mean: float = -4.268
     norm_std: float = 4.569
+    # Kaldi fbank window; EAT and AST were trained on "hanning" (torchaudio's default is "povey").
+    window_type: str = "hanning"
 
 
 @dataclass
