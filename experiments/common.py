@@ -1,0 +1,291 @@
+"""Shared plumbing of the experiment scripts: command line, run configs, outputs, provenance, verdicts.
+
+Every script in this folder declares what it compares and leaves the rest here: the flags
+(`--preset`, `--out`, `--seeds`, `--runs`, the paper preset's local paths, checked up front), the
+four outputs of an experiment (`<name>.png` + `.pdf`, a tidy `<name>.csv`, `<name>.md` with the
+paper's numbers beside ours, `<name>.json` provenance) and the rule that turns a comparison over
+seeds into a verdict. It is plumbing only: it must never train, evaluate or compute a measurement,
+and never write a timestamp (or anything else that varies between identical runs) into a CSV or
+Markdown file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # scripts and tests run headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sam.config import ExperimentConfig, apply_overrides, config_hash, preset, to_dict  # noqa: E402
+
+import paper_numbers  # noqa: E402  (experiments/ is on sys.path when a script runs)
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("smoke", "cpu", "gpu", "paper")
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 3, "gpu": 3, "paper": 1}
+VERSIONED = ("torch", "transformers", "peft", "tokenizers", "safetensors", "numpy", "scipy", "pandas",
+             "scikit-learn", "matplotlib", "seaborn", "pycocoevalcap", "mamba-ssm", "causal-conv1d", "sam-audio")
+
+# The paper preset's local inputs: flag -> (what it is, "file" or "dir").
+PAPER_INPUTS: dict[str, tuple[str, str]] = {
+    "openaqa": ("OpenAQA training JSON (LTU format)", "file"),
+    "audioset": ("AudioSet folder: segment CSVs, class_labels_indices.csv, audio", "dir"),
+    "audiocaps": ("AudioCaps folder: test.csv and audio", "dir"),
+    "esc50": ("ESC-50 folder: meta/esc50.csv and audio", "dir"),
+    "mmau": ("MMAU test-mini JSON", "file"),
+    "eat_checkpoint": ("EAT-base checkpoint file or folder", "any"),
+    "mamba_checkpoints": ("folder holding state-spaces mamba2-130m, mamba2-780m, mamba2-2.7b", "dir"),
+    "tokenizer": ("GPT-NeoX tokenizer folder (tokenizer.json)", "dir"),
+    "clap": ("CLAP text tower folder for classification scoring", "dir"),
+}
+
+
+@dataclass
+class Settings:
+    """What one invocation of a script was asked to do."""
+
+    name: str
+    preset: str
+    out: Path
+    seeds: list[int]
+    runs: Path
+    overrides: list[str]
+    paths: dict[str, Path | None]
+    argv: list[str]
+    started: float = field(default_factory=time.perf_counter)
+
+
+def default_preset() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Sequence[str] | None = None) -> Settings:
+    """Parse the common flags. With ``--preset paper`` every input in `needs` must exist, else exit
+    with one message listing all that are missing."""
+    p = argparse.ArgumentParser(prog=f"{name}.py", description=description.strip().splitlines()[0])
+    p.add_argument("--preset", choices=PRESETS, default=None, help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
+    p.add_argument("--out", type=Path, default=REPO / "figures", help="output folder (default: figures/)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: 1 smoke/paper, 3 cpu/gpu)")
+    p.add_argument("--runs", type=Path, default=REPO / "runs", help="trained-run cache shared by all scripts (default: runs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every run, e.g. --set train.stages.0.steps=50")
+    for key, (what, _) in PAPER_INPUTS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=Path, default=None, help=f"paper preset: {what}")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.preset = args.preset or default_preset()
+    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.preset]
+    if seeds < 1:
+        p.error(f"--seeds must be at least 1, got {seeds}")
+    paths = {k: getattr(args, k) for k in PAPER_INPUTS}
+    if args.preset == "paper":
+        missing = missing_paper_inputs(paths, needs)
+        if missing:
+            p.error(f"the paper preset of {name} needs these local inputs:\n  " + "\n  ".join(missing))
+    return Settings(name, args.preset, args.out, list(range(seeds)), args.runs, args.overrides, paths,
+                    [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:
+    """One line per required input that is unset or absent, naming its flag and what it should be."""
+    lines = []
+    for key in needs:
+        what, kind = PAPER_INPUTS[key]
+        flag, path = "--" + key.replace("_", "-"), paths.get(key)
+        if path is None:
+            lines.append(f"{flag}: not given ({what})")
+        elif not path.exists() or (kind == "file" and not path.is_file()) or (kind == "dir" and not path.is_dir()):
+            lines.append(f"{flag} {path}: no such {'path' if kind == 'any' else kind} ({what})")
+        elif key == "mamba_checkpoints":
+            lines += [f"{flag} {path}: lacks {path / ('mamba2-' + n)}/config.json"
+                      for n in paper_numbers.LM_PARAMS if not (path / f"mamba2-{n}" / "config.json").is_file()]
+    return lines
+
+
+def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequence[str] = ()) -> ExperimentConfig:
+    """The config of one trained run: the preset at `lm_size`, this seed, the script's `changes`
+    (dotted ``key=value``) and then the user's ``--set`` overrides."""
+    cfg = preset(s.preset, lm_size)
+    cfg.train.seed = seed
+    if s.preset == "paper":
+        from sam.config import PAPER_LM_NAMES
+
+        cfg.model.encoder.checkpoint = str(s.paths["eat_checkpoint"] or "")
+        if s.paths["mamba_checkpoints"] is not None:
+            cfg.model.lm_checkpoint = str(s.paths["mamba_checkpoints"] / f"mamba2-{PAPER_LM_NAMES[lm_size]}")
+        cfg.model.tokenizer = str(s.paths["tokenizer"] or "")
+    return apply_overrides(cfg, [*changes, *s.overrides])
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds: spread and verdicts
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def fmt(values: Sequence[float], digits: int = 1) -> str:
+    """'mean ± std (n=k)', or the single value when there is one seed."""
+    m, sd, n = spread(values)
+    if n == 0:
+        return "n/a"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {sd:.{digits}f} (n={n})"
+
+
+@dataclass
+class Finding:
+    """One of the paper's findings checked against our runs."""
+
+    key: str
+    measurement: str
+    verdict: str  # held | did not hold | inconclusive
+    rule: str
+
+    @property
+    def claim(self) -> str:
+        return paper_numbers.FINDINGS[self.key]
+
+
+def compare(key: str, better: Sequence[float], worse: Sequence[float], better_name: str, worse_name: str,
+            unit: str = "") -> Finding:
+    """Verdict on the claim "`better` > `worse`" from per-seed paired values.
+
+    held: the mean paired difference is positive and more than twice its standard error;
+    did not hold: negative by the same margin; inconclusive otherwise, and always with fewer than
+    two seeds (one seed gives no spread to judge against).
+    """
+    if len(better) != len(worse):
+        raise ValueError(f"{key}: {len(better)} values for {better_name} but {len(worse)} for {worse_name}; pair them by seed")
+    d = np.asarray(better, dtype=float) - np.asarray(worse, dtype=float)
+    d = d[np.isfinite(d)]
+    m, sd, n = spread(d)
+    se = sd / math.sqrt(n) if n > 1 else math.inf
+    t = m / se if n > 1 and se > 0 else (math.copysign(math.inf, m) if n > 1 and m != 0 else 0.0)
+    verdict = "held" if t > 2 else "did not hold" if t < -2 else "inconclusive"
+    measurement = f"{better_name} {fmt(better, 2)}{unit} vs {worse_name} {fmt(worse, 2)}{unit}; difference {fmt(d, 2)}{unit}"
+    return Finding(key, measurement, verdict, "paired over seeds: held if mean difference > 2 standard errors")
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[plt.Figure, np.ndarray]:
+    """A figure in the project's style; axes always come back as a flat array."""
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, constrained_layout=True)
+    return fig, axes.ravel()
+
+
+def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.DataFrame, *, title: str,
+                  notes: str = "", configs: dict[str, ExperimentConfig] | None = None,
+                  findings: Sequence[Finding] = (), data_roots: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Write `<name>.png/.pdf/.csv/.md/.json` under `s.out` and return their paths.
+
+    `data` is tidy (one row per measurement) and is written sorted by all its columns, so the
+    same measurements give byte-identical files whatever order they were produced in.
+    """
+    if data.empty:
+        raise ValueError(f"{s.name}: no measurements to write")
+    s.out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: s.out / f"{s.name}.{ext}" for ext in ("png", "pdf", "csv", "md", "json")}
+    data.sort_values(list(data.columns), kind="stable").to_csv(paths["csv"], index=False, float_format="%.6g", lineterminator="\n")
+    fig.savefig(paths["png"], dpi=150, metadata={"Software": None})
+    fig.savefig(paths["pdf"], metadata={"CreationDate": None, "Creator": None})
+    plt.close(fig)
+    md = [f"# {title}", "", f"Preset `{s.preset}`, seeds {s.seeds}. Written by `experiments/{s.name}.py`.", "",
+          table.to_markdown(index=False, floatfmt=".4g")]
+    if findings:
+        md += ["", "| paper finding | our measurement | verdict |", "|---|---|---|"]
+        md += [f"| {f.claim} | {f.measurement} | {f.verdict} |" for f in findings]
+    md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
+    paths["md"].write_text("\n".join(md).rstrip() + "\n")
+    prov = provenance(s, configs or {}, data_roots)
+    prov["findings"] = [dict(dataclasses.asdict(f), claim=f.claim) for f in findings]
+    paths["json"].write_text(json.dumps(prov, indent=2, sort_keys=False) + "\n")
+    return paths
+
+
+def provenance(s: Settings, configs: dict[str, ExperimentConfig], data_roots: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Everything needed to tell how an output was made and to make it again."""
+    roots = sorted({str(r) for r in data_roots} | {c.data.root for c in configs.values()})
+    return {
+        "experiment": s.name,
+        "command": "python " + shlex.join(["experiments/" + s.argv[0], *s.argv[1:]]),
+        "git": git_state(),
+        "preset": s.preset,
+        "seeds": s.seeds,
+        "overrides": s.overrides,
+        "config_hashes": {label: config_hash(c) for label, c in configs.items()},
+        "configs": {label: to_dict(c) for label, c in configs.items()},
+        "data_manifests": {r: manifest_hash(r) for r in roots},
+        "device": device_name(),
+        "versions": library_versions(),
+        "wall_time_s": round(time.perf_counter() - s.started, 2),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        # Tracked files only: untracked outputs (figures, runs) must not mark the code dirty.
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError) as e:
+        return {"commit": f"unknown ({type(e).__name__}: not a git checkout or git missing)", "dirty": None}
+
+
+def manifest_hash(root: str | Path) -> str:
+    """sha256 of the corpus manifest under `root`, or a sentence saying why there is none."""
+    root = Path(root) if Path(root).is_absolute() else REPO / root
+    found = sorted(p for p in root.glob("manifest.*") if p.is_file()) if root.is_dir() else []
+    if not found:
+        return f"none: no manifest.* under {Path(root).name}/"
+    h = hashlib.sha256()
+    for p in found:
+        h.update(p.read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()} (CUDA {torch.version.cuda})"
+    return f"CPU {platform.machine()} {platform.processor() or ''}".rstrip() + f", {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,73 @@
+"""The experiment scripts: common plumbing, and every script on the smoke preset (all outputs,
+filled provenance, same seed -> identical CSV)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+import common  # noqa: E402
+
+
+def test_paper_preset_lists_every_missing_input_in_one_message(tmp_path, capsys):
+    ckpts = tmp_path / "mamba"
+    (ckpts / "mamba2-130m").mkdir(parents=True)
+    (ckpts / "mamba2-130m" / "config.json").write_text("{}")
+    argv = ["--preset", "paper", "--mamba-checkpoints", str(ckpts), "--mmau", str(tmp_path / "nope.json")]
+    with pytest.raises(SystemExit) as e:
+        common.parse_args("table_x", "doc", needs=["openaqa", "mmau", "mamba_checkpoints", "eat_checkpoint"], argv=argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--openaqa: not given" in err and "--eat-checkpoint: not given" in err
+    assert "nope.json: no such file" in err
+    assert "mamba2-780m" in err and "mamba2-2.7b" in err and "mamba2-130m/config.json" not in err
+
+
+def test_non_paper_presets_ignore_paper_inputs_and_default_seeds():
+    s = common.parse_args("table_x", "doc", needs=["openaqa"], argv=["--preset", "cpu"])
+    assert s.seeds == [0, 1, 2] and s.paths["openaqa"] is None
+    s = common.parse_args("table_x", "doc", argv=["--preset", "smoke", "--seeds", "2", "--set", "train.seed=5"])
+    assert s.seeds == [0, 1] and s.overrides == ["train.seed=5"]
+
+
+def test_run_config_applies_seed_changes_then_user_overrides():
+    s = common.parse_args("t", "doc", argv=["--preset", "smoke", "--set", "model.lora.rank=2"])
+    cfg = common.run_config(s, "small", seed=3, changes=["model.connector.layout=time_major", "model.lora.rank=16"])
+    assert cfg.train.seed == 3 and cfg.model.connector.layout == "time_major"
+    assert cfg.model.lora.rank == 2  # the user's --set wins over the script's change
+
+
+@pytest.mark.parametrize(
+    "better, worse, verdict",
+    [([0.8, 0.82, 0.79], [0.5, 0.52, 0.49], "held"),
+     ([0.5, 0.52, 0.49], [0.8, 0.82, 0.79], "did not hold"),
+     ([0.8, 0.4, 0.6], [0.5, 0.7, 0.6], "inconclusive"),
+     ([0.9], [0.1], "inconclusive")],
+)
+def test_compare_gives_verdict_from_paired_seeds(better, worse, verdict):
+    f = common.compare("joint_finetuning", better, worse, "finetuned", "frozen")
+    assert f.verdict == verdict and "finetuned" in f.measurement and f.claim
+
+
+def test_write_outputs_writes_four_outputs_with_filled_provenance(tmp_path):
+    s = common.parse_args("demo", "doc", argv=["--preset", "smoke", "--out", str(tmp_path)])
+    data = pd.DataFrame({"seed": [1, 0], "value": [0.25, 0.5]})
+    fig, axes = common.figure()
+    axes[0].plot(data.seed, data.value)
+    cfgs = {"base": common.run_config(s)}
+    paths = common.write_outputs(s, data, fig, data, title="Demo", configs=cfgs)
+    for ext in ("png", "pdf", "csv", "md", "json"):
+        assert paths[ext].stat().st_size > 0
+    assert paths["csv"].read_text().splitlines() == ["seed,value", "0,0.5", "1,0.25"]  # sorted, no timestamps
+    prov = json.loads(paths["json"].read_text())
+    assert len(prov["git"]["commit"]) == 40 and isinstance(prov["git"]["dirty"], bool)
+    assert prov["preset"] == "smoke" and prov["seeds"] == [0]
+    assert prov["config_hashes"]["base"] == common.config_hash(cfgs["base"])
+    assert prov["versions"]["torch"] != "not installed" and prov["device"] and prov["wall_time_s"] >= 0
+    assert list(prov["data_manifests"]) == ["data"] and prov["command"].startswith("python experiments/demo.py")
