@@ -180,13 +180,18 @@ class ExperimentConfig:
 # Presets
 
 
-def _curriculum(scale: float, bs: int, reasoning: bool = True) -> list[StageConfig]:
-    """The four-stage LTU/SAM curriculum (+ optional stage 5); `scale` multiplies step counts."""
+def _curriculum(scale: float, bs: int, reasoning: bool = True, encoder_pretraining: bool = True) -> list[StageConfig]:
+    """The four-stage LTU/SAM curriculum (+ optional stage 5); `scale` multiplies step counts.
+
+    With `encoder_pretraining`, a stage 0 first trains the encoder alone with a linear multi-label
+    head on the corpus classes (standing in for EAT's AudioSet finetuning when no checkpoint is given).
+    """
 
     def s(n: int) -> int:
         return max(2, int(round(n * scale)))
 
-    stages = [
+    stages = [StageConfig("stage0", ["classification"], ["encoder", "head"], 5e-4, s(300), s(30), bs)] if encoder_pretraining else []
+    stages += [
         StageConfig("stage1", ["classification"], ["connector"], 1e-3, s(300), s(30), bs),
         StageConfig("stage2", ["classification"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs),
         StageConfig("stage3", ["classification", "closed"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs),
@@ -249,7 +254,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.encoder = EncoderConfig(size="base")
         cfg.model.lm = MambaConfig()  # replaced by the checkpoint's own config.json on load
         cfg.model.lora = LoraConfig(rank=256)
-        cfg.train = TrainConfig(stages=_curriculum(100.0, 32, reasoning=False))
+        cfg.train = TrainConfig(stages=_curriculum(100.0, 32, reasoning=False, encoder_pretraining=False))
         return cfg
     raise ConfigError(f"unknown preset {name!r}; choose one of smoke, cpu, gpu, paper")
 
