@@ -167,6 +167,16 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How generated text is scored (sam.evaluate); batch size and length live in TrainConfig."""
+
+    text_encoder: str = "minilm"  # minilm (bundled all-MiniLM-L6-v2, LTU-style) | clap (SAM's protocol)
+    text_encoder_path: str = ""  # local CLAP checkpoint dir, required for text_encoder=clap
+    corenlp_dir: str = ""  # dir with stanford-corenlp-3.6.0.jar + -models.jar; "" = SPICE not computed
+    f1_top_k: int = 1  # micro-F1 predicts each clip's top-k classes (LTU's DCASE protocol: 1)
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one run needs. Its hash (`config_hash`) names the run directory."""
 
@@ -174,6 +184,7 @@ class ExperimentConfig:
     model: SAMConfig = field(default_factory=SAMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +265,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.encoder = EncoderConfig(size="base")
         cfg.model.lm = MambaConfig()  # replaced by the checkpoint's own config.json on load
         cfg.model.lora = LoraConfig(rank=256)
+        cfg.eval = EvalConfig(text_encoder="clap")  # text_encoder_path must name a local CLAP checkpoint
         cfg.train = TrainConfig(stages=_curriculum(100.0, 32, reasoning=False, encoder_pretraining=False))
         return cfg
     raise ConfigError(f"unknown preset {name!r}; choose one of smoke, cpu, gpu, paper")
