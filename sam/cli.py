@@ -1,21 +1,270 @@
-"""The `sam` command line. Each subcommand is a thin wrapper over a library function."""
+"""The `sam` command line. Each subcommand is a thin wrapper over a library function.
+
+Configuration mistakes (unknown key, wrong type, missing file) end the command with a one-line
+message naming the key and exit code 2, never a traceback. Batch commands (`caption`) report each
+bad input on its own line and go on with the rest.
+
+This module must never hold training, evaluation or analysis logic of its own.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
+
+from sam.config import ConfigError, ExperimentConfig, apply_overrides, load_yaml, preset
+
+EXIT_CONFIG = 2
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam",
+        description="SAM: a Mamba-2 state-space audio-language model. Train it through a staged curriculum, "
+        "evaluate it, ask it about audio, and probe its audio-token representations.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "prepare-data", "extract the real-audio corpus from the Debian sound packages",
+             "Extract the embedded default corpus (ufoai, OpenSFX, Sonic Pi and Asterisk recordings installed "
+             "with apt) into ROOT with a manifest of clips, labels, captions and licences.")
+    p.add_argument("--root", default="data", help="output folder")
+
+    p = _add(sub, "train", "train a model through the stage curriculum of a config",
+             "Train the curriculum of a YAML config (e.g. configs/smoke.yaml), with dotted key=value overrides "
+             "such as train.stages.1.lr=3e-4 or model.lora.rank=16. Stages already trained by any earlier run "
+             "with the same settings are reused from RUNS_DIR; an interrupted stage resumes from its newest "
+             "checkpoint. Launch under torchrun for several processes. Prints the run directory.")
+    p.add_argument("--config", required=True, help="experiment YAML (top-level `preset: NAME` plus overrides)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--runs-dir", default="runs", help="run cache folder")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = _add(sub, "eval", "evaluate a trained model on a data split",
+             "Generate answers for a split's examples and score them: classification (mAP, accuracy, micro-F1 "
+             "from text-embedding similarity), captioning (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE when CoreNLP "
+             "is configured) and multiple choice (MMAU string match). Writes metrics.json and predictions.csv.")
+    _model_args(p)
+    p.add_argument("--config", default=None, help="experiment YAML for the data settings (default: the run's own)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="which split")
+    p.add_argument("--tasks", nargs="+", default=["classification", "closed", "open", "caption", "reasoning"], help="tasks to evaluate")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many examples (0 = all)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval-<split>, or ./eval-<split>)")
+
+    p = _add(sub, "caption", "describe audio files in one sentence each",
+             "Caption each AUDIO file with a trained model (greedy decoding). Unreadable files are reported "
+             "and skipped; the exit code is 1 if any failed.")
+    _model_args(p)
+    p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3)")
+    p.add_argument("--instruction", default="Write a caption for the audio clip.", help="the instruction given to the model")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens")
+
+    p = _add(sub, "ask", "ask a question about an audio file",
+             "Answer QUESTION about AUDIO with a trained model (greedy decoding).")
+    _model_args(p)
+    p.add_argument("audio", help="audio file")
+    p.add_argument("question", help="the question, in plain text")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens")
+
+    p = _add(sub, "probe", "measure audio-token rank, similarity and SSM state updates",
+             "Run audio through a trained model with hooks on the named SITES (e.g. encoder.out connector.out "
+             "'lm.layers.*') and write one CSV row per clip and site: tau-effective rank, effective rank and "
+             "mean pairwise cosine similarity of the audio tokens; with --state, also the Mamba-2 state-update "
+             "distance between adjacent audio tokens per LM layer.")
+    _model_args(p)
+    p.add_argument("--audio", nargs="+", required=True, help="audio files")
+    p.add_argument("--sites", nargs="+", default=["connector.out", "lm.layers.*"], help="probe sites; * matches layer numbers")
+    p.add_argument("--tau", type=float, default=0.99, help="energy fraction for the tau-effective rank")
+    p.add_argument("--state", action="store_true", help="also compute state-update distances (one row per clip and layer)")
+    p.add_argument("--out", required=True, help="CSV to write")
+
+    p = _add(sub, "data-summary", "count examples per split and task, and list the classes",
+             "Build the examples of every split from a config's data settings and print how many there are per "
+             "task, the number of classes and the most frequent classes.")
+    p.add_argument("--config", default=None, help="experiment YAML (default: the preset given by --preset)")
+    p.add_argument("--preset", default="smoke", help="preset when no --config is given")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", help="a run directory written by `sam train`")
+    g.add_argument("--checkpoint", help="a SAM checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _config(path: str | None, name: str, overrides: list[str]) -> ExperimentConfig:
+    cfg = load_yaml(path) if path else preset(name)
+    return apply_overrides(cfg, overrides)
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, ExperimentConfig | None]:
+    if args.run:
+        from sam.runs import load_run
+
+        model, exp = load_run(args.run, _device(args.device))
+        return model.eval(), exp
+    from sam.model import SAM
+
+    if not (Path(args.checkpoint) / "config.json").is_file():
+        raise ConfigError(f"--checkpoint {args.checkpoint}: not a SAM checkpoint directory (no config.json)")
+    return SAM.from_pretrained(args.checkpoint).to(_device(args.device)).eval(), None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sam.runs import train_or_load
+
+    exp = _config(args.config, "", args.overrides)
+    run_dir = train_or_load(exp, args.runs_dir, device=args.device, progress=not args.no_progress)
+    print(run_dir)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sam.data import build_examples
+    from sam.evaluate import default_audio_loader, evaluate_examples
+
+    model, exp = _load_model(args)
+    if args.config:
+        exp = load_yaml(args.config)
+    if exp is None:
+        raise ConfigError("--checkpoint needs --config for the data settings (a --run knows its own)")
+    examples = build_examples(exp.data, args.split, list(args.tasks))
+    if args.limit:
+        examples = examples[: args.limit]
+    metrics, predictions = evaluate_examples(
+        model,
+        examples,
+        batch_size=exp.train.eval_batch_size,
+        max_new_tokens=exp.train.max_new_tokens,
+        audio_loader=default_audio_loader(exp.data.root, exp.model.audio.sample_rate),
+        config=exp.eval,
+        progress=True,
+    )
+    out = Path(args.out or (Path(args.run) / f"eval-{args.split}" if args.run else f"eval-{args.split}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    predictions.to_csv(out / "predictions.csv", index=False)
+    print(json.dumps(metrics, indent=2, default=str))
+    print(f"wrote {out / 'metrics.json'} and {out / 'predictions.csv'}")
+    return 0
+
+
+def _load_waves(paths: list[str], sample_rate: int) -> tuple[list[Any], list[str], int]:
+    from sam.audio import AudioError, load_audio
+
+    waves, names, bad = [], [], 0
+    for path in paths:
+        try:
+            waves.append(load_audio(path, sample_rate))
+            names.append(path)
+        except AudioError as e:
+            print(f"sam: skipped {e}", file=sys.stderr)
+            bad += 1
+    return waves, names, bad
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    model, _ = _load_model(args)
+    waves, names, bad = _load_waves(args.audio, model.config.audio.sample_rate)
+    if waves:
+        answers = model.generate(waves, [args.instruction] * len(waves), max_new_tokens=args.max_new_tokens)
+        for name, text in zip(names, answers):
+            print(f"{name}\t{text}")
+    return 1 if bad else 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    model, _ = _load_model(args)
+    waves, _, bad = _load_waves([args.audio], model.config.audio.sample_rate)
+    if bad:
+        return 1
+    print(model.generate(waves, [args.question], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    try:
+        from probes.report import probe_table
+    except ImportError as e:
+        raise ConfigError(f"`sam probe` needs the probes package's report module, which is not available: {e}") from None
+    model, _ = _load_model(args)
+    waves, names, bad = _load_waves(args.audio, model.config.audio.sample_rate)
+    if waves:
+        table = probe_table(model, waves, names, args.sites, tau=args.tau, state=args.state)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+        print(f"wrote {len(table)} rows to {args.out}")
+    return 1 if bad else 0
+
+
+def cmd_data_summary(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from sam.data import build_examples
+    from sam.data.types import TASKS
+
+    exp = _config(args.config, args.preset, args.overrides)
+    rows, labels = [], pd.Series(dtype=int)
+    for split in ("train", "valid", "test"):
+        examples = build_examples(exp.data, split, list(TASKS))
+        counts = pd.Series([e.task for e in examples]).value_counts()
+        rows.append({"split": split, "examples": len(examples), **{t: int(counts.get(t, 0)) for t in TASKS}})
+        if split == "train":
+            labels = pd.Series([label for e in examples if e.task == "classification" for label in e.labels]).value_counts()
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    print(f"\n{len(labels)} classes in train; most frequent:")
+    print(labels.head(15).rename("clips").to_markdown())
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from sam.data.corpus import prepare_corpus
+
+    prepare_corpus(args.root)
+    return 0
+
+
+COMMANDS = {
+    "prepare-data": cmd_prepare_data,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "caption": cmd_caption,
+    "ask": cmd_ask,
+    "probe": cmd_probe,
+    "data-summary": cmd_data_summary,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sam", description="SAM: Mamba-2 audio-language model toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare-data", help="extract the real-audio corpus from the Debian sound packages")
-    p.add_argument("--root", default="data", help="output folder (default: data)")
-    args = parser.parse_args(argv)
-    if args.command == "prepare-data":
-        from sam.data.corpus import prepare_corpus
-
-        prepare_corpus(args.root)
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"sam {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""The run cache: train an `ExperimentConfig` once, reuse every stage any later config shares.
+
+Stage i of a curriculum is fully determined by the model, data and optimizer settings plus
+stages 0..i, so it is stored under ``runs/stages/<i>-<name>-<hash of that prefix>/`` and any
+config with the same prefix (a later experiment that only changes stage 4, say) starts from it.
+A run directory ``runs/<config_hash>/`` holds ``config.yaml``, ``run.json`` (which stage
+directories it used), ``log.csv`` (all stages' step logs) and ``model/`` (the last stage's SAM
+checkpoint, hard-linked where the file system allows).
+
+Settings that cannot change the weights (log and checkpoint intervals, evaluation batch size,
+decoding length, data root and worker count) are left out of the keys; the device kind is in
+them, since bf16 autocast on CUDA and fp32 on CPU train different weights.
+
+This module must never return a run directory whose model is incomplete, and never let two
+processes train the same stage at once (a lock file serializes them).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from sam.checkpoint import publish_dir
+from sam.config import ConfigError, ExperimentConfig, config_hash, save_yaml, to_dict
+from sam.train import Dist, StageData, check_stages, init_distributed, seed_all, train_stage
+
+_NOT_WEIGHT_FIELDS = {
+    "data": ("root", "num_workers"),
+    "train": ("stages", "checkpoint_every", "log_every", "eval_batch_size", "max_new_tokens"),
+}
+
+
+def _weight_settings(exp: ExperimentConfig, device_type: str) -> dict[str, Any]:
+    d = to_dict(exp)
+    return {
+        "model": d["model"],
+        "data": {k: v for k, v in d["data"].items() if k not in _NOT_WEIGHT_FIELDS["data"]},
+        "train": {k: v for k, v in d["train"].items() if k not in _NOT_WEIGHT_FIELDS["train"]},
+        "device": device_type,
+    }
+
+
+def stage_keys(exp: ExperimentConfig, device_type: str = "cpu") -> list[str]:
+    """Hash per stage of everything that determines that stage's weights (the config prefix)."""
+    base = _weight_settings(exp, device_type)
+    stages = to_dict(exp.train.stages)
+    return [config_hash({**base, "stages": stages[: i + 1]}) for i in range(len(stages))]
+
+
+def stage_dirs(exp: ExperimentConfig, runs_dir: str | Path = "runs", device_type: str = "cpu") -> list[Path]:
+    root = Path(runs_dir) / "stages"
+    return [root / f"{i}-{s.name}-{k}" for i, (s, k) in enumerate(zip(exp.train.stages, stage_keys(exp, device_type)))]
+
+
+def run_dir_for(exp: ExperimentConfig, runs_dir: str | Path = "runs") -> Path:
+    return Path(runs_dir) / config_hash(exp)
+
+
+@contextlib.contextmanager
+def _lock(path: Path, dist: Dist) -> Iterator[None]:
+    """Exclusive lock held by rank 0 while the other ranks wait at a barrier."""
+    fh = None
+    if dist.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "w")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    dist.barrier()
+    try:
+        yield
+    finally:
+        dist.barrier()
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and data
+
+
+def get_tokenizer(exp: ExperimentConfig, runs_dir: str | Path, dist: Dist | None = None) -> Any:
+    """The configured tokenizer dir, else a BPE trained on the corpus text (cached by data settings)."""
+    from sam.tokenizer import load_tokenizer, train_bpe
+
+    dist = dist or Dist()
+    if exp.model.tokenizer:
+        if not Path(exp.model.tokenizer).is_dir():
+            raise ConfigError(f"model.tokenizer: {exp.model.tokenizer} is not a directory")
+        return load_tokenizer(exp.model.tokenizer)
+    data = _weight_settings(exp, "any")["data"]
+    folder = Path(runs_dir) / "tokenizers" / config_hash({"data": data, "vocab_size": exp.data.bpe_vocab_size})
+    with _lock(folder.with_name(folder.name + ".lock"), dist):
+        if dist.is_main and not folder.is_dir():
+            from sam.data import corpus_texts
+
+            texts = list(corpus_texts(exp.data))
+            publish_dir(folder, lambda tmp: train_bpe(texts, exp.data.bpe_vocab_size, tmp))
+    return load_tokenizer(folder)
+
+
+def stage_data(exp: ExperimentConfig, stage_index: int, tokenizer: Any) -> StageData:
+    """Training and validation examples of a stage's task mixture, plus dataset/collate builders."""
+    from sam.data import build_examples
+    from sam.data.dataset import SAMDataset, collate
+
+    stage = exp.train.stages[stage_index]
+    train = build_examples(exp.data, "train", list(stage.tasks))
+    valid = build_examples(exp.data, "valid", list(stage.tasks))
+    audio_cfg, root = exp.model.audio, exp.data.root
+
+    def make_dataset(examples: list[Any]) -> Any:
+        return SAMDataset(examples, audio_cfg, tokenizer, root)
+
+    return StageData(train, valid, make_dataset, collate)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights between stages
+
+
+def build_model(exp: ExperimentConfig, tokenizer: Any, device: torch.device) -> Any:
+    from sam.model import SAM
+
+    seed_all(exp.train.seed)
+    return SAM(exp.model, tokenizer).to(device)
+
+
+def load_weights(model: Any, checkpoint_dir: Path) -> None:
+    """Copy a stage's final weights (a SAM checkpoint dir) into `model` in place."""
+    from sam.model import SAM
+
+    saved = SAM.from_pretrained(checkpoint_dir)
+    result = model.load_state_dict(saved.state_dict(), strict=True)
+    del saved, result
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=copy)
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+
+
+def train_or_load(
+    exp: ExperimentConfig, runs_dir: str | Path = "runs", device: str | None = None, progress: bool = True
+) -> Path:
+    """Train `exp` (reusing every cached stage it shares with earlier runs) and return its run dir.
+
+    Under torchrun every process calls this; rank 0 writes, all ranks train.
+    """
+    check_stages(exp.train)
+    dist = init_distributed(device)
+    runs_dir = Path(runs_dir)
+    run_dir = run_dir_for(exp, runs_dir)
+    if (run_dir / "model").is_dir():
+        return run_dir
+    dirs = stage_dirs(exp, runs_dir, dist.device.type)
+    tokenizer = get_tokenizer(exp, runs_dir, dist)
+    model = build_model(exp, tokenizer, dist.device)
+    loaded: Path | None = None  # the final whose weights `model` holds
+    summaries = []
+    for i, (stage, sdir) in enumerate(zip(exp.train.stages, dirs)):
+        with _lock(sdir.with_name(sdir.name + ".lock"), dist):
+            final = sdir / "final"
+            if not final.is_dir():
+                prev = dirs[i - 1] / "final" if i else None
+                if prev is not None and loaded != prev:
+                    load_weights(model, prev)
+                train_stage(model, exp, i, stage_data(exp, i, tokenizer), sdir, dist, progress)
+                loaded = final
+        summaries.append(json.loads((final / "summary.json").read_text()))
+    if dist.is_main:
+        _publish_run(exp, run_dir, dirs, summaries, dist)
+    dist.barrier()
+    return run_dir
+
+
+def _publish_run(exp: ExperimentConfig, run_dir: Path, dirs: list[Path], summaries: list[dict], dist: Dist) -> None:
+    import pandas as pd
+
+    def build(tmp: Path) -> None:
+        save_yaml(exp, tmp / "config.yaml")
+        info = {
+            "config_hash": config_hash(exp),
+            "device": dist.device.type,
+            "world_size": dist.world_size,
+            "stages": [{"name": s.name, "dir": os.path.relpath(d, run_dir), "summary": m} for s, d, m in zip(exp.train.stages, dirs, summaries)],
+        }
+        (tmp / "run.json").write_text(json.dumps(info, indent=2))
+        logs = [pd.read_csv(d / "log.csv") for d in dirs if (d / "log.csv").is_file()]
+        if logs:
+            pd.concat(logs, ignore_index=True).to_csv(tmp / "log.csv", index=False)
+        _link_tree(dirs[-1] / "final", tmp / "model")
+
+    if run_dir.is_dir() and not (run_dir / "model").is_dir():
+        shutil.rmtree(run_dir)  # an unfinished publish from a killed process
+    publish_dir(run_dir, build)
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Any, ExperimentConfig]:
+    """The trained SAM of a run directory and the config it was trained with."""
+    from sam.config import load_yaml
+    from sam.model import SAM
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model").is_dir():
+        raise ConfigError(f"{run_dir} is not a finished run directory (no model/ inside); train it with `sam train`")
+    exp = load_yaml(run_dir / "config.yaml")
+    model = SAM.from_pretrained(run_dir / "model")
+    if device:
+        model = model.to(device)
+    return model, exp

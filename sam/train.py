@@ -1,0 +1,580 @@
+"""One curriculum stage of SAM training: optimizer, schedule, loop, checkpoints, resume, DDP.
+
+`train_stage` trains a `SAM` (or, for an encoder-pretraining stage, the audio tower plus a linear
+multi-label head) for `StageConfig.steps` optimizer steps on the stage's task mixture:
+AdamW (fused on CUDA), linear warmup then cosine decay to `min_lr_ratio` (LambdaLR), gradient
+accumulation, gradient clipping, bf16 autocast on CUDA. Every step's loss is the exact mean over
+the global batch (response tokens, or clips for the head), whatever the number of processes or
+accumulation steps, so two ranks under torchrun reproduce one process at the same global batch.
+
+Data order is a pure function of (seed, stage, position): each epoch is a seeded permutation and a
+micro-batch is a slice of that stream, so resuming needs only the step counter. A checkpoint holds
+the trainable weights, optimizer, scheduler, every rank's RNG state and the data position; resuming
+from it continues bit for bit on CPU. The run cache and stage chaining live in `sam.runs`.
+
+This module must never change weights outside the stage's trainable groups, never write a
+checkpoint non-atomically, and never draw from the global RNG for data order.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
+from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
+from sam.prompt import IGNORE_INDEX
+
+GROUPS = ("encoder", "connector", "lora", "lm", "head")
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and devices
+
+
+@dataclass
+class Dist:
+    """Where this process runs: rank among `world_size` torchrun processes, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            tdist.barrier()
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {want!r} requested but CUDA is not available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=torch.device(want))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = want.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(rank, world, local, torch.device(f"cuda:{local}") if cuda else torch.device("cpu"))
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA for precision=auto; explicit bf16 anywhere; fp32 otherwise."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision: expected auto, fp32 or bf16, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
+# RNG
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def stage_seed(train: TrainConfig, stage_index: int) -> int:
+    # Each stage starts from its own seed, so a stage trained after loading its predecessors from
+    # the run cache matches one trained straight after them.
+    return train.seed * 1009 + stage_index
+
+
+# --------------------------------------------------------------------------------------------
+# Data order
+
+
+class StreamSampler(Sampler[list[int]]):
+    """Yields this rank's share of global micro-batches, starting at micro-batch `start`.
+
+    The stream is epoch 0's permutation, then epoch 1's, ...; each epoch's permutation comes from
+    a generator seeded with (seed, epoch). Global micro-batch j is stream positions
+    [j*B, (j+1)*B); rank r takes the r-th of `world_size` equal slices of it.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+        if n <= 0:
+            raise ConfigError("the stage has no training examples (check its tasks and data settings)")
+        if batch_size % world_size:
+            raise ConfigError(f"batch_size {batch_size} is not divisible by the {world_size} torchrun processes")
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.rank, self.world_size = rank, world_size
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perms[epoch]
+
+    def position(self, micro_batch: int) -> dict[str, int]:
+        """Epoch and offset in that epoch where global micro-batch `micro_batch` starts."""
+        pos = micro_batch * self.batch_size
+        return {"epoch": pos // self.n, "offset": pos % self.n, "micro_batch": micro_batch}
+
+    def __iter__(self) -> Iterator[list[int]]:
+        local = self.batch_size // self.world_size
+        j = self.start
+        while True:
+            first = j * self.batch_size + self.rank * local
+            yield [int(self._perm(p // self.n)[p % self.n]) for p in range(first, first + local)]
+            j += 1
+
+    def __len__(self) -> int:  # an endless stream; DataLoader only needs a number
+        return 2**62
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder pretraining head (stage 0)
+
+
+class EncoderClassifier(nn.Module):
+    """Audio tower + linear multi-label head on the mean-pooled patch grid (stands in for EAT's
+    AudioSet finetuning). The head is discarded after the stage; the tower is SAM's own module."""
+
+    def __init__(self, audio_tower: nn.Module, dim: int, classes: Sequence[str]):
+        super().__init__()
+        self.audio_tower = audio_tower
+        self.classes = list(classes)
+        self.head = nn.Linear(dim, len(self.classes))
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.audio_tower(batch["fbank"])  # [B, T, F, D]
+        logits = self.head(grid.mean(dim=(1, 2)))
+        target = self.targets(batch["examples"]).to(logits.device)
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), target), logits
+
+    def targets(self, examples: Sequence[Any]) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.classes)}
+        y = torch.zeros(len(examples), len(self.classes))
+        for row, ex in enumerate(examples):
+            for label in ex.labels:
+                if label in index:
+                    y[row, index[label]] = 1.0
+        return y
+
+
+def is_encoder_stage(stage: StageConfig) -> bool:
+    """A stage that trains the multi-label head trains the audio tower alone (stage 0)."""
+    return "head" in stage.trainable
+
+
+def check_stages(train: TrainConfig) -> None:
+    """Raise ConfigError naming the key of the first impossible stage setting."""
+    from sam.data.types import TASKS
+
+    if not train.stages:
+        raise ConfigError("train.stages is empty; a run needs at least one stage")
+    for i, stage in enumerate(train.stages):
+        key = f"train.stages.{i}"
+        bad = sorted(set(stage.trainable) - set(GROUPS))
+        if bad or not stage.trainable:
+            raise ConfigError(f"{key}.trainable: unknown group {bad[0]!r}; choose from {', '.join(GROUPS)}" if bad else f"{key}.trainable is empty")
+        if "head" in stage.trainable and set(stage.trainable) - {"encoder", "head"}:
+            raise ConfigError(f"{key}.trainable: the 'head' stage trains encoder + head only, not {sorted(set(stage.trainable) - {'encoder', 'head'})}")
+        bad = sorted(set(stage.tasks) - set(TASKS))
+        if bad or not stage.tasks:
+            raise ConfigError(f"{key}.tasks: unknown task {bad[0]!r}; choose from {', '.join(TASKS)}" if bad else f"{key}.tasks is empty")
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(stage, name) <= 0:
+                raise ConfigError(f"{key}.{name} must be positive, got {getattr(stage, name)}")
+        if stage.lr <= 0 or stage.warmup_steps < 0:
+            raise ConfigError(f"{key}: lr must be positive and warmup_steps non-negative (got {stage.lr}, {stage.warmup_steps})")
+    if train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision: expected auto, fp32 or bf16, got {train.precision!r}")
+
+
+def class_vocabulary(examples: Sequence[Any]) -> list[str]:
+    classes = sorted({label for ex in examples for label in ex.labels})
+    if not classes:
+        raise ConfigError("encoder pretraining needs examples with class labels; the stage's examples have none")
+    return classes
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warmup to 1 over `warmup` steps, then cosine from 1 to `min_ratio` at `total`."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_optimizer(module: nn.Module, stage: StageConfig, train: TrainConfig, device: torch.device):
+    """AdamW over trainable parameters; no weight decay on vectors (norms, biases, A_log, D, dt)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ConfigError(f"stage {stage.name}: trainable groups {stage.trainable} select no parameters")
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), fused=fused)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup_steps, stage.steps, train.min_lr_ratio))
+    return opt, sched
+
+
+# --------------------------------------------------------------------------------------------
+# Loss bookkeeping
+
+
+def loss_units(batch: dict[str, Any], encoder_stage: bool) -> int:
+    """What the loss averages over: clips for the head, response tokens for the LM."""
+    if encoder_stage:
+        return int(batch["fbank"].shape[0])
+    return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _all_sum(x: float, dist: Dist, device: torch.device) -> float:
+    if dist.world_size == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return float(t.item())
+
+
+@torch.no_grad()
+def mean_loss(module: nn.Module, batches: Sequence[dict[str, Any]], encoder_stage: bool, device: torch.device, precision: str) -> float:
+    """Unit-weighted mean loss over `batches` in eval mode (no dropout, no RNG draws)."""
+    was = module.training
+    module.eval()
+    total, units = 0.0, 0
+    try:
+        for b in batches:
+            b = to_device(b, device)
+            n = loss_units(b, encoder_stage)
+            with autocast(device, precision):
+                loss, _ = module(b)
+            total += float(loss) * n
+            units += n
+    finally:
+        module.train(was)
+    return total / max(units, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Logs
+
+
+class StageLog:
+    """Per-step rows appended to log.csv and log.jsonl (rank 0); rows past a resume point are dropped."""
+
+    FIELDS = ["stage", "step", "loss", "lr", "grad_norm", "clips", "tokens", "clips_per_s", "tokens_per_s", "elapsed_s"]
+
+    def __init__(self, folder: Path, stage: str, resume_step: int, enabled: bool):
+        self.csv, self.jsonl, self.stage, self.enabled = folder / "log.csv", folder / "log.jsonl", stage, enabled
+        if enabled:
+            self._truncate(resume_step)
+
+    def _truncate(self, step: int) -> None:
+        rows = []
+        if self.jsonl.is_file():
+            rows = [r for r in (json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()) if r.get("step", 0) <= step]
+        with open(self.jsonl, "w") as fj, open(self.csv, "w", newline="") as fc:
+            w = csv.DictWriter(fc, fieldnames=self.FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                fj.write(json.dumps(r) + "\n")
+                if "loss" in r:
+                    w.writerow(r)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"stage": self.stage, **row}
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if "loss" in row:
+            with open(self.csv, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore").writerow(row)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage loop
+
+
+@dataclass
+class StageData:
+    """A stage's examples and how to batch them (dataset + collate from `sam.data.dataset`)."""
+
+    train: list[Any]
+    valid: list[Any]
+    make_dataset: Any  # examples -> torch Dataset
+    collate: Any
+
+
+def _loader(data: StageData, examples: list[Any], sampler: Sampler, workers: int, seed: int) -> DataLoader:
+    # A private generator: DataLoader otherwise draws its worker seed from the global RNG, which
+    # would shift dropout masks between a fresh run and a resumed one.
+    return DataLoader(
+        data.make_dataset(examples),
+        batch_sampler=sampler,
+        collate_fn=data.collate,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        pin_memory=False,
+    )
+
+
+def _fixed_batches(data: StageData, examples: list[Any], batch_size: int, limit: int) -> list[dict[str, Any]]:
+    ds = data.make_dataset(examples[:limit])
+    items = [ds[i] for i in range(len(ds))]
+    return [data.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def lm_tokens(batch: dict[str, Any], logits: torch.Tensor) -> int:
+    """LM positions a batch fed through the model: audio tokens + text tokens, padding excluded."""
+    audio = int(logits.shape[1]) - int(batch["attention_mask"].shape[1])
+    return int(batch["attention_mask"].sum()) + int(logits.shape[0]) * audio
+
+
+def patch_tokens(audio_tower: nn.Module) -> Callable[[dict[str, Any], torch.Tensor], int]:
+    """Counter of encoder patch tokens per batch, for the encoder-pretraining stage."""
+
+    def count(batch: dict[str, Any], _logits: torch.Tensor) -> int:
+        t, f = audio_tower.grid_shape(int(batch["fbank"].shape[1]))
+        return int(batch["fbank"].shape[0]) * t * f
+
+    return count
+
+
+def train_step(
+    net: nn.Module,
+    micro: Sequence[dict[str, Any]],
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    trainable: Sequence[torch.nn.Parameter],
+    train: TrainConfig,
+    dist: Dist,
+    encoder_stage: bool,
+    count_tokens: Callable[[dict[str, Any], torch.Tensor], int] = lm_tokens,
+) -> tuple[float, float, int]:
+    """One optimizer step over `micro` (this rank's accumulation micro-batches, on device).
+
+    Returns (global mean loss, gradient norm before clipping, tokens processed by all ranks).
+    """
+    device = dist.device
+    units = [loss_units(b, encoder_stage) for b in micro]
+    total = _all_sum(float(sum(units)), dist, device)
+    weighted = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    for i, (b, n) in enumerate(zip(micro, units)):
+        last = i == len(micro) - 1
+        ctx = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
+        with ctx:
+            with autocast(device, train.precision):
+                loss, logits = net(b)
+            # Weight by this micro-batch's share of the global units (DDP then averages over ranks,
+            # hence the world_size factor): the step's loss is the exact global mean.
+            (loss * (n * dist.world_size / total)).backward()
+        weighted += loss.detach().double() * n
+        tokens += count_tokens(b, logits)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip if train.grad_clip > 0 else float("inf"))
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return _all_sum(float(weighted), dist, device) / total, float(grad_norm), int(_all_sum(float(tokens), dist, device))
+
+
+def train_stage(
+    model: nn.Module,
+    exp: ExperimentConfig,
+    stage_index: int,
+    data: StageData,
+    stage_dir: Path,
+    dist: Dist,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train stage `stage_index` of `exp.train.stages` in place on `model`, resuming from the
+    newest checkpoint in `stage_dir/checkpoints`; publish `stage_dir/final` (a SAM checkpoint dir)
+    and return the stage summary (also written to `final/summary.json`)."""
+    train, stage = exp.train, exp.train.stages[stage_index]
+    check_stages(train)
+    device, precision = dist.device, train.precision
+    encoder_stage = is_encoder_stage(stage)
+    ckpt_dir = stage_dir / "checkpoints"
+    if dist.is_main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        cleanup_tmp(stage_dir)
+    seed_all(stage_seed(train, stage_index))
+
+    if encoder_stage:
+        model.set_trainable([])
+        for p in model.audio_tower.parameters():
+            p.requires_grad_(True)
+        dim = model.audio_tower.embed_dim
+        module: nn.Module = EncoderClassifier(model.audio_tower, dim, class_vocabulary(data.train)).to(device)
+    else:
+        model.set_trainable(list(stage.trainable))
+        module = model
+    module.train()
+    count_tokens = patch_tokens(model.audio_tower) if encoder_stage else lm_tokens
+    opt, sched = make_optimizer(module, stage, train, device)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+
+    start, state = 0, load_latest(ckpt_dir, map_location="cpu")
+    if state is not None:
+        _restore(module, opt, sched, state, dist)
+        start = int(state["step"])
+    log = StageLog(stage_dir, stage.name, start, dist.is_main)
+
+    probe = _fixed_batches(data, data.train, stage.batch_size, train.eval_batch_size)
+    summary: dict[str, Any] = {"stage": stage.name, "index": stage_index, "steps": stage.steps}
+    summary["probe_loss_start"] = state["probe_loss_start"] if state else mean_loss(module, probe, encoder_stage, device, precision)
+
+    net: nn.Module = module
+    if dist.world_size > 1:
+        net = DistributedDataParallel(
+            module, device_ids=[dist.local_rank] if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True
+        )
+    sampler = StreamSampler(len(data.train), stage.batch_size, stage_seed(train, stage_index), start * stage.grad_accum, dist.rank, dist.world_size)
+    loader = iter(_loader(data, data.train, sampler, exp.data.num_workers, stage_seed(train, stage_index)))
+
+    if state is not None:
+        # Last, so nothing above (probe batches, DDP setup) can shift the restored generators.
+        set_rng_state(state["rng"][dist.rank])
+    bar = _progress(stage.name, start, stage.steps, progress and dist.is_main)
+    t0, loss_value, seen_clips, seen_tokens = time.perf_counter(), float("nan"), 0, 0
+    for step in range(start, stage.steps):
+        micro = [to_device(next(loader), device) for _ in range(stage.grad_accum)]
+        loss_value, grad_norm, tokens = train_step(net, micro, opt, sched, trainable, train, dist, encoder_stage, count_tokens)
+        clips = stage.batch_size * stage.grad_accum
+        elapsed = time.perf_counter() - t0
+        seen_clips += clips
+        seen_tokens += tokens
+        row = {
+            "step": step + 1, "loss": loss_value, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
+            "clips": clips, "tokens": tokens, "elapsed_s": elapsed,
+            "clips_per_s": seen_clips / elapsed, "tokens_per_s": seen_tokens / elapsed,
+        }
+        if train.log_every and ((step + 1) % train.log_every == 0 or step + 1 == stage.steps):
+            log.write(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{row['lr']:.2e}")
+        if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and step + 1 < stage.steps:
+            _checkpoint(module, opt, sched, step + 1, sampler, stage, summary, ckpt_dir, dist)
+    bar.close()
+
+    summary["final_loss"] = loss_value
+    summary["probe_loss_end"] = mean_loss(module, probe, encoder_stage, device, precision)
+    if data.valid and dist.is_main:
+        valid = _fixed_batches(data, data.valid, train.eval_batch_size, len(data.valid))
+        summary["valid_loss"] = mean_loss(module, valid, encoder_stage, device, precision)
+    if encoder_stage:
+        summary["classes"] = module.classes
+    log.write({"step": stage.steps, **{k: v for k, v in summary.items() if k not in ("classes", "steps")}})
+    if dist.is_main:
+        _publish_final(model, module if encoder_stage else None, stage_dir, summary, exp)
+    dist.barrier()
+    if encoder_stage:
+        model.set_trainable([])
+    return summary
+
+
+def _progress(name: str, start: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=name, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    # Frozen parameters equal the stage's starting weights (the previous stage's final), so a
+    # checkpoint only needs what trains plus buffers.
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in names or k not in dict(module.named_parameters())}
+
+
+def _checkpoint(module, opt, sched, step: int, sampler: StreamSampler, stage: StageConfig, summary: dict, ckpt_dir: Path, dist: Dist) -> None:
+    rngs: list[Any] = [rng_state()]
+    if dist.world_size > 1:
+        rngs = [None] * dist.world_size
+        tdist.all_gather_object(rngs, rng_state())
+    if dist.is_main:
+        state = {
+            "step": step,
+            "stage": stage.name,
+            "module": _trainable_state(module),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": rngs,
+            "data": sampler.position(step * stage.grad_accum),
+            "probe_loss_start": summary["probe_loss_start"],
+        }
+        save_checkpoint(ckpt_dir, step, state)
+    dist.barrier()
+
+
+def _restore(module: nn.Module, opt, sched, state: dict[str, Any], dist: Dist) -> None:
+    missing = set(state["module"]) - set(module.state_dict())
+    if missing:
+        raise RuntimeError(f"checkpoint of stage {state.get('stage')} holds unknown weights, e.g. {sorted(missing)[0]}")
+    module.load_state_dict(state["module"], strict=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if len(state["rng"]) != dist.world_size:
+        raise RuntimeError(f"checkpoint was written by {len(state['rng'])} processes; resume it with the same number (now {dist.world_size})")
+
+
+def _publish_final(model: nn.Module, encoder_module: nn.Module | None, stage_dir: Path, summary: dict, exp: ExperimentConfig) -> None:
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if encoder_module is not None:
+            torch.save({"classes": encoder_module.classes, "head": encoder_module.head.state_dict()}, tmp / "encoder_head.pt")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "experiment.json").write_text(json.dumps(to_dict(exp), indent=2))
+
+    publish_dir(stage_dir / "final", build)
