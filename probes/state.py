@@ -1,0 +1,351 @@
+"""SSM state-update distance: how far each audio token moves each Mamba-2 head's state, exactly.
+
+Per layer, head and token t the Mamba-2 state h_t [headdim, d_state] follows
+    h_t = a_t h_{t-1} + dt_t x_t B_t^T,   a_t = exp(dt_t A),  h_{-1} = 0.
+We report d_t = ||h_t - h_{t-1}||_F, ||h_{t-1}||_F and their ratio without ever storing an h_t:
+    ||dh_t||^2 = (a_t - 1)^2 ||h_{t-1}||^2 + 2 (a_t - 1) dt_t c_t + dt_t^2 ||x_t||^2 ||B_t||^2
+    ||h_t||^2  = a_t^2 ||h_{t-1}||^2 + 2 a_t dt_t c_t + dt_t^2 ||x_t||^2 ||B_t||^2
+with c_t = x_t^T h_{t-1} B_t, an SSD read-out of the previous state with C replaced by B. `update_stats`
+computes c_t in chunks (a masked quadratic form inside a chunk plus one state per chunk, as in the
+Mamba-2 SSD algorithm) and the scalar norm recurrence the same way, so extra memory is one layer's
+chunk states; `update_stats_ref` steps the recurrence token by token and is what the tests compare
+against.
+
+x, B, dt come from the model itself: a forward hook on each mixer's `in_proj` (its output, so a
+peft LoRA wrapper at that path is included) recomputes the causal conv1d, SiLU, the split into
+x/B/C, dt = softplus(dt + dt_bias) (clamped to the mixer's dt limit) and A = -exp(A_log), and
+applies the padding mask the mixer receives (transformers zeroes padded x and B). Packed sequences
+(mamba_ssm `seq_idx`/`cu_seqlens`) are not supported. This module must never change a model's
+outputs, import `sam` or `mamba_ssm`, or approximate the distances.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .models import SpanLike, call_model, mamba2_mixers, resolve_spans
+
+COLUMNS = ["clip", "layer", "head", "position", "distance", "state_norm", "relative"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The mixer's SSM inputs, recomputed from its in_proj output
+
+
+@dataclass(frozen=True)
+class MixerShape:
+    """The shape facts a Mamba-2 mixer needs, read under mamba_ssm's or transformers' names."""
+
+    nheads: int
+    headdim: int
+    ngroups: int
+    d_state: int
+    d_conv: int
+    conv_dim: int
+    dt_limit: tuple[float, float]
+    activation: str
+
+
+def _attr(module: nn.Module, *names: str) -> Any:
+    for name in names:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"{type(module).__name__} has none of the attributes {names}; is it a Mamba-2 mixer?")
+
+
+def mixer_shape(mixer: nn.Module) -> MixerShape:
+    """Shape of a Mamba-2 mixer (sam / mamba_ssm `Mamba2`, transformers `Mamba2Mixer`), checked for consistency."""
+    nheads = mixer.A_log.numel()
+    headdim = int(_attr(mixer, "headdim", "head_dim"))
+    ngroups = int(_attr(mixer, "ngroups", "n_groups"))
+    d_state = int(_attr(mixer, "d_state", "ssm_state_size"))
+    conv_dim, _, d_conv = mixer.conv1d.weight.shape
+    if conv_dim != nheads * headdim + 2 * ngroups * d_state:
+        raise ValueError(
+            f"{type(mixer).__name__}: conv1d has {conv_dim} channels but heads*headdim + 2*ngroups*d_state = "
+            f"{nheads}*{headdim} + 2*{ngroups}*{d_state}; the mixer's attributes do not match its weights"
+        )
+    if nheads % ngroups:
+        raise ValueError(f"{type(mixer).__name__}: {nheads} heads are not a multiple of {ngroups} groups")
+    limit = tuple(float(v) for v in getattr(mixer, "dt_limit", getattr(mixer, "time_step_limit", (0.0, float("inf")))))
+    activation = str(getattr(mixer, "activation", "silu"))
+    if activation not in ("silu", "swish"):
+        raise ValueError(f"{type(mixer).__name__}: conv activation {activation!r} is not supported (Mamba-2 uses silu)")
+    return MixerShape(nheads, headdim, ngroups, d_state, int(d_conv), int(conv_dim), (limit[0], limit[1]), activation)
+
+
+def ssm_inputs(mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x [b,T,H,P], B [b,T,G,N], dt [b,T,H], A [H] from a mixer's in_proj output [b, T, d_in_proj].
+
+    The in_proj output is [z0, x0, z, xBC, dt] (mamba_ssm; the first three may be empty) or
+    [gate, xBC, dt] (transformers): xBC and dt are always its last conv_dim + nheads columns.
+    """
+    shape = mixer_shape(mixer)
+    if zxbcdt.dim() != 3:
+        raise ValueError(f"in_proj output must be [batch, length, features], got {tuple(zxbcdt.shape)} (packed/flattened inputs are not supported)")
+    b, T, width = zxbcdt.shape
+    if width < shape.conv_dim + shape.nheads:
+        raise ValueError(f"in_proj output has {width} features, fewer than conv_dim + nheads = {shape.conv_dim + shape.nheads}")
+    h, p, g, n = shape.nheads, shape.headdim, shape.ngroups, shape.d_state
+    xbc = zxbcdt[..., width - shape.conv_dim - h : width - h].to(dtype)
+    dt = zxbcdt[..., width - h :].to(dtype)
+    if mask is not None:
+        mask = mask.to(dtype)[:, -T:, None]
+        # sam's mixer zeroes padded xBC before the conv too; transformers only zeroes the mixer
+        # input, so an in_proj bias still reaches its conv from padding.
+        if not type(mixer).__module__.startswith("transformers."):
+            xbc = xbc * mask
+    weight = mixer.conv1d.weight.detach().to(dtype)
+    bias = None if mixer.conv1d.bias is None else mixer.conv1d.bias.detach().to(dtype)
+    xbc = F.conv1d(xbc.transpose(1, 2), weight, bias, padding=shape.d_conv - 1, groups=shape.conv_dim)[..., :T]
+    xbc = F.silu(xbc).transpose(1, 2)
+    if mask is not None:
+        xbc = xbc * mask
+    x, B = xbc[..., : h * p], xbc[..., h * p : h * p + g * n]
+    dt = F.softplus(dt + mixer.dt_bias.detach().to(dtype))
+    if shape.dt_limit != (0.0, float("inf")):
+        dt = dt.clamp(min=shape.dt_limit[0], max=shape.dt_limit[1])
+    A = -torch.exp(mixer.A_log.detach().to(dtype))
+    return x.reshape(b, T, h, p), B.reshape(b, T, g, n), dt, A
+
+
+# ---------------------------------------------------------------------------------------------
+# The math: exact distances and norms from x, B, dt, A
+
+
+def _check(x: Tensor, B: Tensor, dt: Tensor, A: Tensor) -> tuple[int, int, int, int, int, int]:
+    if x.dim() != 4 or B.dim() != 4 or x.shape[:2] != B.shape[:2] or dt.shape != x.shape[:3] or A.shape != x.shape[2:3]:
+        raise ValueError(
+            f"expected x [b,T,H,P], B [b,T,G,N], dt [b,T,H], A [H]; got {tuple(x.shape)}, {tuple(B.shape)}, {tuple(dt.shape)}, {tuple(A.shape)}"
+        )
+    b, T, H, P = x.shape
+    G, N = B.shape[2:]
+    if H % G:
+        raise ValueError(f"{H} heads are not a multiple of {G} groups")
+    return b, T, H, P, G, N
+
+
+def _finish(dist2: Tensor, prev_norm2: Tensor) -> tuple[Tensor, Tensor]:
+    # Round-off can push an exact-zero square a few ulps below 0.
+    return dist2.clamp_min(0).sqrt(), prev_norm2.clamp_min(0).sqrt()
+
+
+def update_stats_ref(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, return_state: bool = False) -> tuple[Tensor, ...]:
+    """Token-by-token reference: (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H] (+ the final state [b, H, P, N])."""
+    b, T, H, P, G, N = _check(x, B, dt, A)
+    Bh = B.repeat_interleave(H // G, dim=2)
+    state = x.new_zeros(b, H, P, N)
+    dist, prev = x.new_zeros(b, T, H), x.new_zeros(b, T, H)
+    for t in range(T):
+        a = torch.exp(dt[:, t] * A)[..., None, None]
+        new = a * state + dt[:, t, :, None, None] * x[:, t, :, :, None] * Bh[:, t, :, None, :]
+        dist[:, t] = torch.linalg.matrix_norm(new - state)
+        prev[:, t] = torch.linalg.matrix_norm(state)
+        state = new
+    return (dist, prev, state) if return_state else (dist, prev)
+
+
+def update_stats(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """Exact (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], in chunks of `chunk_size` tokens.
+
+    Work is that of one SSD pass; memory is O(b T H chunk_size) plus one state per chunk.
+    """
+    b, T, H, P, G, N = _check(x, B, dt, A)
+    R, Q = H // G, int(chunk_size)
+    if Q < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    pad = (-T) % Q
+    if pad:  # dt = 0 and x = 0 on padding: a = 1, no update; the tail is cut off below
+        x, B, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+    c = (T + pad) // Q
+    x = x.reshape(b, c, Q, G, R, P)
+    B = B.reshape(b, c, Q, G, N)
+    dt = dt.reshape(b, c, Q, G, R)
+    la = dt * A.reshape(G, R)  # log a_t
+    cum = torch.cumsum(la, dim=2)  # Lambda_t inside the chunk
+    cum_prev = cum - la  # Lambda_{t-1}
+
+    # c_t = x_t^T h_{t-1} B_t. Inside a chunk: sum_{s<t} exp(Lambda_{t-1} - Lambda_s) dt_s (x_t.x_s)(B_t.B_s).
+    strict = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril(-1)
+    to_t = cum_prev.permute(0, 1, 3, 4, 2)[..., :, None]  # [b,c,G,R,Q,1]
+    from_s = cum.permute(0, 1, 3, 4, 2)[..., None, :]  # [b,c,G,R,1,Q]
+    decay = torch.exp((to_t - from_s).masked_fill(~strict, float("-inf")))
+    gram_x = torch.einsum("bctgrp,bcsgrp->bcgrts", x, x)
+    gram_b = torch.einsum("bctgn,bcsgn->bcgts", B, B)
+    weights = decay * gram_x * gram_b[:, :, :, None] * dt.permute(0, 1, 3, 4, 2)[..., None, :]
+    cross = weights.sum(-1).permute(0, 1, 4, 2, 3)  # [b,c,Q,G,R]
+    del decay, gram_x, weights
+
+    # Plus the state carried in from earlier chunks: exp(Lambda_{t-1}) x_t^T S_c B_t.
+    to_end = torch.exp(cum[:, :, -1:] - cum) * dt  # [b,c,Q,G,R]
+    local = torch.einsum("bcsgr,bcsgrp,bcsgn->bcgrpn", to_end, x, B)  # each chunk's own end state
+    chunk_decay = torch.exp(cum[:, :, -1])  # [b,c,G,R]
+    starts = torch.empty_like(local)
+    carried = torch.zeros_like(local[:, 0])
+    for k in range(c):
+        starts[:, k] = carried
+        carried = chunk_decay[:, k, :, :, None, None] * carried + local[:, k]
+    del local
+    read = torch.einsum("bcgrpn,bctgn->bctgrp", starts, B)
+    cross = cross + torch.exp(cum_prev) * (read * x).sum(-1)
+    del read, starts
+
+    # ||h_t||^2 = a_t^2 ||h_{t-1}||^2 + beta_t, solved the same way (decay a^2 = exp(2 la)).
+    sq_update = dt**2 * (x * x).sum(-1) * (B * B).sum(-1)[..., None]  # dt^2 ||x||^2 ||B||^2
+    a = torch.exp(la)
+    beta = 2 * a * dt * cross + sq_update
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    to_t2 = 2 * cum.permute(0, 1, 3, 4, 2)[..., :, None]
+    decay2 = torch.exp((to_t2 - 2 * from_s).masked_fill(~causal, float("-inf")))
+    norm2 = torch.einsum("bcgrts,bcsgr->bctgr", decay2, beta)
+    del decay2
+    carried = torch.zeros_like(norm2[:, 0, 0])
+    start_norm2 = torch.empty_like(norm2[:, :, 0])
+    for k in range(c):
+        start_norm2[:, k] = carried
+        carried = torch.exp(2 * cum[:, k, -1]) * carried + norm2[:, k, -1]
+    norm2 = norm2 + torch.exp(2 * cum) * start_norm2[:, :, None]
+    norm2 = norm2.reshape(b, c * Q, H)
+    prev_norm2 = torch.cat([norm2.new_zeros(b, 1, H), norm2[:, :-1]], 1)[:, :T]
+
+    am1 = torch.expm1(la).reshape(b, c * Q, H)[:, :T]
+    dtf = dt.reshape(b, c * Q, H)[:, :T]
+    dist2 = am1**2 * prev_norm2 + 2 * am1 * dtf * cross.reshape(b, c * Q, H)[:, :T] + sq_update.reshape(b, c * Q, H)[:, :T]
+    return _finish(dist2, prev_norm2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a model
+
+
+@dataclass
+class StateUpdates:
+    """Per-layer [batch, T, heads] distances and previous-state norms, plus the [batch, 2] spans."""
+
+    distance: dict[int, Tensor]
+    state_norm: dict[int, Tensor]
+    spans: Tensor
+    output: Any = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy rows (clip, layer, head, position, distance, state_norm, relative), one per adjacent token pair of a span.
+
+        `position` counts from the span start; rows have position >= 1 (token t and t - 1 both in
+        the span), so the first span token, whose previous state is the one before the span, never
+        appears.
+        """
+        frames = []
+        for layer, dist in self.distance.items():
+            dist, norm = dist.double().cpu().numpy(), self.state_norm[layer].double().cpu().numpy()
+            heads = dist.shape[2]
+            for clip, (start, end) in enumerate(self.spans.tolist()):
+                first = start + 1
+                if end <= first:
+                    continue
+                d, s = dist[clip, first:end], norm[clip, first:end]  # [len, H]
+                positions = np.arange(first, end) - start
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rel = np.where(s > 0, d / np.where(s > 0, s, 1.0), np.nan)
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "clip": clip,
+                            "layer": layer,
+                            "head": np.tile(np.arange(heads), len(positions)),
+                            "position": np.repeat(positions, heads),
+                            "distance": d.reshape(-1),
+                            "state_norm": s.reshape(-1),
+                            "relative": rel.reshape(-1),
+                        }
+                    )
+                )
+        if not frames:
+            return pd.DataFrame({k: pd.Series(dtype=float if k in ("distance", "state_norm", "relative") else int) for k in COLUMNS})
+        return pd.concat(frames, ignore_index=True)[COLUMNS]
+
+
+def state_updates(
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[int] | None = None,
+    span: SpanLike = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int = 64,
+    reference: bool = False,
+) -> StateUpdates:
+    """Run `model` once on `inputs` and compute per-layer state-update tensors inside the hooks.
+
+    Each layer's numbers are computed as its in_proj fires, so only [batch, T, heads] results are
+    kept. `reference=True` uses the token-by-token recurrence (slow; for tests).
+    """
+    mixers = mamba2_mixers(model, layers)
+    masks: dict[int, Tensor | None] = {}
+    distance: dict[int, Tensor] = {}
+    state_norm: dict[int, Tensor] = {}
+    seq: dict[str, int] = {}
+    handles = []
+
+    def capture_mask(layer: int):
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            try:
+                mask = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments.get("attention_mask")
+            except TypeError:
+                mask = kwargs.get("attention_mask")
+            masks[layer] = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+
+        return pre_hook
+
+    def compute(layer: int, mixer: nn.Module):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if layer in distance:
+                raise RuntimeError(f"layer {layer}'s in_proj ran twice in one forward; state distances need one full-sequence forward (no step decoding)")
+            with torch.no_grad(), torch.autocast(output.device.type, enabled=False):
+                x, B, dt, A = ssm_inputs(mixer, output.detach(), masks.get(layer), dtype)
+                fn = update_stats_ref if reference else update_stats
+                d, s = fn(x, B, dt, A) if reference else fn(x, B, dt, A, chunk_size)
+            distance[layer], state_norm[layer] = d, s
+            seq["batch"], seq["length"] = output.shape[0], output.shape[1]
+
+        return hook
+
+    try:
+        for layer, _, mixer in mixers:
+            handles.append(mixer.register_forward_pre_hook(capture_mask(layer), with_kwargs=True))
+            handles.append(mixer.in_proj.register_forward_hook(compute(layer, mixer)))
+        with torch.no_grad():
+            output = call_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [layer for layer, _, _ in mixers if layer not in distance]
+    if missing:
+        raise RuntimeError(f"the forward pass never called in_proj of layers {missing}; cannot compute their state updates")
+    spans = resolve_spans(model, inputs, span, seq["batch"], seq["length"])
+    return StateUpdates(distance, state_norm, spans, output)
+
+
+def state_update_distance(
+    model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *, dtype: torch.dtype = torch.float64, chunk_size: int = 64
+) -> pd.DataFrame:
+    """Exact state-update distances of every (selected) Mamba-2 layer, head and audio token, tidy.
+
+    Columns: clip, layer, head, position, distance = ||h_t - h_{t-1}||_F, state_norm = ||h_{t-1}||_F,
+    relative = distance / state_norm (NaN where the previous state is 0). Rows cover t >= 1 inside
+    each sequence's span (`span`, else `model.audio_span(inputs)`, else the attention mask's
+    non-padding region, else the whole sequence); `position` counts from the span start.
+    """
+    return state_updates(model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size).to_frame()
+
+
+def state_update_distance_ref(model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None) -> pd.DataFrame:
+    """`state_update_distance` through the token-by-token recurrence in float64 (slow; the test reference)."""
+    return state_updates(model, inputs, layers, span, reference=True).to_frame()
