@@ -58,6 +58,8 @@ class EncoderConfig:
     mlp_ratio: float = 4.0
     patch_size: int = 16
     pos_embed: str = "fixed"  # fixed (2-D sin-cos) | learned
+    # Pre-norm blocks train best from scratch; released EAT checkpoints are post-norm (data2vec 2.0).
+    norm_first: bool = True
     dropout: float = 0.0
     checkpoint: str = ""  # local path to an EAT / AST checkpoint ("" = random init)
 
@@ -262,7 +264,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         return cfg
     if name == "paper":
         cfg = ExperimentConfig(preset="paper")
-        cfg.model.encoder = EncoderConfig(size="base")
+        cfg.model.encoder = EncoderConfig(size="base", norm_first=False)  # EAT's post-norm layout
         cfg.model.lm = MambaConfig()  # replaced by the checkpoint's own config.json on load
         cfg.model.lora = LoraConfig(rank=256)
         cfg.eval = EvalConfig(text_encoder="clap")  # text_encoder_path must name a local CLAP checkpoint
