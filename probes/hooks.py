@@ -24,6 +24,7 @@ hooked forward equals an unhooked one bit for bit. This module must never import
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class ActivationCache(dict):
         super().__init__()
         self.sites = sites
         self.spans: Tensor | None = None
+        self.silent: list[str] = []  # sites whose module never ran (e.g. weights used functionally)
 
     def tokens(self, name: str) -> list[Tensor]:
         """The audio tokens of each clip at `name`, each [N_i, d].
@@ -236,6 +238,10 @@ def hooked(
     for name, recs in records.items():
         if recs:
             cache[name] = recs[0] if len(recs) == 1 else torch.cat(recs, dim=1)
+        else:
+            cache.silent.append(name)
+    if cache.silent:
+        warnings.warn(f"probe sites {cache.silent} never ran during the forward (their module's forward was not called), so they are not in the cache", stacklevel=3)
     seq = next((cache[n] for n, s in sites.items() if s.sequence and n in cache), None)
     if seq is not None and seq.dim() >= 2:
         cache.spans = resolve_spans(model, first_inputs[0] if first_inputs else None, span, seq.shape[0], seq.shape[1])
