@@ -144,7 +144,7 @@ class StageConfig:
 
     name: str = "stage1"
     tasks: list[str] = field(default_factory=lambda: ["classification"])
-    trainable: list[str] = field(default_factory=lambda: ["connector"])  # encoder|connector|lora|lm|head
+    trainable: list[str] = field(default_factory=lambda: ["connector"])  # encoder|connector|lora|lm|head (LM output)|classifier (stage 0)
     lr: float = 1e-3
     steps: int = 100
     warmup_steps: int = 10
@@ -203,7 +203,7 @@ def _curriculum(scale: float, bs: int, reasoning: bool = True, encoder_pretraini
     def s(n: int) -> int:
         return max(2, int(round(n * scale)))
 
-    stages = [StageConfig("stage0", ["classification"], ["encoder", "head"], 5e-4, s(300), s(30), bs)] if encoder_pretraining else []
+    stages = [StageConfig("stage0", ["classification"], ["encoder", "classifier"], 5e-4, s(300), s(30), bs)] if encoder_pretraining else []
     stages += [
         StageConfig("stage1", ["classification"], ["connector"], 1e-3, s(300), s(30), bs),
         StageConfig("stage2", ["classification"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs),
