@@ -58,7 +58,7 @@ __all__ = [
 
 # Metadata keys that accuracy is broken down by when present (MMAU's task / category /
 # sub-category / difficulty, and the scene composer's question types).
-GROUP_KEYS = ("task", "category", "sub-category", "difficulty", "question_type", "dataset")
+GROUP_KEYS = ("task", "mmau_task", "category", "sub-category", "difficulty", "question_type", "dataset")
 LABEL_PREFIX = "sound of "  # LTU embeds both sides as "sound of <text>"
 
 # --------------------------------------------------------------------------------------------

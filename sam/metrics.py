@@ -293,7 +293,10 @@ def spice_scores(gts: dict, res: dict, corenlp_dir: Path, java: str = "java") ->
         cmd = [java, "-Xmx8G", "-cp", ":".join(classpath), "edu.anu.spice.SpiceScorer", str(src), "-out", str(dst), "-subset", "-silent"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"SPICE jar failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+            # a Java stack trace: its last "Caused by" / exception line says what went wrong
+            lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
+            causes = [l for l in lines if "Exception" in l or "Error" in l] or lines or ["no output"]
+            raise RuntimeError(f"SPICE jar failed (exit {proc.returncode}): {causes[-1]}")
         by_id = {r["image_id"]: r["scores"]["All"]["f"] for r in json.loads(dst.read_text())}
     per = [float(by_id[i]) if by_id[i] is not None else math.nan for i in ids]
     order = {i: k for k, i in enumerate(ids)}

@@ -214,6 +214,14 @@ def test_spice_is_not_computed_without_a_corenlp_jar(tmp_path: Path):
     assert sorted(p.name for p in lib.iterdir()) == before  # nothing was downloaded
 
 
+def test_spice_failure_is_reported_as_not_computed_with_the_java_error(tmp_path: Path):
+    for jar in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar"):
+        (tmp_path / jar).write_bytes(b"")  # present but empty: SPICE starts, CoreNLP classes are missing
+    ours, _ = caption_metrics(PREDS[:1], REFS[:1], corenlp_dir=tmp_path)
+    assert ours["SPICE"].startswith("not computed: SPICE jar failed") and "\n" not in ours["SPICE"]
+    assert "ClassNotFoundException" in ours["SPICE"] and ours["SPIDEr"] == ours["SPICE"]
+
+
 def test_caption_metrics_name_the_bad_item():
     with pytest.raises(ValueError, match="item 1"):
         caption_metrics(["a", "b"], [["a dog"], []])
