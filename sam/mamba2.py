@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sam.config import ConfigError, MambaConfig
-from sam.ssd import ssd_chunked
+from sam.ssd import cpu_chunk_size, ssd_chunked
 
 
 def check_config(cfg: MambaConfig) -> None:
@@ -98,6 +98,42 @@ def kernel_mode() -> str:
     if mode not in ("auto", "torch", "triton"):
         raise ConfigError(f"SAM_KERNELS must be auto, torch or triton, got {mode!r}")
     return mode
+
+
+# --------------------------------------------------------------------------------------------
+# Causal depthwise convolution (PyTorch path)
+
+
+class _CausalConvSiLU(torch.autograd.Function):
+    """silu(bias + sum_i xp[:, t + i] * w[:, i]) over xp [B, L + K - 1, D] (left-padded input).
+
+    The [B, L, D] layout needs no transposes, and the hand-written backward avoids the zero-filled
+    slice gradients autograd would allocate per tap; on CPU this is several times faster (forward +
+    backward) than a depthwise F.conv1d. Tested against F.conv1d.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+        K = w.shape[1]
+        L = xp.shape[1] - K + 1
+        pre = torch.addcmul(bias, xp[:, :L], w[:, 0])
+        for i in range(1, K):
+            pre.addcmul_(xp[:, i : i + L], w[:, i])
+        ctx.save_for_backward(xp, w, pre)
+        return F.silu(pre)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        xp, w, pre = ctx.saved_tensors
+        K = w.shape[1]
+        L = pre.shape[1]
+        sig = torch.sigmoid(pre)
+        g = grad * sig * (1 + pre * (1 - sig))
+        dxp = torch.zeros_like(xp)
+        for i in range(K):
+            dxp[:, i : i + L].addcmul_(g, w[:, i])
+        dw = torch.stack([(g * xp[:, i : i + L]).sum(dim=(0, 1)) for i in range(K)], dim=1)
+        return dxp, dw, g.sum(dim=(0, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,16 +245,13 @@ class Mamba2Mixer(nn.Module):
     def _conv(self, xBC: Tensor, k: _Kernels | None, prefix: Tensor | None) -> Tensor:
         """Causal depthwise conv + SiLU over [B, L, conv_dim]; `prefix` = the d_conv-1 earlier inputs."""
         w = self.conv1d.weight.squeeze(1)  # [conv_dim, d_conv]
-        if k is not None and k.conv1d is not None and prefix is None and xBC.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        if k is not None and k.conv1d is not None and prefix is None:
             return k.conv1d(xBC.transpose(1, 2), w, self.conv1d.bias, activation="silu").transpose(1, 2)
-        L = xBC.shape[1]
-        xt = xBC.transpose(1, 2)
-        if prefix is not None:
-            xt = torch.cat([prefix.to(xt.dtype), xt], dim=-1)
-            out = F.conv1d(xt, w.unsqueeze(1).to(xt.dtype), self.conv1d.bias, groups=self.conv_dim)
+        if prefix is None:
+            xp = F.pad(xBC, (0, 0, self.d_conv - 1, 0))
         else:
-            out = F.conv1d(xt, w.unsqueeze(1).to(xt.dtype), self.conv1d.bias, padding=self.d_conv - 1, groups=self.conv_dim)
-        return F.silu(out[..., :L]).transpose(1, 2)
+            xp = torch.cat([prefix.transpose(1, 2).to(xBC.dtype), xBC], dim=1)
+        return _CausalConvSiLU.apply(xp, w.to(xBC.dtype), self.conv1d.bias.to(xBC.dtype))
 
     # ---- parallel forward ----------------------------------------------------------------
 
@@ -238,7 +271,7 @@ class Mamba2Mixer(nn.Module):
             hidden_states = hidden_states * mask
         k = self._use_kernels(hidden_states)
         zxbcdt = self.in_proj(hidden_states)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
         if k is not None and k.split_conv1d_scan is not None and mask is None and cache is None:
             y = k.split_conv1d_scan(
@@ -272,7 +305,8 @@ class Mamba2Mixer(nn.Module):
             res = k.chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
                                initial_states=init, dt_softplus=True, return_final_states=want_state)
         else:
-            res = ssd_chunked(x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias,
+            chunk = self.chunk_size if x.is_cuda else cpu_chunk_size(L)
+            res = ssd_chunked(x, dt, A, B, C, chunk, D=self.D, dt_bias=self.dt_bias,
                               initial_state=init, dt_softplus=True, return_final_state=want_state)
         if want_state:
             y, final = res
@@ -292,7 +326,8 @@ class Mamba2Mixer(nn.Module):
         device = device if device is not None else self.in_proj.weight.device
         dtype = dtype if dtype is not None else self.conv1d.weight.dtype
         conv = torch.zeros(batch_size, self.conv_dim, self.d_conv, dtype=dtype, device=device)
-        ssm = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, dtype=torch.float32, device=device)
+        # SSM states accumulate over the whole sequence: keep them in at least fp32.
+        ssm = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, dtype=torch.promote_types(dtype, torch.float32), device=device)
         return conv, ssm
 
     def step(self, hidden_states: Tensor, cache: MambaCache) -> Tensor:
@@ -307,14 +342,15 @@ class Mamba2Mixer(nn.Module):
         xBC = F.silu((conv_state.to(w.dtype) * w).sum(-1) + self.conv1d.bias).to(z.dtype)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         r = self.nheads // self.ngroups
-        xf = x.float().view(bsz, self.ngroups, r, self.headdim)
-        Bf = B.float().view(bsz, self.ngroups, 1, 1, self.d_state)
-        Cf = C.float().view(bsz, self.ngroups, 1, self.d_state)
-        dt = F.softplus(dt.float() + self.dt_bias.float()).view(bsz, self.ngroups, r)
-        dA = torch.exp(dt * -torch.exp(self.A_log.float()).view(self.ngroups, r))
         state = cache.ssm_states[self.layer_idx].view(bsz, self.ngroups, r, self.headdim, self.d_state)
+        cdt = state.dtype
+        xf = x.to(cdt).view(bsz, self.ngroups, r, self.headdim)
+        Bf = B.to(cdt).view(bsz, self.ngroups, 1, 1, self.d_state)
+        Cf = C.to(cdt).view(bsz, self.ngroups, self.d_state)
+        dt = F.softplus(dt.to(cdt) + self.dt_bias.to(cdt)).view(bsz, self.ngroups, r)
+        dA = torch.exp(dt * -torch.exp(self.A_log.to(cdt)).view(self.ngroups, r))
         new = state * dA[..., None, None] + (dt[..., None] * xf).unsqueeze(-1) * Bf
         state.copy_(new)
-        y = torch.einsum("bgrpn,bgn->bgrp", new, Cf.squeeze(2)) + xf * self.D.float().view(self.ngroups, r, 1)
+        y = torch.einsum("bgrpn,bgn->bgrp", new, Cf) + xf * self.D.to(cdt).view(self.ngroups, r, 1)
         y = self.norm(y.reshape(bsz, self.d_inner).to(z.dtype), z)
         return self.out_proj(y)
