@@ -1,0 +1,351 @@
+"""Readers for real public datasets in their own formats, from local paths, into `Example`s.
+
+OpenAQA (LTU's instruction JSON), AudioSet segment CSVs + class_labels_indices.csv, AudioCaps CSV,
+Clotho caption (+ metadata) CSVs, ESC-50 meta CSV, and MMAU JSON (test-mini and our own exports via
+`write_mmau_json`). Every reader returns ``(examples, report)``: rows with missing fields, unknown
+labels or missing audio files are skipped and listed in the `ReadReport` with their row number
+(the physical line in a CSV, header = line 1; the 0-based item index in a JSON list).
+
+Readers never download, never guess labels, and never stop at a bad row; only an unreadable file
+(absent, wrong header, not JSON) raises `DatasetError`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sam.data.questions import CLASSIFICATION_QUESTION, mcq_instruction
+from sam.data.types import Example
+
+CAPTION_INSTRUCTION = "Write a caption for this audio."
+
+
+class DatasetError(ValueError):
+    """A dataset file cannot be read at all; the message names the file and the reason."""
+
+
+@dataclass
+class ReadReport:
+    """What a reader kept and what it skipped (row number, reason)."""
+
+    source: str
+    rows: int = 0
+    kept: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    missing_audio: list[tuple[int, str]] = field(default_factory=list)
+
+    def skip(self, row: int, reason: str) -> None:
+        self.bad.append((row, reason))
+
+    def __str__(self) -> str:
+        head = f"{self.source}: {self.rows} rows, {self.kept} kept, {len(self.bad)} skipped"
+        return "\n".join([head] + [f"  row {r}: {why}" for r, why in self.bad[:20]] +
+                         ([f"  ... {len(self.bad) - 20} more"] if len(self.bad) > 20 else []))
+
+
+class _Skip(Exception):
+    """A row is unusable; the message is the reason."""
+
+
+def _need(row: dict[str, Any], *keys: str) -> list[str]:
+    vals = []
+    for k in keys:
+        v = row.get(k)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise _Skip(f"missing field {k!r}")
+        vals.append(v.strip() if isinstance(v, str) else v)
+    return vals
+
+
+def _audio(report: ReadReport, row: int, candidates: Iterable[Path], check: bool) -> str:
+    """First existing candidate path; with `check`, none existing skips the row (reported)."""
+    candidates = list(candidates)
+    for p in candidates:
+        if p.is_file():
+            return str(p)
+    if check:
+        report.missing_audio.append((row, str(candidates[0])))
+        raise _Skip(f"audio file missing: {candidates[0]}")
+    return str(candidates[0])
+
+
+def _csv_rows(path: Path, required: set[str], comment: str | None = None) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row dict) of a headed CSV; DatasetError if absent or the header lacks `required`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file does not exist")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        lines = (ln for ln in f if not (comment and ln.startswith(comment)))
+        reader = csv.DictReader(lines, skipinitialspace=True)
+        if reader.fieldnames is None or not required <= {h.strip() for h in reader.fieldnames}:
+            raise DatasetError(f"{path}: header must contain {sorted(required)}, got {reader.fieldnames}")
+        for row in reader:
+            yield reader.line_num, {(k or "").strip(): v for k, v in row.items()}
+
+
+def _run(report: ReadReport, rows: Iterable[tuple[int, Any]], make) -> list[Example]:
+    out: list[Example] = []
+    for num, row in rows:
+        report.rows += 1
+        try:
+            out.extend(make(num, row))
+        except _Skip as e:
+            report.skip(num, str(e))
+    report.kept = len(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAQA (LTU)
+
+_LTU_TASKS = {"open-ended question": "open", "closed-ended question": "closed"}
+
+
+def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+    """LTU/OpenAQA JSON: a list of {instruction, input, audio_id, dataset, task, output}.
+
+    `audio_dir` re-roots audio paths (LTU's absolute paths rarely exist locally: the file name is
+    looked up in `audio_dir`). LTU task names map to ours: cla_* -> classification, caption* ->
+    caption, open-ended -> open, anything else closed.
+    """
+    report = ReadReport(str(path))
+    items = _json_list(path)
+    base = Path(audio_dir) if audio_dir else None
+
+    def make(i: int, item: Any) -> list[Example]:
+        if not isinstance(item, dict):
+            raise _Skip("not a JSON object")
+        instruction, audio_id, output = _need(item, "instruction", "audio_id", "output")
+        ltu_task = str(item.get("task", ""))
+        task = ("classification" if ltu_task.startswith("cla") else "caption" if ltu_task.startswith("caption")
+                else _LTU_TASKS.get(ltu_task, "closed"))
+        cands = [Path(audio_id)] + ([base / Path(audio_id).name, base / audio_id.lstrip("./")] if base else [])
+        audio = _audio(report, i, cands, check_audio)
+        meta = {"dataset": item.get("dataset", ""), "ltu_task": ltu_task, "input": item.get("input", ""), "row": i}
+        return [Example(f"openaqa-{i}", audio, instruction, output, task, [], None, meta)]
+
+    return _run(report, enumerate(items), make), report
+
+
+def _json_list(path: str | Path) -> list[Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: top level must be a JSON list of items, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# AudioSet
+
+
+def read_audioset_labels(path: str | Path) -> dict[str, str]:
+    """class_labels_indices.csv (index, mid, display_name) -> {mid: display_name}."""
+    return {row["mid"].strip(): row["display_name"].strip() for _, row in _csv_rows(Path(path), {"index", "mid", "display_name"})}
+
+
+def read_audioset(segments_csv: str | Path, labels_csv: str | Path, audio_dir: str | Path,
+                  check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+    """AudioSet segment CSV (``# YTID, start_seconds, end_seconds, positive_labels`` + rows) as classification.
+
+    Audio is looked up as ``{ytid}.wav|.flac``, ``Y{ytid}.wav|.flac`` or ``{ytid}_{start}.wav`` in `audio_dir`.
+    """
+    names = read_audioset_labels(labels_csv)
+    path = Path(segments_csv)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file does not exist")
+    report = ReadReport(str(path))
+    base = Path(audio_dir)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            for fields in reader:
+                if fields and not fields[0].lstrip().startswith("#"):
+                    yield reader.line_num, fields
+
+    def make(line: int, fields: list[str]) -> list[Example]:
+        if len(fields) != 4 or not all(x.strip() for x in fields):
+            raise _Skip(f"expected 4 fields YTID, start_seconds, end_seconds, positive_labels; got {len(fields)}")
+        ytid, start, end, mids = (x.strip() for x in fields)
+        try:
+            t0, t1 = float(start), float(end)
+        except ValueError:
+            raise _Skip(f"start/end not numbers: {start!r}, {end!r}") from None
+        mids_list = [m.strip() for m in mids.split(",") if m.strip()]
+        unknown = [m for m in mids_list if m not in names]
+        if unknown:
+            raise _Skip(f"unknown label(s) {unknown} (not in {Path(labels_csv).name})")
+        stems = [ytid, f"Y{ytid}", f"{ytid}_{int(t0)}", f"{ytid}_{t0:.3f}"]
+        audio = _audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
+        labels = [names[m] for m in mids_list]
+        return [Example(f"audioset-{ytid}-{int(t0)}", audio, CLASSIFICATION_QUESTION, ", ".join(labels), "classification",
+                        labels, None, {"ytid": ytid, "start": t0, "end": t1, "mids": mids_list, "row": line})]
+
+    return _run(report, rows(), make), report
+
+
+# --------------------------------------------------------------------------------------------
+# AudioCaps, Clotho, ESC-50
+
+
+def read_audiocaps(path: str | Path, audio_dir: str | Path, check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+    """AudioCaps CSV (audiocap_id, youtube_id, start_time, caption): one caption example per row."""
+    report = ReadReport(str(path))
+    base = Path(audio_dir)
+
+    def make(line: int, row: dict[str, str]) -> list[Example]:
+        cap_id, yt, start, cap = _need(row, "audiocap_id", "youtube_id", "start_time", "caption")
+        try:
+            t0 = float(start)
+        except ValueError:
+            raise _Skip(f"start_time not a number: {start!r}") from None
+        stems = [cap_id, yt, f"Y{yt}", f"{yt}_{int(t0)}"]
+        audio = _audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
+        return [Example(f"audiocaps-{cap_id}", audio, CAPTION_INSTRUCTION, cap, "caption", [], None,
+                        {"youtube_id": yt, "start_time": t0, "row": line})]
+
+    return _run(report, _csv_rows(Path(path), {"audiocap_id", "youtube_id", "start_time", "caption"}), make), report
+
+
+def read_clotho(captions_csv: str | Path, audio_dir: str | Path, metadata_csv: str | Path | None = None,
+                check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+    """Clotho captions CSV (file_name, caption_1..caption_5): five caption examples per clip, each
+    carrying all five as ``metadata['references']``; keywords come from the metadata CSV if given."""
+    report = ReadReport(str(captions_csv))
+    base = Path(audio_dir)
+    meta: dict[str, dict[str, str]] = {}
+    if metadata_csv is not None:
+        meta = {r["file_name"].strip(): r for _, r in _csv_rows(Path(metadata_csv), {"file_name"})}
+    cap_cols = [f"caption_{k}" for k in range(1, 6)]
+
+    def make(line: int, row: dict[str, str]) -> list[Example]:
+        (name,) = _need(row, "file_name")
+        caps = _need(row, *cap_cols)
+        audio = _audio(report, line, [base / name], check_audio)
+        extra = {k: v for k, v in meta.get(name, {}).items() if k != "file_name"}
+        return [Example(f"clotho-{Path(name).stem}-{k}", audio, CAPTION_INSTRUCTION, c, "caption", [], None,
+                        {"file_name": name, "references": caps, "row": line, **extra}) for k, c in enumerate(caps)]
+
+    return _run(report, _csv_rows(Path(captions_csv), {"file_name", *cap_cols}), make), report
+
+
+def read_esc50(meta_csv: str | Path, audio_dir: str | Path, check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+    """ESC-50 meta/esc50.csv (filename, fold, target, category, esc10, src_file, take) as classification.
+
+    A row whose (target, category) pair contradicts an earlier row is skipped (an unknown /
+    inconsistent label), as is a target outside 0..49 or a fold outside 1..5.
+    """
+    report = ReadReport(str(meta_csv))
+    base = Path(audio_dir)
+    seen: dict[int, str] = {}
+    seen_target: dict[str, int] = {}
+
+    def make(line: int, row: dict[str, str]) -> list[Example]:
+        name, fold, target, category = _need(row, "filename", "fold", "target", "category")
+        if not (target.isdigit() and 0 <= int(target) < 50):
+            raise _Skip(f"target {target!r} is not a class number 0..49")
+        if not (fold.isdigit() and 1 <= int(fold) <= 5):
+            raise _Skip(f"fold {fold!r} is not 1..5")
+        if seen.setdefault(int(target), category) != category:
+            raise _Skip(f"unknown label: category {category!r} for target {target}, which is {seen[int(target)]!r}")
+        if seen_target.setdefault(category, int(target)) != int(target):
+            raise _Skip(f"unknown label: target {target} for category {category!r}, which is {seen_target[category]}")
+        audio = _audio(report, line, [base / name], check_audio)
+        label = category.replace("_", " ")
+        return [Example(f"esc50-{Path(name).stem}", audio, CLASSIFICATION_QUESTION, label, "classification", [label],
+                        None, {"fold": int(fold), "target": int(target), "esc10": row.get("esc10", ""), "row": line})]
+
+    return _run(report, _csv_rows(Path(meta_csv), {"filename", "fold", "target", "category"}), make), report
+
+
+# --------------------------------------------------------------------------------------------
+# MMAU
+
+
+def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True,
+              task: str | None = None) -> tuple[list[Example], ReadReport]:
+    """MMAU JSON (id, audio_id, question, choices, answer, task, category, sub-category, difficulty...).
+
+    `audio_dir` is where ``audio_id`` paths are relative to (default: the JSON's folder). Items
+    exported by `write_mmau_json` with a ``scene`` spec use that spec as audio. `task` keeps only
+    items of that MMAU task (sound | music | speech). Answers must be one of the choices.
+    """
+    report = ReadReport(str(path))
+    items = _json_list(path)
+    base = Path(audio_dir) if audio_dir else Path(path).parent
+
+    def make(i: int, item: Any) -> list[Example]:
+        if not isinstance(item, dict):
+            raise _Skip("not a JSON object")
+        qid, question, choices, _ = _need(item, "id", "question", "choices", "answer")
+        answer = item["answer"]  # verbatim: some test-mini choices keep a leading space
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise _Skip("choices must be a list of >= 2 strings")
+        if answer not in choices:
+            raise _Skip(f"answer {answer!r} is not one of the choices")
+        if task and item.get("task") != task:
+            return []
+        if isinstance(item.get("scene"), dict):
+            audio: str | dict = item["scene"]
+        else:
+            (audio_id,) = _need(item, "audio_id")
+            audio = _audio(report, i, [base / audio_id.removeprefix("./")], check_audio)
+        category = item.get("category", "")
+        category = category[0] if isinstance(category, list) and category else category  # a few test-mini items hold a list
+        meta = {k: v for k, v in item.items() if k not in ("question", "choices", "answer", "scene")}
+        meta.update(question=question, category=category, row=i)
+        return [Example(str(qid), audio, mcq_instruction(question, choices), answer, "reasoning", [], list(choices), meta)]
+
+    return _run(report, enumerate(items), make), report
+
+
+def write_mmau_json(examples: Iterable[Example], path: str | Path, audio_dir: str | Path | None = None,
+                    corpus_root: str | Path = "data") -> int:
+    """Write multiple-choice examples in MMAU's JSON shape; returns how many were written.
+
+    Scene audio is rendered to ``audio_dir/<id>.wav`` (``audio_id`` relative to the JSON's folder)
+    when `audio_dir` is given, else the spec is kept under a ``scene`` key that `read_mmau` uses.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = []
+    for ex in examples:
+        if not ex.choices:
+            continue
+        m = ex.metadata
+        audio_id = ex.audio if isinstance(ex.audio, str) else f"./scenes/{ex.id}.wav"
+        item: dict[str, Any] = {
+            "id": ex.id, "audio_id": audio_id, "question": m.get("question", ex.instruction), "choices": list(ex.choices),
+            "answer": ex.answer, "dataset": m.get("dataset", "sam-scenes"), "task": m.get("mmau_task", m.get("task", "sound")),
+            "split": ex.audio.get("split", "") if isinstance(ex.audio, dict) else m.get("split", ""),
+            "category": m.get("category", "Reasoning"), "sub-category": m.get("sub-category", ""),
+            "difficulty": m.get("difficulty", "medium"),
+        }
+        if isinstance(ex.audio, dict):
+            if audio_dir is not None:
+                import soundfile as sf
+
+                from sam.data.scenes import render_scene
+
+                wav = Path(audio_dir) / f"{ex.id}.wav"
+                wav.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(wav, render_scene(ex.audio, corpus_root), ex.audio["sample_rate"], subtype="PCM_16")
+                item["audio_id"] = "./" + Path(os.path.relpath(wav, path.parent)).as_posix()
+            else:
+                item["scene"] = ex.audio
+        items.append(item)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(items, indent=1))
+    os.replace(tmp, path)
+    return len(items)
+

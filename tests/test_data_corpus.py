@@ -1,0 +1,110 @@
+"""The embedded corpus: real clips from the four Debian sources, every row decodes, enough classes."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sam.audio import load_audio
+from sam.data.corpus import (
+    OPENSFX_CAT, CorpusError, parse_opensfx_cat, prepare_corpus, read_asterisk_transcripts, read_class_map,
+    read_manifest, trim_silence,
+)
+from sam.data.summary import corpus_summary, format_summary
+
+ROOT = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="session")
+def corpus_root() -> Path:
+    prepare_corpus(ROOT, progress=False)  # returns at once when `sam prepare-data` already built it
+    return ROOT
+
+
+def test_extraction_finds_over_1100_clips_from_all_four_sources(corpus_root):
+    rows = read_manifest(corpus_root)
+    per_source = Counter(r["source"] for r in rows)
+    print("clips per source:", dict(per_source), "total", len(rows))
+    assert len(rows) >= 1100
+    assert set(per_source) == {"ufoai-sound", "openttd-opensfx", "sonic-pi-samples", "asterisk-core-sounds-en"}
+    assert per_source["openttd-opensfx"] == 71  # 73 catalogue entries, two are empty placeholders
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert all(r["licence"] and r["licence"] != "unknown" for r in rows)
+
+
+def test_manifest_rows_decode_with_their_stated_duration(corpus_root):
+    rows = read_manifest(corpus_root)
+    for r in random.Random(0).sample(rows, 60):  # the builder decoded all of them; re-check a sample
+        wave = load_audio(corpus_root / r["path"])
+        assert wave.size == r["num_samples"] and abs(wave.size / 16000 - r["duration"]) < 1e-3
+        assert np.abs(wave).max() > 1e-3  # not silence
+        assert sf.info(corpus_root / r["path"]).samplerate == 16000
+
+
+def test_classes_cover_20_labels_with_5_source_clips_each(corpus_root):
+    cmap = read_class_map(corpus_root)
+    rows = read_manifest(corpus_root)
+    counts = Counter(lab for r in rows for lab in r["labels"])
+    print("classes:", {k: v["clips"] for k, v in cmap["classes"].items()})
+    assert len(cmap["classes"]) >= 20
+    for name, info in cmap["classes"].items():
+        assert info["clips"] == counts[name] >= 5
+
+
+def test_opensfx_captions_and_asterisk_transcripts_reach_the_manifest(corpus_root):
+    entries = parse_opensfx_cat(OPENSFX_CAT)
+    assert len(entries) == 73 and entries[6][1].startswith('"Ship horn"') and entries[6][2][:4] == b"RIFF"
+    rows = {r["id"]: r for r in read_manifest(corpus_root)}
+    assert rows["opensfx/06_ship_horn"]["caption"] == "Ship horn" and rows["opensfx/06_ship_horn"]["labels"] == ["horn"]
+    text = read_asterisk_transcripts()
+    speech = [r for r in rows.values() if r["labels"] == ["speech"] and r["transcript"]]
+    assert len(speech) > 500
+    name = speech[0]["id"].removeprefix("asterisk/")
+    assert speech[0]["transcript"] == text[name]
+
+
+def test_unreadable_entries_are_reported_and_skipped(corpus_root):
+    report = json.loads((corpus_root / "corpus" / "report.json").read_text())
+    skipped = {s["id"]: s["reason"] for s in report["skipped"]}
+    assert "opensfx/34_unused_nothing" in skipped and "no samples" in skipped["opensfx/34_unused_nothing"]
+    assert all(i not in {r["id"] for r in read_manifest(corpus_root)} for i in skipped)
+
+
+def test_folder_source_builds_a_corpus_and_reports_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "audio").mkdir()
+    lines = ["path,labels,caption"]
+    for i in range(6):
+        wave = np.concatenate([np.zeros(800), 0.3 * rng.standard_normal(4000), np.zeros(400)])
+        sf.write(tmp_path / "audio" / f"c{i}.wav", wave, 22050)
+        lines.append(f"c{i}.wav,{'bird' if i < 3 else 'bell;music'},clip {i}")
+    (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
+    lines += ["broken.wav,bird,", "absent.wav,bird,"]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    prepare_corpus(tmp_path, source="folder", min_clips=3, progress=False)
+    rows = read_manifest(tmp_path)
+    assert len(rows) == 6 and rows[3]["labels"] == ["bell", "music"]
+    assert abs(rows[0]["duration"] - 4000 / 22050) < 2e-3  # leading/trailing silence trimmed
+    assert set(read_class_map(tmp_path)["classes"]) == {"bird", "bell", "music"}
+    skipped = json.loads((tmp_path / "corpus" / "report.json").read_text())["skipped"]
+    assert {s["id"] for s in skipped} == {"folder/broken", "folder/absent"}
+    with pytest.raises(CorpusError, match="labels.csv"):
+        prepare_corpus(tmp_path / "empty", source="folder", progress=False)
+
+
+def test_trim_silence_keeps_the_sound_and_drops_the_edges():
+    wave = np.zeros(1000, dtype=np.float32)
+    wave[300:700] = 0.5
+    out = trim_silence(wave)
+    assert out.size == 400 and trim_silence(np.zeros(100, dtype=np.float32)).size == 0
+
+
+def test_summary_reports_real_numbers(corpus_root):
+    s = corpus_summary(corpus_root)
+    assert s["clips"] == len(read_manifest(corpus_root)) and s["classes"] >= 20
+    assert "asterisk-core-sounds-en" in format_summary(corpus_root)
