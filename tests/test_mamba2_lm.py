@@ -13,15 +13,7 @@ from safetensors.torch import load_file, save_file
 from sam.config import ConfigError, MambaConfig
 from sam.lm import CheckpointError, MambaLM, expected_num_params, named_config
 from sam.mamba2 import Mamba2Mixer
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine thread sync dominates."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 TINY = MambaConfig(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, ngroups=2, chunk_size=8)
 
