@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -120,6 +119,13 @@ def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) ->
     return lines
 
 
+def lm_sizes(s: Settings) -> list[str]:
+    """The LM sizes a preset defines (smoke has one; the others stand in for 130M / 780M / 2.7B)."""
+    from sam.config import LM_SIZES, PAPER_LM_NAMES
+
+    return list(LM_SIZES.get(s.preset, PAPER_LM_NAMES))
+
+
 def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequence[str] = ()) -> ExperimentConfig:
     """The config of one trained run: the preset at `lm_size`, this seed, the script's `changes`
     (dotted ``key=value``) and then the user's ``--set`` overrides."""
@@ -193,13 +199,24 @@ def compare(key: str, better: Sequence[float], worse: Sequence[float], better_na
 # Outputs
 
 
-def figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[plt.Figure, np.ndarray]:
-    """A figure in the project's style; axes always come back as a flat array."""
+def _style() -> None:
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[plt.Figure, np.ndarray]:
+    """A figure in the project's style; axes always come back as a flat array."""
+    _style()
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, constrained_layout=True)
     return fig, axes.ravel()
+
+
+def mosaic(layout: str, width: float, height: float, **kw: Any) -> tuple[plt.Figure, dict[str, plt.Axes]]:
+    """A figure with named panels (matplotlib's subplot_mosaic, rows separated by ';'; `kw` goes to it)."""
+    _style()
+    fig = plt.figure(figsize=(width, height), constrained_layout=True)
+    return fig, fig.subplot_mosaic(layout, **kw)
 
 
 def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.DataFrame, *, title: str,
@@ -262,15 +279,12 @@ def git_state() -> dict[str, Any]:
 
 
 def manifest_hash(root: str | Path) -> str:
-    """sha256 of the corpus manifest under `root`, or a sentence saying why there is none."""
-    root = Path(root) if Path(root).is_absolute() else REPO / root
-    found = sorted(p for p in root.glob("manifest.*") if p.is_file()) if root.is_dir() else []
-    if not found:
-        return f"none: no manifest.* under {Path(root).name}/"
-    h = hashlib.sha256()
-    for p in found:
-        h.update(p.read_bytes())
-    return "sha256:" + h.hexdigest()
+    """The corpus manifest's hash (as the library's caches name it), or a sentence saying why there is none."""
+    from sam.data.corpus import manifest_hash as corpus_manifest_hash
+
+    if not (Path(root) / "corpus" / "manifest.jsonl").is_file():
+        return f"none: no corpus/manifest.jsonl under {root} (run `sam prepare-data`)"
+    return "sha256:" + corpus_manifest_hash(root)
 
 
 def device_name() -> str:
