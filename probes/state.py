@@ -153,10 +153,11 @@ def update_stats_ref(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, return_state: 
     return (dist, prev, state) if return_state else (dist, prev)
 
 
-def update_stats(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+def update_stats(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32) -> tuple[Tensor, Tensor]:
     """Exact (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], in chunks of `chunk_size` tokens.
 
-    Work is that of one SSD pass; memory is O(b T H chunk_size) plus one state per chunk.
+    Work is about one SSD pass (batched matmuls over chunks); memory is O(b T H chunk_size) plus
+    one [headdim, d_state] state per head and chunk.
     """
     b, T, H, P, G, N = _check(x, B, dt, A)
     R, Q = H // G, int(chunk_size)
@@ -166,59 +167,57 @@ def update_stats(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 
     if pad:  # dt = 0 and x = 0 on padding: a = 1, no update; the tail is cut off below
         x, B, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
     c = (T + pad) // Q
-    x = x.reshape(b, c, Q, G, R, P)
-    B = B.reshape(b, c, Q, G, N)
-    dt = dt.reshape(b, c, Q, G, R)
-    la = dt * A.reshape(G, R)  # log a_t
-    cum = torch.cumsum(la, dim=2)  # Lambda_t inside the chunk
+    # Layouts (group g, chunk c outermost so every product below is a batched matmul):
+    xs = x.reshape(b, c, Q, G, R, P).permute(0, 3, 1, 4, 2, 5).contiguous()  # [b,G,c,R,Q,P]
+    xq = x.reshape(b, c, Q, G, R * P).permute(0, 3, 1, 2, 4).contiguous()  # [b,G,c,Q,R*P]
+    Bs = B.reshape(b, c, Q, G, N).permute(0, 3, 1, 2, 4).contiguous()  # [b,G,c,Q,N]
+    dts = dt.reshape(b, c, Q, G, R).permute(0, 3, 1, 4, 2)  # [b,G,c,R,Q]
+    la = dts * A.reshape(1, G, 1, R, 1)  # log a_t
+    cum = torch.cumsum(la, dim=-1)  # Lambda_t inside the chunk
     cum_prev = cum - la  # Lambda_{t-1}
 
     # c_t = x_t^T h_{t-1} B_t. Inside a chunk: sum_{s<t} exp(Lambda_{t-1} - Lambda_s) dt_s (x_t.x_s)(B_t.B_s).
-    strict = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril(-1)
-    to_t = cum_prev.permute(0, 1, 3, 4, 2)[..., :, None]  # [b,c,G,R,Q,1]
-    from_s = cum.permute(0, 1, 3, 4, 2)[..., None, :]  # [b,c,G,R,1,Q]
-    decay = torch.exp((to_t - from_s).masked_fill(~strict, float("-inf")))
-    gram_x = torch.einsum("bctgrp,bcsgrp->bcgrts", x, x)
-    gram_b = torch.einsum("bctgn,bcsgn->bcgts", B, B)
-    weights = decay * gram_x * gram_b[:, :, :, None] * dt.permute(0, 1, 3, 4, 2)[..., None, :]
-    cross = weights.sum(-1).permute(0, 1, 4, 2, 3)  # [b,c,Q,G,R]
-    del decay, gram_x, weights
+    above = torch.full((Q, Q), float("-inf"), dtype=x.dtype, device=x.device).triu()  # s >= t: no term
+    decay = torch.exp(cum_prev[..., :, None] - cum[..., None, :] + above)  # [b,G,c,R,Q,Q]
+    gram_b = Bs @ Bs.transpose(-1, -2)  # [b,G,c,Q,Q]
+    cross = (((xs @ xs.transpose(-1, -2)) * gram_b[:, :, :, None] * decay) @ dts[..., None])[..., 0]  # [b,G,c,R,Q]
 
     # Plus the state carried in from earlier chunks: exp(Lambda_{t-1}) x_t^T S_c B_t.
-    to_end = torch.exp(cum[:, :, -1:] - cum) * dt  # [b,c,Q,G,R]
-    local = torch.einsum("bcsgr,bcsgrp,bcsgn->bcgrpn", to_end, x, B)  # each chunk's own end state
-    chunk_decay = torch.exp(cum[:, :, -1])  # [b,c,G,R]
+    to_end = (torch.exp(cum[..., -1:] - cum) * dts).transpose(-1, -2)  # [b,G,c,Q,R]
+    local = (xq.view(b, G, c, Q, R, P) * to_end[..., None]).view(b, G, c, Q, R * P).transpose(-1, -2) @ Bs  # [b,G,c,RP,N]
+    chunk_decay = torch.exp(cum[..., -1]).repeat_interleave(P, dim=-1)[..., None]  # [b,G,c,RP,1]
     starts = torch.empty_like(local)
-    carried = torch.zeros_like(local[:, 0])
+    carried = torch.zeros_like(local[:, :, 0])
     for k in range(c):
-        starts[:, k] = carried
-        carried = chunk_decay[:, k, :, :, None, None] * carried + local[:, k]
+        starts[:, :, k] = carried
+        carried = chunk_decay[:, :, k] * carried + local[:, :, k]
     del local
-    read = torch.einsum("bcgrpn,bctgn->bctgrp", starts, B)
-    cross = cross + torch.exp(cum_prev) * (read * x).sum(-1)
+    read = (Bs @ starts.transpose(-1, -2)) * xq  # [b,G,c,Q,RP]: (S_c B_t) * x_t
+    cross = cross + torch.exp(cum_prev) * read.view(b, G, c, Q, R, P).sum(-1).transpose(-1, -2)
     del read, starts
 
-    # ||h_t||^2 = a_t^2 ||h_{t-1}||^2 + beta_t, solved the same way (decay a^2 = exp(2 la)).
-    sq_update = dt**2 * (x * x).sum(-1) * (B * B).sum(-1)[..., None]  # dt^2 ||x||^2 ||B||^2
+    # ||h_t||^2 = a_t^2 ||h_{t-1}||^2 + beta_t, solved the same way with decay a^2:
+    # sum_{s<=t} exp(2 (Lambda_t - Lambda_s)) beta_s = a_t^2 sum_{s<t} decay_ts^2 beta_s + beta_t.
     a = torch.exp(la)
-    beta = 2 * a * dt * cross + sq_update
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    to_t2 = 2 * cum.permute(0, 1, 3, 4, 2)[..., :, None]
-    decay2 = torch.exp((to_t2 - 2 * from_s).masked_fill(~causal, float("-inf")))
-    norm2 = torch.einsum("bcgrts,bcsgr->bctgr", decay2, beta)
-    del decay2
-    carried = torch.zeros_like(norm2[:, 0, 0])
-    start_norm2 = torch.empty_like(norm2[:, :, 0])
+    sq_update = dts**2 * (xs * xs).sum(-1) * (Bs * Bs).sum(-1)[:, :, :, None]  # dt^2 ||x||^2 ||B||^2
+    beta = 2 * a * dts * cross + sq_update
+    norm2 = a**2 * ((decay * decay) @ beta[..., None])[..., 0] + beta  # [b,G,c,R,Q]
+    del decay
+    chunk_decay2 = torch.exp(2 * cum[..., -1])  # [b,G,c,R]
+    start_norm2 = torch.empty_like(chunk_decay2)
+    carried2 = torch.zeros_like(chunk_decay2[:, :, 0])
     for k in range(c):
-        start_norm2[:, k] = carried
-        carried = torch.exp(2 * cum[:, k, -1]) * carried + norm2[:, k, -1]
-    norm2 = norm2 + torch.exp(2 * cum) * start_norm2[:, :, None]
-    norm2 = norm2.reshape(b, c * Q, H)
-    prev_norm2 = torch.cat([norm2.new_zeros(b, 1, H), norm2[:, :-1]], 1)[:, :T]
+        start_norm2[:, :, k] = carried2
+        carried2 = chunk_decay2[:, :, k] * carried2 + norm2[:, :, k, :, -1]
+    norm2 = norm2 + torch.exp(2 * cum) * start_norm2[..., None]
 
-    am1 = torch.expm1(la).reshape(b, c * Q, H)[:, :T]
-    dtf = dt.reshape(b, c * Q, H)[:, :T]
-    dist2 = am1**2 * prev_norm2 + 2 * am1 * dtf * cross.reshape(b, c * Q, H)[:, :T] + sq_update.reshape(b, c * Q, H)[:, :T]
+    def tokens(v: Tensor) -> Tensor:  # [b,G,c,R,Q] -> [b,T,H]
+        return v.permute(0, 2, 4, 1, 3).reshape(b, c * Q, H)[:, :T]
+
+    norm2 = tokens(norm2)
+    prev_norm2 = torch.cat([norm2.new_zeros(b, 1, H), norm2[:, :-1]], 1)
+    am1, dtf = tokens(torch.expm1(la)), tokens(dts)
+    dist2 = am1**2 * prev_norm2 + 2 * am1 * dtf * tokens(cross) + tokens(sq_update)
     return _finish(dist2, prev_norm2)
 
 
@@ -279,7 +278,7 @@ def state_updates(
     span: SpanLike = None,
     *,
     dtype: torch.dtype = torch.float64,
-    chunk_size: int = 64,
+    chunk_size: int = 32,
     reference: bool = False,
 ) -> StateUpdates:
     """Run `model` once on `inputs` and compute per-layer state-update tensors inside the hooks.
@@ -334,7 +333,7 @@ def state_updates(
 
 
 def state_update_distance(
-    model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *, dtype: torch.dtype = torch.float64, chunk_size: int = 64
+    model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *, dtype: torch.dtype = torch.float64, chunk_size: int = 32
 ) -> pd.DataFrame:
     """Exact state-update distances of every (selected) Mamba-2 layer, head and audio token, tidy.
 

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import probes
+from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from probes.hooks import resolve_sites
-from tests.test_probes_state import tiny_hf, tiny_lm
+from tests.test_probes_state import tiny_hf, tiny_lm, tiny_sam_and_batch
 
 
 def _ids(b: int = 2, t: int = 21, seed: int = 0) -> torch.Tensor:
@@ -148,3 +149,24 @@ def test_plots_draw_rank_lines_and_state_updates_from_the_tidy_tables():
     assert list(ax.lines[0].get_xdata()) == list(range(1, 12))
     with pytest.raises(KeyError, match="needs columns"):
         plots.plot_state_update(state, hue="model")
+
+
+def test_sam_sites_carry_encoder_grid_connector_tokens_and_the_lm_audio_span_bit_for_bit():
+    model, batch = tiny_sam_and_batch()
+    with torch.no_grad():
+        plain = model(batch)[1]
+    out, cache = probes.run_with_cache(model, batch)
+    assert torch.equal(out[1], plain)
+    t, f = model.audio_tower.grid_shape(batch["fbank"].shape[1])
+    n = model.num_audio_tokens()
+    d = model.audio_tower.embed_dim
+    assert cache["encoder.patches"].shape == cache["encoder.out"].shape == (2, t, f, d)
+    assert cache["encoder.blocks.0"].shape == (2, 1 + t * f, d)  # CLS first
+    assert [x.shape for x in cache.tokens("encoder.blocks.0")] == [(t * f, d)] * 2  # CLS dropped
+    assert cache["connector.in"].shape == (2, t, f * d)  # concat layout, before the MLP
+    assert cache.spans.tolist() == [[0, n]] * 2
+    assert torch.equal(cache["lm.embed"][:, :n], cache["connector.out"])  # audio tokens come first
+    assert all(torch.equal(a, c) for a, c in zip(cache.tokens("lm.embed"), cache["connector.out"]))
+    assert [x.shape[0] for x in cache.tokens("lm.layers.1")] == [n, n]
+    table = probes.token_measures(cache, ["encoder.out", "connector.out", "lm.layers.1"])
+    assert set(table.part) == {"encoder", "connector", "lm"} and table.value.notna().all()

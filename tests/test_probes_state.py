@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import probes
+from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from probes.state import COLUMNS, ssm_inputs, update_stats, update_stats_ref
 
 REL = 1e-8
@@ -132,18 +133,34 @@ def test_recomputed_ssm_inputs_reproduce_the_models_own_final_states():
         torch.testing.assert_close(ours.float(), out.cache.get_recurrent_state(i).float(), rtol=1e-4, atol=1e-6)
 
 
-def test_sam_audio_span_distances_equal_the_recurrence():
-    sam_model = pytest.importorskip("sam.model", reason="sam/model.py has not landed yet")
+def tiny_sam_and_batch(seed: int = 0):
+    """A smoke-preset SAM (LoRA in place on in_proj/out_proj) and a right-padded batch of 2 clips."""
+    sam_model = pytest.importorskip("sam.model", reason="sam/model.py is not there")
     from sam.config import preset
 
     cfg = preset("smoke").model
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = sam_model.SAM(cfg).eval()
-    batch = sam_model.example_batch(cfg, batch_size=2) if hasattr(sam_model, "example_batch") else pytest.skip("no example batch builder in sam.model")
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    batch = {
+        "fbank": torch.randn(2, cfg.audio.target_frames, cfg.audio.num_mel_bins, generator=g),
+        "input_ids": torch.randint(0, cfg.lm.vocab_size, (2, 9), generator=g),
+        "attention_mask": mask,
+    }
+    return model, batch
+
+
+def test_sam_audio_span_distances_equal_the_recurrence():
+    model, batch = tiny_sam_and_batch()
     got = probes.state_update_distance(model, batch)
-    spans = model.audio_span(batch)
     assert_frames_match(got, probes.state_update_distance_ref(model, batch))
-    assert got.groupby("clip").position.max().tolist() == (spans[:, 1] - spans[:, 0] - 1).tolist()
+    n_audio = model.num_audio_tokens()
+    assert model.audio_span(batch).tolist() == [[0, n_audio]] * 2
+    assert got.groupby("clip").position.agg(["min", "max"]).values.tolist() == [[1, n_audio - 1]] * 2
+    mid = probes.state_update_distance(model, batch, layers=[0], span=(5, n_audio + 4))  # a span into the prompt
+    assert_frames_match(mid, probes.state_update_distance_ref(model, batch, layers=[0], span=(5, n_audio + 4)))
 
 
 def test_non_mamba2_models_are_refused_with_the_reason():
