@@ -72,6 +72,9 @@ def _kernels() -> _Kernels:
     if _KERNELS is not None:
         return _KERNELS
     k = _Kernels()
+    if importlib.util.find_spec("mamba_ssm") is None:
+        _KERNELS = _Kernels(error="mamba_ssm is not installed")
+        return _KERNELS
     try:
         # mamba_ssm 2.3.x's package __init__ imports the Mamba-1 CUDA extension unconditionally; a
         # Triton-only install lacks it. Mamba-2 never calls it, so an empty stand-in lets the import run.
@@ -141,7 +144,7 @@ class _CausalConvSiLU(torch.autograd.Function):
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32, output in the input dtype (as mamba_ssm and transformers do)."""
+    """RMSNorm computed in (at least) fp32, output in the input dtype (as mamba_ssm and transformers do)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -149,8 +152,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        y = F.rms_norm(x.to(cdt), (x.shape[-1],), None, self.eps)
+        return (y * self.weight.to(cdt)).to(x.dtype)
 
 
 class RMSNormGated(nn.Module):
@@ -164,11 +168,12 @@ class RMSNormGated(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         dtype = x.dtype
-        h = x.float() * F.silu(z.float())
+        cdt = torch.promote_types(dtype, torch.float32)
+        h = x.to(cdt) * F.silu(z.to(cdt))
         shape = h.shape
         h = h.view(*shape[:-1], shape[-1] // self.group_size, self.group_size)
         h = F.rms_norm(h, (self.group_size,), None, self.eps).view(shape)
-        return (h * self.weight.float()).to(dtype)
+        return (h * self.weight.to(cdt)).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------

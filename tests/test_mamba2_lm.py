@@ -266,3 +266,70 @@ def test_bad_checkpoint_dirs_raise_errors_naming_file_or_key(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match="not valid JSON"):
         MambaLM.from_pretrained(tmp_path / "ok")
     assert not [p for p in (tmp_path / "ok").iterdir() if p.name.endswith(".tmp")]
+
+
+def _fake_kernels():
+    """Stand-ins with mamba_ssm's / causal_conv1d's exact signatures, built on our reference ops,
+    so the kernel-path call sites (argument names, order, shapes) are exercised without a GPU."""
+    import torch.nn.functional as F
+
+    from sam.mamba2 import _Kernels
+    from sam.ssd import ssd_chunked
+
+    def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False, final_states_out=None, activation=None):
+        y = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
+        return F.silu(y) if activation in ("silu", "swish") else y
+
+    def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
+                                  cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
+                                  return_varlen_states=False):
+        assert z is None and seq_idx is None
+        return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_state=initial_states,
+                           dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_state=return_final_states)
+
+    def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+        assert not norm_before_gate and bias is None
+        h = x * F.silu(z)
+        g = h.view(*h.shape[:-1], -1, group_size)
+        return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)).view(h.shape) * weight
+
+    def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, initial_states=None, seq_idx=None,
+                                         dt_limit=(0.0, float("inf")), return_final_states=False, activation="silu", rmsnorm_weight=None,
+                                         rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True):
+        assert outproj_weight is None and rmsnorm_weight is not None
+        nheads = D.shape[0]
+        dim = nheads * headdim
+        dstate = (conv1d_weight.shape[0] - dim) // ngroups // 2
+        z, xBC, dt = torch.split(zxbcdt, [dim, dim + 2 * ngroups * dstate, nheads], dim=-1)
+        xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight, conv1d_bias, activation=activation).transpose(1, 2)
+        x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+        b, l = x.shape[:2]
+        y = mamba_chunk_scan_combined(x.reshape(b, l, nheads, headdim), dt, A, B.reshape(b, l, ngroups, dstate), C.reshape(b, l, ngroups, dstate),
+                                      chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True)
+        return rmsnorm_fn(y.reshape(b, l, dim), rmsnorm_weight, None, z=z, eps=rmsnorm_eps, group_size=dim // ngroups, norm_before_gate=False)
+
+    return _Kernels(chunk_scan=mamba_chunk_scan_combined, split_conv1d_scan=mamba_split_conv1d_scan_combined,
+                    rmsnorm_gated=rmsnorm_fn, conv1d=causal_conv1d_fn)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_kernel_path_call_sites_match_mamba_ssm_signatures(monkeypatch: pytest.MonkeyPatch, fused: bool) -> None:
+    m = _model(dtype=torch.float64)
+    ids = torch.randint(0, TINY.vocab_size, (2, 21))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        ref, ref_masked = m(ids).logits, m(ids, attention_mask=mask).logits
+        cache = m.allocate_cache(2, dtype=torch.float64)
+        m(ids[:, :12], cache=cache)
+        ref_step = m.step(ids[:, 12], cache)
+    kernels = _fake_kernels()
+    if not fused:
+        kernels.split_conv1d_scan = None
+    monkeypatch.setattr(Mamba2Mixer, "_use_kernels", lambda self, x: kernels)
+    with torch.no_grad():
+        assert _rel(m(ids).logits, ref) < 1e-12
+        assert _rel(m(ids, attention_mask=mask).logits, ref_masked) < 1e-12
+        cache = m.allocate_cache(2, dtype=torch.float64)
+        m(ids[:, :12], cache=cache)
+        assert _rel(m.step(ids[:, 12], cache), ref_step) < 1e-12
