@@ -116,9 +116,12 @@ class AudioEncoder(nn.Module):
     construct every encoder the same way. A non-empty ``cfg.checkpoint`` is loaded at construction.
     """
 
-    def __new__(cls, enc_cfg: EncoderConfig, audio_cfg: AudioConfig) -> Any:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        enc_cfg = args[0] if args else kwargs.get("enc_cfg")
+        if enc_cfg is None:  # copy / unpickle: no config, plain instance
+            return super().__new__(cls)
         if cls is AudioEncoder and enc_cfg.kind == "ast":
-            return ASTEncoder(enc_cfg, audio_cfg)
+            return ASTEncoder(*args, **kwargs)
         if enc_cfg.kind not in ("eat", "ast"):
             raise ValueError(f"encoder.kind {enc_cfg.kind!r} unknown; choose eat or ast")
         return super().__new__(cls)
