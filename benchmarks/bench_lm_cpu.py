@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     md += [
         "",
-        "Our PyTorch path picks its own chunk length on CPU (`sam.ssd.cpu_chunk_size`; results do not depend on it, "
+        "Our PyTorch path picks its own chunk length on CPU (`sam.ssd.CPU_CHUNK_SIZE` = 32; results do not depend on it, "
         "tests/test_ssd.py), while transformers uses the configured one; the 'chunk 32' column gives transformers the same freedom.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}; commit {record['git_commit'][:10]}.",
     ]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sam.config import ConfigError, MambaConfig
-from sam.ssd import cpu_chunk_size, ssd_chunked
+from sam.ssd import CPU_CHUNK_SIZE, ssd_chunked
 
 
 def check_config(cfg: MambaConfig) -> None:
@@ -310,7 +310,7 @@ class Mamba2Mixer(nn.Module):
             res = k.chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
                                initial_states=init, dt_softplus=True, return_final_states=want_state)
         else:
-            chunk = self.chunk_size if x.is_cuda else cpu_chunk_size(L)
+            chunk = self.chunk_size if x.is_cuda else CPU_CHUNK_SIZE
             res = ssd_chunked(x, dt, A, B, C, chunk, D=self.D, dt_bias=self.dt_bias,
                               initial_state=init, dt_softplus=True, return_final_state=want_state)
         if want_state:
