@@ -21,6 +21,7 @@ outputs, import `sam` or `mamba_ssm`, or approximate the distances.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,11 @@ from torch import Tensor, nn
 from .models import SpanLike, call_model, mamba2_mixers, resolve_spans
 
 COLUMNS = ["clip", "layer", "head", "position", "distance", "state_norm", "relative"]
+
+
+def _exp_safe(dtype: torch.dtype) -> float:
+    """Log-decays above minus this keep exp(-Lambda) and exp(Lambda) clear of overflow and underflow."""
+    return 0.8 * math.log(torch.finfo(dtype).max)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,10 +109,17 @@ def ssm_inputs(mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dty
         # input, so an in_proj bias still reaches its conv from padding.
         if not type(mixer).__module__.startswith("transformers."):
             xbc = xbc * mask
-    weight = mixer.conv1d.weight.detach().to(dtype)
-    bias = None if mixer.conv1d.bias is None else mixer.conv1d.bias.detach().to(dtype)
-    xbc = F.conv1d(xbc.transpose(1, 2), weight, bias, padding=shape.d_conv - 1, groups=shape.conv_dim)[..., :T]
-    xbc = F.silu(xbc).transpose(1, 2)
+    # Causal depthwise conv as d_conv shifted multiply-adds over [b, T, channels] (float64
+    # depthwise F.conv1d takes a slow path on CPU).
+    weight = mixer.conv1d.weight.detach().to(dtype)[:, 0]  # [conv_dim, d_conv]
+    k = shape.d_conv
+    padded = F.pad(xbc, (0, 0, k - 1, 0))
+    out = padded[:, k - 1 :] * weight[:, k - 1]
+    for j in range(k - 1):
+        out = out + padded[:, j : j + T] * weight[:, j]
+    if mixer.conv1d.bias is not None:
+        out = out + mixer.conv1d.bias.detach().to(dtype)
+    xbc = F.silu(out)
     if mask is not None:
         xbc = xbc * mask
     x, B = xbc[..., : h * p], xbc[..., h * p : h * p + g * n]
@@ -177,8 +190,12 @@ def update_stats(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 
     cum_prev = cum - la  # Lambda_{t-1}
 
     # c_t = x_t^T h_{t-1} B_t. Inside a chunk: sum_{s<t} exp(Lambda_{t-1} - Lambda_s) dt_s (x_t.x_s)(B_t.B_s).
-    above = torch.full((Q, Q), float("-inf"), dtype=x.dtype, device=x.device).triu()  # s >= t: no term
-    decay = torch.exp(cum_prev[..., :, None] - cum[..., None, :] + above)  # [b,G,c,R,Q,Q]
+    if float(cum.min()) > -_exp_safe(x.dtype):  # exp(L_{t-1} - L_s) as a product of two exps: Q x fewer exps
+        strict = torch.ones(Q, Q, dtype=x.dtype, device=x.device).tril(-1)
+        decay = (torch.exp(cum_prev)[..., :, None] * strict) * torch.exp(-cum)[..., None, :]  # [b,G,c,R,Q,Q]
+    else:  # a chunk decays so far that exp(-L_s) could overflow
+        above = torch.full((Q, Q), float("-inf"), dtype=x.dtype, device=x.device).triu()  # s >= t: no term
+        decay = torch.exp(cum_prev[..., :, None] - cum[..., None, :] + above)
     gram_b = Bs @ Bs.transpose(-1, -2)  # [b,G,c,Q,Q]
     cross = (((xs @ xs.transpose(-1, -2)) * gram_b[:, :, :, None] * decay) @ dts[..., None])[..., 0]  # [b,G,c,R,Q]
 

@@ -48,14 +48,15 @@ def assert_frames_match(got: pd.DataFrame, ref: pd.DataFrame) -> None:
     assert got.relative.isna().equals(ref.relative.isna())
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
-def test_chunked_update_stats_equal_the_token_recurrence(chunk):
+@pytest.mark.parametrize("chunk,decay", [(1, 8), (5, 8), (16, 8), (64, 8), (16, 400)])
+def test_chunked_update_stats_equal_the_token_recurrence(chunk, decay):
+    """decay=400 drives a chunk's log-decay below -600: the overflow-safe branch."""
     g = torch.Generator().manual_seed(chunk)
     b, T, H, P, G, N = 2, 37, 6, 4, 3, 5
     x = torch.randn(b, T, H, P, generator=g, dtype=torch.float64)
     B = torch.randn(b, T, G, N, generator=g, dtype=torch.float64)
     dt = F.softplus(torch.randn(b, T, H, generator=g, dtype=torch.float64) - 1)
-    A = -torch.rand(H, generator=g, dtype=torch.float64) * 8
+    A = -torch.rand(H, generator=g, dtype=torch.float64) * decay
     ref_d, ref_n = update_stats_ref(x, B, dt, A)
     d, n = update_stats(x, B, dt, A, chunk)
     assert ((d - ref_d).abs() / ref_d).max() < REL
