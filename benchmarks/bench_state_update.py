@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     nheads = cfg.expand * cfg.d_model // cfg.headdim
     states_bytes = cfg.n_layer * args.batch * args.tokens * nheads * cfg.headdim * cfg.d_state * torch.finfo(dtype).bits // 8
     result = {
-        "name": f"state_update_{device.type}_{args.shape}",
+        "name": f"state_update_{device.type}_{args.shape}" + ("" if args.dtype == "float64" else f"_{args.dtype}"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
         "shape": args.shape,
@@ -160,11 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "tokens": args.tokens,
         "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0],
         "seconds": {"plain_forward": t_plain, "state_updates": t_state, "reference_measured": t_ref, "reference_layers_timed": len(layers)},
         "median_plain_s": t_plain_med,
         "median_state_s": t_state_med,
         "reference_s": t_ref_all,
         "state_over_plain": t_state_med / t_plain_med,
+        # The probe's own work (everything beyond the forward) against the reference's own work.
+        "reference_extra_over_state_extra": (t_ref_all - t_plain_med) / max(t_state_med - t_plain_med, 1e-9),
+        "largest_transient_bytes_estimate": args.batch * args.tokens * nheads * args.chunk_size * torch.finfo(dtype).bits // 8,
         "reference_over_state": t_ref_all / t_state_med,
         "targets": {"state_over_plain_max": 1.5, "reference_over_state_min": 50.0},
         "memory": memory,
@@ -189,12 +195,15 @@ def markdown(r: dict[str, Any]) -> str:
         ("forward kernels", r["kernels"]),
         ("model", f"MambaLM {r['shape']} ({r['lm']['n_layer']} layers x {r['lm']['nheads']} heads, headdim {r['lm']['headdim']}, d_state {r['lm']['d_state']}), {r['model_dtype']}"),
         ("input", f"{r['batch']} x {r['tokens']} tokens"),
+        ("CPU threads / 1-min load average at the end", f"{r['threads']} / {r['load_average_1m']:.1f}"),
         ("probe", f"{r['probe_dtype']}, chunk {r['probe_chunk_size']}"),
         ("plain forward (median)", f"{r['median_plain_s'] * 1e3:.1f} ms"),
         ("forward + state distances, every layer/head/token (median)", f"{r['median_state_s'] * 1e3:.1f} ms = {r['state_over_plain']:.2f}x the plain forward ({ok(r['state_over_plain'] <= 1.5)} <= 1.5x)"),
         ("token-by-token reference", f"{r['reference_s']:.2f} s = {r['reference_over_state']:.0f}x the closed form ({ok(r['reference_over_state'] >= 50)} >= 50x)"
          + ("" if r["seconds"]["reference_layers_timed"] == r["lm"]["n_layer"] else f"; timed on {r['seconds']['reference_layers_timed']} layers and scaled")),
-        ("extra memory", f"{m['extra_bytes'] / mib:.1f} MiB ({m['kind']}: {m['state_bytes'] / mib:.1f} vs {m['plain_bytes'] / mib:.1f} MiB)"),
+        ("probe work alone vs the reference's own work (forward subtracted from both)", f"{r['reference_extra_over_state_extra']:.1f}x cheaper"),
+        ("extra memory", f"{m['extra_bytes'] / mib:.1f} MiB measured ({m['kind']}: {m['state_bytes'] / mib:.1f} vs {m['plain_bytes'] / mib:.1f} MiB); "
+         f"largest per-layer transient [b, T, heads, chunk] about {r['largest_transient_bytes_estimate'] / mib:.1f} MiB"),
         ("results kept (distance + norm per layer/head/token)", f"{r['output_bytes'] / mib:.2f} MiB"),
         ("storing every h_t instead would take", f"{r['all_states_would_take_bytes'] / mib:.0f} MiB"),
         ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
