@@ -289,7 +289,7 @@ class Mamba2Mixer(nn.Module):
 
         z, xBC, dt = self._split(zxbcdt)
         if mask is not None:
-            xBC = xBC * mask  # in_proj biases (if any) must not leak from padding into the conv
+            xBC = xBC * mask.to(xBC.dtype)  # in_proj biases (if any) must not leak from padding into the conv
         prefix = None
         if cache is not None:
             conv_state = cache.conv_states[self.layer_idx]
@@ -299,7 +299,7 @@ class Mamba2Mixer(nn.Module):
             conv_state.copy_(xt[..., -self.d_conv :])
         xBC = self._conv(xBC, k, prefix)
         if mask is not None:
-            xBC = xBC * mask
+            xBC = xBC * mask.to(xBC.dtype)  # keep the autocast dtype (kernels want one dtype)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.reshape(bsz, L, self.nheads, self.headdim)
         B = B.reshape(bsz, L, self.ngroups, self.d_state)

@@ -189,11 +189,13 @@ def ssd_chunked(
         if initial_state.shape != (b, h, p, n):
             raise ValueError(f"initial_state must be [batch, heads, headdim, d_state] = {(b, h, p, n)}, got {tuple(initial_state.shape)}")
         init = initial_state.to(cdt).reshape(b, g, r, p, n)
-    # Heads are split as (group, head-in-group) so B and C are never repeated per head.
-    y, final_state = _ChunkedScan.apply(
-        xf.reshape(b, nc, q, g, r, p), dt.reshape(b, nc, q, g, r), A.to(cdt).reshape(g, r),
-        Bf.reshape(b, nc, q, g, n), Cf.reshape(b, nc, q, g, n), init,
-    )
+    # Heads are split as (group, head-in-group) so B and C are never repeated per head. Autocast
+    # is off inside: the scan accumulates in `cdt`, and its backward expects one dtype throughout.
+    with torch.autocast(x.device.type, enabled=False):
+        y, final_state = _ChunkedScan.apply(
+            xf.reshape(b, nc, q, g, r, p), dt.reshape(b, nc, q, g, r), A.to(cdt).reshape(g, r),
+            Bf.reshape(b, nc, q, g, n), Cf.reshape(b, nc, q, g, n), init,
+        )
     y = y.reshape(b, nc * q, h, p)[:, :l]
     if D is not None:
         Dv = D.to(cdt)
