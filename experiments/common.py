@@ -219,13 +219,14 @@ def mosaic(layout: str, width: float, height: float, **kw: Any) -> tuple[plt.Fig
     return fig, fig.subplot_mosaic(layout, **kw)
 
 
-def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.DataFrame, *, title: str,
+def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.DataFrame | dict[str, pd.DataFrame], *, title: str,
                   notes: str = "", configs: dict[str, ExperimentConfig] | None = None,
                   findings: Sequence[Finding] = (), data_roots: Sequence[str | Path] = ()) -> dict[str, Path]:
     """Write `<name>.png/.pdf/.csv/.md/.json` under `s.out` and return their paths.
 
     `data` is tidy (one row per measurement) and is written sorted by all its columns, so the
-    same measurements give byte-identical files whatever order they were produced in.
+    same measurements give byte-identical files whatever order they were produced in. `table` is
+    the Markdown table, or several under their headings.
     """
     if data.empty:
         raise ValueError(f"{s.name}: no measurements to write")
@@ -235,8 +236,10 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     fig.savefig(paths["png"], dpi=150, metadata={"Software": None})
     fig.savefig(paths["pdf"], metadata={"CreationDate": None, "Creator": None})
     plt.close(fig)
-    md = [f"# {title}", "", f"Preset `{s.preset}`, seeds {s.seeds}. Written by `experiments/{s.name}.py`.", "",
-          table.to_markdown(index=False, floatfmt=".4g")]
+    md = [f"# {title}", "", f"Preset `{s.preset}`, seeds {s.seeds}. Written by `experiments/{s.name}.py`."]
+    for heading, t in (table.items() if isinstance(table, dict) else [("", table)]):
+        md += ["", f"## {heading}", ""] if heading else [""]
+        md.append(t.to_markdown(index=False, floatfmt=".4g"))
     if findings:
         md += ["", "| paper finding | our measurement | verdict |", "|---|---|---|"]
         md += [f"| {f.claim} | {f.measurement} | {f.verdict} |" for f in findings]

@@ -1,0 +1,56 @@
+"""Figure 3: state-update distance between adjacent audio tokens, per LM layer, for layouts a/b/c and LM sizes.
+
+Compares: models trained through the four-stage curriculum with token layout (a) concat,
+(b) time-major or (c) freq-major, for each LM size and seed (the same runs as the token-length
+table). Measure (probes.state_update_distance, exact): for each Mamba-2 layer, head and adjacent
+audio-token pair, ||h_t - h_{t-1}||_F relative to ||h_{t-1}||_F, averaged over heads, tokens and the
+probed test scenes. Short compact sequences are expected to move the state more per token.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import seaborn as sns
+
+import common
+import measure
+
+LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    s = common.parse_args("fig3_state_update", __doc__, argv=argv)
+    rows, cfgs, sizes = [], {}, common.lm_sizes(s)
+    for size in sizes:
+        for layout in LAYOUTS:
+            for seed in s.seeds:
+                run = measure.train(s, size, seed, [f"model.connector.layout={layout}"], layout=layout)
+                cfgs[f"{size}/{layout}/seed{seed}"] = run.cfg
+                model = measure.load(measure.stage(run, "stage4"))
+                batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
+                rows += measure.state_rows(model, batch, **run.labels)
+    data = pd.DataFrame(rows)
+    per_seed = data.groupby(["lm_size", "layout", "seed", "layer", "measure"], as_index=False).value.mean()
+    per_seed["layout"] = per_seed.layout.map(LAYOUTS)
+
+    fig, axes = common.figure(ncols=len(sizes), width=4.6)
+    rel = per_seed[per_seed.measure == "relative"]
+    for ax, size in zip(axes, sizes):
+        sns.lineplot(rel[rel.lm_size == size], x="layer", y="value", hue="layout", hue_order=list(LAYOUTS.values()),
+                     marker="o", errorbar="sd", ax=ax)
+        ax.set(title=f"{size} LM: state change per token, by layout", xlabel="LM layer (index)",
+               ylabel="||h_t - h_(t-1)|| / ||h_(t-1)|| (ratio)", yscale="log")
+        ax.set_xticks(sorted(rel[rel.lm_size == size].layer.unique()))
+        ax.legend(title="token layout")
+
+    over_layers = per_seed.groupby(["lm_size", "layout", "seed", "measure"], as_index=False).value.mean()
+    table = (over_layers.groupby(["lm_size", "layout", "measure"]).value.apply(lambda v: common.fmt(list(v), 4))
+             .unstack("measure").reset_index().rename(columns={"distance": "mean distance", "relative": "mean relative distance"}))
+    notes = ("Mean over layers, heads, audio-token pairs and the first "
+             f"{measure.PROBE_CLIPS[s.preset]} test scenes; mean ± sd over seeds. The paper's Fig. 3 shows this measure; "
+             "its values are not published. Relative distance = ||h_t - h_(t-1)||_F / ||h_(t-1)||_F.")
+    return common.write_outputs(s, data, fig, table, title="Figure 3: state-update distance between adjacent audio tokens",
+                                notes=notes, configs=cfgs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Library calls the experiment scripts share: trained runs, stage checkpoints, evaluation, probes.
+
+Each function is a thin composition of `sam` and `probes` calls (train_or_load, evaluate_examples,
+run_with_cache + token_measures, state_update_distance) returning tidy rows, so a script only says
+what it compares. Evaluations are cached under ``<runs>/evals/`` keyed by the checkpoint and every
+setting that changes the numbers, so scripts that share a run (the rank-8 row of the LoRA table is
+the main table's run) evaluate it once. This module must never invent a number: every value comes
+from a library call on a real checkpoint, and failures propagate with the run they concern.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from sam.config import ExperimentConfig, config_hash, to_dict
+
+import common
+
+TASKS_MAIN = ("classification", "caption")
+PROBE_CLIPS = {"smoke": 8, "cpu": 32, "gpu": 64, "paper": 64}  # test scenes the probes run on
+ROW_KEYS = ("task", "metric", "value", "chance")
+
+
+@dataclass
+class Run:
+    """A trained run: its config, directory, and the labels a script compares it under."""
+
+    cfg: ExperimentConfig
+    dir: Path
+    labels: dict[str, Any]
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (), **labels: Any) -> Run:
+    """Train (or load from the cache) the preset at `size` and `seed` with `changes` applied."""
+    from sam.runs import train_or_load
+
+    if s.preset == "paper":
+        raise NotImplementedError(
+            "the paper preset cannot train yet: sam.runs trains on DataConfig sources (debian | folder) and has no "
+            "OpenAQA source; evaluate released checkpoints with `sam eval` instead")
+    cfg = common.run_config(s, size, seed, changes)
+    return Run(cfg, Path(train_or_load(cfg, s.runs, progress=False)), {"lm_size": size, "seed": seed, **labels})
+
+
+def checkpoints(run: Run) -> list[tuple[int, str, Path]]:
+    """(stage index, stage name, SAM checkpoint dir) for every stage of a run, in order."""
+    info = json.loads((run.dir / "run.json").read_text())
+    return [(i, st["name"], (run.dir / st["dir"] / "final").resolve()) for i, st in enumerate(info["stages"])]
+
+
+def load(checkpoint: Path) -> Any:
+    from sam.model import SAM
+
+    return SAM.from_pretrained(checkpoint, device=device()).eval()
+
+
+def test_examples(cfg: ExperimentConfig, tasks: Sequence[str]) -> list[Any]:
+    from sam.data import build_examples
+
+    return build_examples(cfg.data, "test", list(tasks))
+
+
+def stage(run: Run, name: str) -> Path:
+    """The checkpoint of the stage called `name` (e.g. "stage4", the end of the four-stage curriculum)."""
+    found = [c for _, n, c in checkpoints(run) if n == name]
+    if not found:
+        raise KeyError(f"run {run.dir} has no stage {name!r}; it has {[n for _, n, _ in checkpoints(run)]}")
+    return found[0]
+
+
+def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str] = TASKS_MAIN, *,
+             model: Any = None, variant: str = "") -> dict[str, Any]:
+    """`sam.evaluate.evaluate_examples` on the test split for `tasks`, cached by every input.
+
+    `model` replaces the checkpoint's own model (e.g. one with another run's encoder); `variant`
+    must then name that change, since it is part of the cache key."""
+    from sam.evaluate import evaluate_examples
+
+    if model is not None and not variant:
+        raise ValueError("evaluate: a replaced model needs a `variant` naming the change (it keys the cache)")
+    cfg = run.cfg
+    key = config_hash({"checkpoint": os.path.relpath(checkpoint, s.runs), "variant": variant, "tasks": sorted(tasks),
+                       "data": to_dict(cfg.data), "eval": to_dict(cfg.eval), "max_new_tokens": cfg.train.max_new_tokens,
+                       "device": device()})
+    path = s.runs / "evals" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    examples = test_examples(cfg, tasks)
+    metrics, table = evaluate_examples(model if model is not None else load(checkpoint), examples, batch_size=cfg.train.eval_batch_size,
+                                       max_new_tokens=cfg.train.max_new_tokens, config=cfg.eval)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.drop(columns=["instruction"]).to_csv(path.with_suffix(".predictions.csv"), index=False)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(metrics, default=str))
+    os.replace(tmp, path)
+    return metrics
+
+
+def metric_rows(metrics: dict[str, Any], **labels: Any) -> list[dict[str, Any]]:
+    """Tidy rows (task, metric, value, chance) in percent from `evaluate` metrics; strings such as
+    "not computed: ..." (SPICE without CoreNLP) are left out, never turned into numbers."""
+    rows = []
+    if "classification" in metrics:
+        c = metrics["classification"]
+        for name, chance in (("mAP", c["chance"]["mAP"]), ("accuracy", c["chance"]["accuracy_uniform"]),
+                             ("micro_f1", c["chance"]["micro_f1"])):
+            rows.append(dict(task="classification", metric=name, value=100 * c[name], chance=100 * chance))
+    for task in ("caption", "open"):
+        for name, v in metrics.get(task, {}).items():
+            if name != "n" and name != "n_examples" and isinstance(v, (int, float)):
+                rows.append(dict(task=task, metric=name, value=100 * v, chance=float("nan")))
+    for task in ("reasoning", "closed"):
+        if task in metrics:
+            m = metrics[task]
+            rows.append(dict(task=task, metric="accuracy", value=100 * m["accuracy"], chance=100 * m.get("chance", float("nan"))))
+    return [{**labels, **r} for r in rows]
+
+
+def probe_batch(model: Any, cfg: ExperimentConfig, n_clips: int) -> dict[str, Any]:
+    """A batch of the first `n_clips` test scenes with their classification prompts."""
+    from sam.data.dataset import SAMDataset, collate
+
+    examples = test_examples(cfg, ["classification"])[:n_clips]
+    data = SAMDataset(examples, cfg.model.audio, model.tokenizer, cfg.data.root)
+    batch = collate([data[i] for i in range(len(data))])
+    return {k: v.to(device()) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def token_rows(model: Any, batch: dict[str, Any], sites: Sequence[str], tau: float = 0.99, **labels: Any) -> list[dict]:
+    """tau-effective rank (raw and normalized) and token similarity of each clip's audio tokens per site."""
+    import probes
+    from probes.tables import token_measures
+
+    with torch.no_grad():
+        _, cache = probes.run_with_cache(model, batch, list(sites), device="cpu", dtype=torch.float64)
+    t = token_measures(cache, list(sites), taus=(tau,))
+    t = t[t.measure.isin(["tau_rank", "tau_rank_normalized", "similarity"])]
+    return [{**labels, **r} for r in t[["site", "clip", "measure", "value", "tokens"]].to_dict("records")]
+
+
+def state_rows(model: Any, batch: dict[str, Any], **labels: Any) -> list[dict]:
+    """Mean state-update distance (absolute and relative) per LM layer over heads, audio tokens and clips."""
+    import probes
+
+    d = probes.state_update_distance(model, batch)
+    per = d.groupby(["layer", "clip"])[["distance", "relative"]].mean().reset_index()
+    per = per.melt(id_vars=["layer", "clip"], value_vars=["distance", "relative"], var_name="measure")
+    return [{**labels, **r} for r in per.to_dict("records")]
+
+
+def last_layer(cfg: ExperimentConfig) -> str:
+    return f"lm.layers.{cfg.model.lm.n_layer - 1}"
