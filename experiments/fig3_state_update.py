@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
              .unstack("measure").reset_index().rename(columns={"distance": "mean distance", "relative": "mean relative distance"}))
     notes = ("Mean over layers, heads, audio-token pairs and the first "
              f"{measure.PROBE_CLIPS[s.preset]} test scenes; mean ± sd over seeds. The paper's Fig. 3 shows this measure; "
-             "its values are not published. Relative distance = ||h_t - h_(t-1)||_F / ||h_(t-1)||_F.")
+             "its values are not published. Relative distance = ||h_t - h_(t-1)||_F / ||h_(t-1)||_F; for layouts (b)/(c) the "
+             "audio span includes the separator tokens.")
     return common.write_outputs(s, data, fig, table, title="Figure 3: state-update distance between adjacent audio tokens",
                                 notes=notes, configs=cfgs)
 
