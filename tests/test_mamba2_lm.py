@@ -344,3 +344,16 @@ def test_bf16_autocast_training_step_runs_and_stays_close_to_fp32() -> None:
     logits.float().logsumexp(-1).mean().backward()
     assert _rel(logits.detach(), ref) < 3e-2
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("length", [1, 3, 9])
+def test_causal_conv_matches_torch_conv1d_in_values_and_gradients(length: int) -> None:
+    import torch.nn.functional as F
+
+    from sam.mamba2 import _CausalConvSiLU
+
+    g = torch.Generator().manual_seed(length)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((2, length, 5), (5, 4), (5,)))
+    ref = F.silu(F.conv1d(x.transpose(1, 2), w.unsqueeze(1), b, padding=3, groups=5)[..., :length]).transpose(1, 2)
+    assert torch.allclose(_CausalConvSiLU.apply(x, w, b, None), ref, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x, w, b: _CausalConvSiLU.apply(x, w, b, None), (x, w, b))
