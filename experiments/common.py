@@ -177,11 +177,11 @@ class Finding:
 
 def compare(key: str, better: Sequence[float], worse: Sequence[float], better_name: str, worse_name: str,
             unit: str = "") -> Finding:
-    """Verdict on the claim "`better` > `worse`" from per-seed paired values.
+    """Verdict on the claim "`better` > `worse`" from values paired by run (LM size x seed).
 
     held: the mean paired difference is positive and more than twice its standard error;
     did not hold: negative by the same margin; inconclusive otherwise, and always with fewer than
-    two seeds (one seed gives no spread to judge against).
+    two pairs (one run gives no spread to judge against).
     """
     if len(better) != len(worse):
         raise ValueError(f"{key}: {len(better)} values for {better_name} but {len(worse)} for {worse_name}; pair them by seed")
@@ -192,11 +192,62 @@ def compare(key: str, better: Sequence[float], worse: Sequence[float], better_na
     t = m / se if n > 1 and se > 0 else (math.copysign(math.inf, m) if n > 1 and m != 0 else 0.0)
     verdict = "held" if t > 2 else "did not hold" if t < -2 else "inconclusive"
     measurement = f"{better_name} {fmt(better, 2)}{unit} vs {worse_name} {fmt(worse, 2)}{unit}; difference {fmt(d, 2)}{unit}"
-    return Finding(key, measurement, verdict, "paired over seeds: held if mean difference > 2 standard errors")
+    return Finding(key, measurement, verdict, "paired over runs (LM size x seed): held if the mean difference > 2 standard errors")
+
+
+def per_seed(data: pd.DataFrame, task: str, metric: str, **where: Any) -> list[float]:
+    """The values of one (task, metric) for the rows matching `where`, ordered by LM size and seed, so
+    two calls that differ only in `where` give lists paired element by element (for `compare`)."""
+    sel = (data.task == task) & (data.metric == metric)
+    for col, val in where.items():
+        sel &= data[col] == val
+    return data[sel].sort_values([c for c in ("lm_size", "seed") if c in data], kind="stable").value.tolist()
+
+
+def summary(data: pd.DataFrame, by: Sequence[str], metrics: Sequence[tuple[str, str]], digits: int = 1) -> pd.DataFrame:
+    """One row per group of `by`: each (task, metric) as 'mean ± sd (n=seeds)', and its chance level
+    beside it where the evaluation reports one."""
+    rows = []
+    for key, g in data.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for task, metric in metrics:
+            v = g[(g.task == task) & (g.metric == metric)]
+            row[f"{task} {metric}"] = fmt(v.value.tolist(), digits)
+            if "chance" in v and v.chance.notna().any():
+                row[f"{task} {metric} chance"] = round(float(v.chance.mean()), digits)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_not_better(key: str, challenger: Sequence[float], incumbent: Sequence[float], challenger_name: str,
+                       incumbent_name: str, unit: str = "") -> Finding:
+    """Verdict on a claim of the form "`challenger` does not consistently beat `incumbent`": it does
+    not hold when the challenger is better by more than two standard errors; with fewer than two
+    seeds it stays inconclusive."""
+    f = compare(key, challenger, incumbent, challenger_name, incumbent_name, unit)
+    if spread([b - w for b, w in zip(challenger, incumbent)])[2] >= 2:
+        f.verdict = "did not hold" if f.verdict == "held" else "held"
+    f.rule = "paired over runs (LM size x seed): held unless the challenger is better by more than 2 standard errors"
+    return f
 
 
 # ------------------------------------------------------------------------------------------------
 # Outputs
+
+
+def bars(ax: plt.Axes, data: pd.DataFrame, task: str, metric: str, x: str, hue: str | None = None, *,
+         title: str, ylabel: str, order: Sequence[str] | None = None, hue_order: Sequence[str] | None = None) -> None:
+    """Bars of one (task, metric): mean over seeds with sd error bars, and the chance level as a dashed line."""
+    import seaborn as sns
+
+    sub = data[(data.task == task) & (data.metric == metric)]
+    sns.barplot(sub, x=x, y="value", hue=hue, order=order, hue_order=hue_order, errorbar="sd", ax=ax)
+    if "chance" in sub and sub.chance.notna().any():
+        chance = float(sub.chance.mean())
+        ax.axhline(chance, ls="--", color="0.2", label=f"chance ({chance:.1f})")
+    ax.set(title=title, ylabel=ylabel, xlabel=x.replace("_", " "))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def _style() -> None:
@@ -239,7 +290,7 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     md = [f"# {title}", "", f"Preset `{s.preset}`, seeds {s.seeds}. Written by `experiments/{s.name}.py`."]
     for heading, t in (table.items() if isinstance(table, dict) else [("", table)]):
         md += ["", f"## {heading}", ""] if heading else [""]
-        md.append(t.to_markdown(index=False, floatfmt=".4g"))
+        md.append(t.to_markdown(index=False, floatfmt=".4g", missingval="–"))
     if findings:
         md += ["", "| paper finding | our measurement | verdict |", "|---|---|---|"]
         md += [f"| {f.claim} | {f.measurement} | {f.verdict} |" for f in findings]
