@@ -39,9 +39,12 @@ def test_logits_equal_transformers_mamba2_in_both_conversion_directions(tmp_path
     ids = torch.randint(0, TINY.vocab_size, (2, 29), generator=torch.Generator().manual_seed(1))
     ours.save_pretrained(tmp_path / "to_hf", format="hf")
     hf = Mamba2ForCausalLM.from_pretrained(tmp_path / "to_hf").eval()
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0  # left padding: both zero padded inputs and padded conv outputs
     with torch.no_grad():
         ref = hf(ids).logits
         assert _rel(ours(ids).logits, ref) < 1e-5
+        assert _rel(ours(ids, attention_mask=mask).logits, hf(ids, attention_mask=mask).logits) < 1e-5
     hf.save_pretrained(tmp_path / "from_hf")
     back = MambaLM.from_pretrained(tmp_path / "from_hf")
     with torch.no_grad():
