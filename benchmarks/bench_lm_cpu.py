@@ -7,8 +7,8 @@ alternation in one process and medians are reported, so load from other processe
 Memory is the bytes autograd saves for backward (activation memory, counted exactly through
 saved-tensor hooks, each storage once) plus the process peak RSS.
 
-    python benchmarks/bench_lm_cpu.py                 # d_model 256, 4 layers, 1024 tokens, 2 threads
-    python benchmarks/bench_lm_cpu.py --threads 1 --repeats 11
+    python benchmarks/bench_lm_cpu.py                 # d_model 256, 4 layers, 1024 tokens, 1 and 2 threads
+    python benchmarks/bench_lm_cpu.py --threads 2 --repeats 11
 
 Writes benchmarks/results/lm_cpu.json and lm_cpu.md. It never reports a number it did not measure.
 """
@@ -49,7 +49,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         dev = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     else:
-        dev = f"CPU {platform.machine()} {platform.processor()}".rstrip() + f", {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+        dev = f"CPU {platform.machine()} {platform.processor()}".rstrip() + f", {os.cpu_count()} cores"
     versions = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "triton", "mamba-ssm", "causal-conv1d"):
         try:
@@ -163,7 +163,7 @@ def compare(shape_name: str, shape: dict[str, int], args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure, one row each")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--tokens", type=int, default=1024)
@@ -172,10 +172,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     load_before = os.getloadavg()
-    rows = [compare(name, shape, args) for name, shape in SHAPES.items()]
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows += [{"threads": threads, **compare(name, shape, args)} for name, shape in SHAPES.items()]
     record = {
         "benchmark": "lm_cpu",
         "what": "forward + next-token cross-entropy + backward of a Mamba-2 LM, ours vs transformers Mamba2ForCausalLM (torch path), same weights",
@@ -190,16 +192,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "# MambaLM vs transformers Mamba2 (torch path): forward + backward on CPU",
         "",
         f"d_model {args.d_model}, {args.layers} layers, vocab {args.vocab}, batch {args.batch} x {args.tokens} tokens; "
-        f"median of {args.repeats} alternating runs. Device: {record['device']}; load average before/after "
+        f"median of {args.repeats} alternating runs. Device: {record['device']}; load average (1 min) before/after "
         f"{load_before[0]:.1f} / {record['load_average_before_after'][1][0]:.1f}.",
         "",
-        "| layer shape | ours (s) | transformers (s) | speedup | speedup of fastest runs | transformers at chunk 32 (s) | speedup vs that | saved for backward ours / transformers (MiB) | logits rel. diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| threads | layer shape | ours (s) | transformers (s) | speedup | speedup of fastest runs | transformers at chunk 32 (s) | speedup vs that | saved for backward ours / transformers (MiB) | logits rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m, mem = r["median_s"], r["saved_for_backward_MiB"]
         md.append(
-            f"| {r['shape']} | {m['ours']:.3f} | {m['transformers']:.3f} | {r['speedup_vs_transformers']:.2f}x | {r['speedup_of_min_times']:.2f}x | "
+            f"| {r['threads']} | {r['shape']} | {m['ours']:.3f} | {m['transformers']:.3f} | {r['speedup_vs_transformers']:.2f}x | {r['speedup_of_min_times']:.2f}x | "
             f"{m['transformers_chunk32']:.3f} | {r['speedup_vs_transformers_chunk32']:.2f}x | "
             f"{mem['ours']:.0f} / {mem['transformers']:.0f} | {r['logits_rel_diff']:.1e} |"
         )
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "",
         "Our PyTorch path picks its own chunk length on CPU (`sam.ssd.CPU_CHUNK_SIZE` = 32; results do not depend on it, "
         "tests/test_ssd.py), while transformers uses the configured one; the 'chunk 32' column gives transformers the same freedom.",
+        "On a machine shared with other jobs (see the load average), multi-threaded timings swing widely; the 1-thread rows are the stable ones.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}; commit {record['git_commit'][:10]}.",
     ]
     write_results(args.out, "lm_cpu", record, md)
