@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", nargs="+", required=True, help="audio files")
     p.add_argument("--sites", nargs="+", default=["connector.out", "lm.layers.*"], help="probe sites; * matches layer numbers")
     p.add_argument("--tau", type=float, default=0.99, help="energy fraction for the tau-effective rank")
-    p.add_argument("--state", action="store_true", help="also compute state-update distances (one row per clip and layer)")
+    p.add_argument("--state", action="store_true", help="also compute state-update distances (mean per clip and LM layer)")
+    p.add_argument("--instruction", default="Write a caption for the audio clip.", help="text after the audio tokens")
     p.add_argument("--out", required=True, help="CSV to write")
 
     p = _add(sub, "data-summary", "count examples per split and task, and list the classes",
-             "Build the examples of every split from a config's data settings and print how many there are per "
-             "task, the number of classes and the most frequent classes.")
+             "Print the corpus (clips, hours, classes per source), then build the examples of every split from a "
+             "config's data settings and print how many there are per task and the most frequent classes.")
     p.add_argument("--config", default=None, help="experiment YAML (default: the preset given by --preset)")
     p.add_argument("--preset", default="smoke", help="preset when no --config is given")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
@@ -138,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     exp = _config(args.config, "", args.overrides)
     run_dir = train_or_load(exp, args.runs_dir, device=args.device, progress=not args.no_progress)
-    print(run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per torchrun process
+        print(run_dir)
     return 0
 
 
@@ -205,18 +208,50 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expand_sites(patterns: list[str], available: list[str]) -> list[str]:
+    import fnmatch
+
+    sites: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in available if fnmatch.fnmatchcase(n, pattern)] if any(c in pattern for c in "*?[") else [pattern]
+        if not hits:
+            raise ConfigError(f"--sites {pattern!r} matches no probe site; this model has {', '.join(available[:12])}, ...")
+        sites += [h for h in hits if h not in sites]
+    return sites
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
-    try:
-        from probes.report import probe_table
-    except ImportError as e:
-        raise ConfigError(f"`sam probe` needs the probes package's report module, which is not available: {e}") from None
+    import pandas as pd
+    import torch
+
+    import probes
+    from sam.prompt import encode_example
+
     model, _ = _load_model(args)
     waves, names, bad = _load_waves(args.audio, model.config.audio.sample_rate)
-    if waves:
-        table = probe_table(model, waves, names, args.sites, tau=args.tau, state=args.state)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
-        print(f"wrote {len(table)} rows to {args.out}")
+    if not waves:
+        return 1
+    sites = _expand_sites(list(args.sites), probes.site_names(model))
+    device = next(model.parameters()).device
+    ids = torch.tensor(encode_example(model.tokenizer, args.instruction)[0], device=device).expand(len(waves), -1)
+    batch = {"fbank": model.features(waves).to(device), "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    try:
+        _, cache = probes.run_with_cache(model, batch, sites)
+    except KeyError as e:
+        raise ConfigError(f"--sites: {e.args[0]}") from None
+    table = probes.token_measures(cache, sites, taus=(args.tau,))
+    if args.state:
+        upd = probes.state_update_distance(model, batch)
+        per = upd.groupby(["clip", "layer"], as_index=False)[["distance", "relative"]].mean()
+        rows = [
+            {"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "clip": r.clip, "measure": f"state_update_{m}", "value": getattr(r, m)}
+            for r in per.itertuples() for m in ("distance", "relative")
+        ]
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    table.insert(0, "audio", [names[int(c)] for c in table["clip"]])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"wrote {len(table)} rows ({len(sites)} sites x {len(waves)} clips) to {args.out}")
     return 1 if bad else 0
 
 
@@ -226,7 +261,12 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     from sam.data import build_examples
     from sam.data.types import TASKS
 
+    from sam.data.corpus import prepare_corpus
+    from sam.data.summary import format_summary
+
     exp = _config(args.config, args.preset, args.overrides)
+    prepare_corpus(exp.data, progress=False)
+    print(format_summary(exp.data.root) + "\n")
     rows, labels = [], pd.Series(dtype=int)
     for split in ("train", "valid", "test"):
         examples = build_examples(exp.data, split, list(TASKS))

@@ -115,7 +115,8 @@ def stage_data(exp: ExperimentConfig, stage_index: int, tokenizer: Any) -> Stage
     audio_cfg, root = exp.model.audio, exp.data.root
 
     def make_dataset(examples: list[Any]) -> Any:
-        return SAMDataset(examples, audio_cfg, tokenizer, root)
+        # Stages and epochs revisit the same scenes: render each one once, to root/features.
+        return SAMDataset(examples, audio_cfg, tokenizer, root, cache_dir=Path(root) / "features")
 
     return StageData(train, valid, make_dataset, collate)
 

@@ -39,7 +39,10 @@ from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoin
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
 from sam.prompt import IGNORE_INDEX
 
-GROUPS = ("encoder", "connector", "lora", "lm", "head")
+# `classifier` is the stage-0 multi-label head on the encoder; the others are `SAM.set_trainable` groups
+# (`head` there is the LM's output layer).
+VALID_BATCHES = 4  # stage-end validation loss: the first this many eval batches of the split
+GROUPS = ("encoder", "connector", "lora", "lm", "head", "classifier")
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,8 +199,8 @@ class EncoderClassifier(nn.Module):
 
 
 def is_encoder_stage(stage: StageConfig) -> bool:
-    """A stage that trains the multi-label head trains the audio tower alone (stage 0)."""
-    return "head" in stage.trainable
+    """A stage that trains the multi-label classifier trains the audio tower alone (stage 0)."""
+    return "classifier" in stage.trainable
 
 
 def check_stages(train: TrainConfig) -> None:
@@ -211,8 +214,9 @@ def check_stages(train: TrainConfig) -> None:
         bad = sorted(set(stage.trainable) - set(GROUPS))
         if bad or not stage.trainable:
             raise ConfigError(f"{key}.trainable: unknown group {bad[0]!r}; choose from {', '.join(GROUPS)}" if bad else f"{key}.trainable is empty")
-        if "head" in stage.trainable and set(stage.trainable) - {"encoder", "head"}:
-            raise ConfigError(f"{key}.trainable: the 'head' stage trains encoder + head only, not {sorted(set(stage.trainable) - {'encoder', 'head'})}")
+        other = sorted(set(stage.trainable) - {"encoder", "classifier"})
+        if "classifier" in stage.trainable and other:
+            raise ConfigError(f"{key}.trainable: a 'classifier' stage trains encoder + classifier only, not {other[0]!r}")
         bad = sorted(set(stage.tasks) - set(TASKS))
         if bad or not stage.tasks:
             raise ConfigError(f"{key}.tasks: unknown task {bad[0]!r}; choose from {', '.join(TASKS)}" if bad else f"{key}.tasks is empty")
@@ -450,12 +454,11 @@ def train_stage(
     if dist.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
         cleanup_tmp(stage_dir)
+        cleanup_tmp(ckpt_dir)
     seed_all(stage_seed(train, stage_index))
 
     if encoder_stage:
-        model.set_trainable([])
-        for p in model.audio_tower.parameters():
-            p.requires_grad_(True)
+        model.set_trainable(["encoder"] if "encoder" in stage.trainable else [])
         dim = model.audio_tower.embed_dim
         module: nn.Module = EncoderClassifier(model.audio_tower, dim, class_vocabulary(data.train)).to(device)
     else:
@@ -512,7 +515,8 @@ def train_stage(
     summary["final_loss"] = loss_value
     summary["probe_loss_end"] = mean_loss(module, probe, encoder_stage, device, precision)
     if data.valid and dist.is_main:
-        valid = _fixed_batches(data, data.valid, train.eval_batch_size, len(data.valid))
+        # A fixed slice of the validation split keeps this cheap at every stage end.
+        valid = _fixed_batches(data, data.valid, train.eval_batch_size, VALID_BATCHES * train.eval_batch_size)
         summary["valid_loss"] = mean_loss(module, valid, encoder_stage, device, precision)
     if encoder_stage:
         summary["classes"] = module.classes

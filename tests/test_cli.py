@@ -2,6 +2,7 @@
 smoke-sized trained run."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,79 @@ def test_config_error_exits_2_without_traceback_as_a_process(tmp_path: Path) -> 
     proc = subprocess.run([sys.executable, "-m", "sam.cli", "train", "--config", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_CONFIG
     assert proc.stderr.strip().count("\n") == 0 and "model.lm.d_model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The commands on a smoke-sized trained run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sam.data.corpus import prepare_corpus
+
+    prepare_corpus(REPO / "data", progress=False)
+    runs = tmp_path_factory.mktemp("runs")
+    overrides = [f"data.root={REPO / 'data'}", "data.n_valid=4", "data.n_test=4", "train.eval_batch_size=4", "train.max_new_tokens=4"]
+    # Two short stages (encoder pretraining, then connector) keep this fast; the full curriculum is tested in test_train.
+    overrides += ["train.stages=[{name: stage0, tasks: [classification], trainable: [encoder, classifier], steps: 2, warmup_steps: 1, batch_size: 2},"
+                  " {name: stage1, tasks: [classification], trainable: [connector], steps: 2, warmup_steps: 1, batch_size: 2}]"]
+    assert main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "--runs-dir", str(runs), "--device", "cpu", "--no-progress", *overrides]) == 0
+    (run_dir,) = [p for p in runs.iterdir() if (p / "model").is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    from sam.data.corpus import read_clip, read_manifest
+
+    path = tmp_path_factory.mktemp("audio") / "clip.wav"
+    sf.write(path, read_clip(REPO / "data", read_manifest(REPO / "data")[0]).astype(np.float32), 16000)
+    return path
+
+
+def test_train_writes_a_run_with_model_config_and_logs(trained_run: Path) -> None:
+    assert (trained_run / "model" / "config.json").is_file() and (trained_run / "config.yaml").is_file()
+    assert (trained_run / "log.csv").read_text().startswith("stage,step,loss")
+
+
+def test_eval_scores_a_run_and_writes_metrics_and_predictions(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    out = trained_run.parent / "eval"
+    assert main(["eval", "--run", str(trained_run), "--tasks", "classification", "caption", "--limit", "4", "--out", str(out), "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "classification" in metrics or "caption" in metrics
+    assert len((out / "predictions.csv").read_text().splitlines()) >= 2
+
+
+def test_caption_and_ask_answer_with_text_and_report_bad_files(trained_run: Path, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEfmt ")
+    assert main(["caption", "--run", str(trained_run), str(wav), str(broken), "--max-new-tokens", "3", "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{wav}\t") and "broken.wav" in captured.err
+    assert main(["ask", "--checkpoint", str(trained_run / "model"), str(wav), "What do you hear?", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # one answer line (its text is noise from an untrained LM)
+
+
+def test_probe_writes_rank_similarity_and_state_update_rows(trained_run: Path, wav: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    out = tmp_path / "probe.csv"
+    assert main(["probe", "--run", str(trained_run), "--audio", str(wav), str(wav), "--sites", "connector.out", "lm.layers.*", "--state", "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    assert {"connector.out", "lm.layers.0", "lm.layers.1"} <= set(table["site"])
+    assert {"tau_rank", "similarity", "state_update_distance", "state_update_relative"} <= set(table["measure"])
+    assert set(table["audio"]) == {str(wav)} and table["value"].notna().all()
+
+
+def test_probe_unknown_site_is_a_one_line_error(trained_run: Path, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(capsys, ["probe", "--run", str(trained_run), "--audio", str(wav), "--sites", "decoder.*", "--out", str(tmp_path / "x.csv"), "--device", "cpu"])
+    assert "decoder.*" in err
+
+
+def test_data_summary_counts_examples_per_split_and_task(capsys: pytest.CaptureFixture) -> None:
+    assert main(["data-summary", "--preset", "smoke", f"data.root={REPO / 'data'}"]) == 0
+    out = capsys.readouterr().out
+    assert "clips" in out and "| split" in out and "classification" in out

@@ -1,0 +1,202 @@
+"""Training on real corpus scenes (smoke sizes): the curriculum learns stage by stage and leaves
+frozen groups untouched, the run cache reuses shared stages, a SIGKILLed run resumes bit for bit,
+and two torchrun processes match one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sam.checkpoint import load_latest
+from sam.config import ExperimentConfig, StageConfig, preset, save_yaml
+from sam.data.corpus import prepare_corpus
+from sam.runs import run_dir_for, stage_dirs, train_or_load
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP_OF = {"audio_tower.": "encoder", "connector.": "connector"}
+
+
+def group(name: str) -> str:
+    for prefix, g in GROUP_OF.items():
+        if name.startswith(prefix):
+            return g
+    return "lora" if "lora_" in name else "lm"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One corpus BPE for every run here, so each run skips tokenizer training."""
+    from sam.data import corpus_texts
+    from sam.tokenizer import train_bpe
+
+    prepare_corpus(REPO / "data", progress=False)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    cfg = base_config(Path("."))
+    train_bpe(corpus_texts(cfg.data), cfg.data.bpe_vocab_size, folder)
+    return folder
+
+
+def base_config(tokenizer: Path) -> ExperimentConfig:
+    exp = preset("smoke")
+    exp.data.root = str(REPO / "data")
+    exp.data.n_valid = 4
+    exp.model.tokenizer = str(tokenizer)
+    exp.train.eval_batch_size = 2
+    exp.train.log_every = 1
+    return exp
+
+
+def curriculum_config(tokenizer: Path) -> ExperimentConfig:
+    """Every stage of the smoke curriculum, 3 steps of 2 clips each. The smoke LM is random and
+    frozen outside LoRA, so learning rates are raised until 3 steps visibly move the loss."""
+    exp = base_config(tokenizer)
+    exp.data.n_valid = 0
+    exp.train.eval_batch_size = 4
+    for s in exp.train.stages:
+        s.steps, s.warmup_steps, s.batch_size = 3, 1, 2
+        s.lr = {"stage0": 5e-3, "stage1": 2e-2}.get(s.name, 5e-3)
+    return exp
+
+
+def short_config(tokenizer: Path, lora_dropout: float) -> ExperimentConfig:
+    """Stage 0 + a stage training encoder, connector and LoRA with a checkpoint every 2 steps."""
+    exp = base_config(tokenizer)
+    exp.model.lora.dropout = lora_dropout
+    exp.train.checkpoint_every = 2
+    exp.train.stages = [
+        StageConfig("stage0", ["classification"], ["encoder", "classifier"], 5e-3, 2, 1, 2),
+        StageConfig("stage2", ["classification", "closed"], ["encoder", "connector", "lora"], 3e-3, 6, 1, 2, grad_accum=2),
+    ]
+    return exp
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def curriculum(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExperimentConfig, Path]:
+    runs = tmp_path_factory.mktemp("runs")
+    exp = curriculum_config(tokenizer_dir)
+    train_or_load(exp, runs, device="cpu", progress=False)
+    return exp, runs
+
+
+def test_smoke_curriculum_each_stage_lowers_its_loss_and_keeps_frozen_groups_bit_identical(curriculum) -> None:
+    exp, runs = curriculum
+    dirs = stage_dirs(exp, runs, "cpu")
+    assert [d.name.split("-")[1] for d in dirs] == ["stage0", "stage1", "stage2", "stage3", "stage4", "stage5"]
+    before = None
+    for stage, folder in zip(exp.train.stages, dirs):
+        summary = json.loads((folder / "final" / "summary.json").read_text())
+        assert summary["probe_loss_end"] < summary["probe_loss_start"], f"{stage.name} did not lower its loss: {summary}"
+        after = weights(folder / "final")
+        if before is not None:
+            trains = {"encoder"} if "classifier" in stage.trainable else set(stage.trainable)
+            changed = {group(k) for k in after if not torch.equal(after[k], before[k])}
+            assert changed == trains, f"{stage.name} trains {sorted(trains)} but changed {sorted(changed)}"
+        before = after
+    log = (run_dir_for(exp, runs) / "log.csv").read_text().splitlines()
+    assert log[0].startswith("stage,step,loss") and len(log) == 1 + sum(s.steps for s in exp.train.stages)
+
+
+def test_run_cache_reuses_every_stage_a_later_config_shares(curriculum) -> None:
+    exp, runs = curriculum
+    later = curriculum_config(Path(exp.model.tokenizer))
+    later.train.stages[-1].lr *= 2
+    trained_before = {p.name for p in (runs / "stages").iterdir() if p.is_dir()}
+    run_dir = train_or_load(later, runs, device="cpu", progress=False)
+    trained_after = {p.name for p in (runs / "stages").iterdir() if p.is_dir()}
+    new = trained_after - trained_before
+    assert len(new) == 1 and next(iter(new)).startswith("5-stage5-")
+    used = [s["dir"] for s in json.loads((run_dir / "run.json").read_text())["stages"]]
+    first = [s["dir"] for s in json.loads((run_dir_for(exp, runs) / "run.json").read_text())["stages"]]
+    assert used[:5] == first[:5] and used[5] != first[5]
+    # A finished run is returned from the cache without touching anything.
+    assert train_or_load(later, runs, device="cpu", progress=False) == run_dir
+
+
+def _train_cli(config: Path, runs: Path, env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.Popen:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
+    cmd = launcher + ["-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", "cpu", "--no-progress"]
+    return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> Path:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert (run_dir / "model").is_dir(), f"last output line is not a run directory:\n{out[-2000:]}\n{err[-2000:]}"
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run A uninterrupted; run B SIGKILLed while it writes its step-4 checkpoint of stage2, then
+    resumed by a new process. Both are separate processes with the same settings."""
+    exp = short_config(tokenizer_dir, lora_dropout=0.1)  # dropout: resume must restore the RNG too
+    ref_runs, runs = tmp_path_factory.mktemp("ref"), tmp_path_factory.mktemp("killed")
+    config = runs / "config.yaml"
+    save_yaml(exp, config)
+    stage_dir = stage_dirs(exp, runs, "cpu")[1]
+    reference = _train_cli(config, ref_runs)
+    proc = _train_cli(config, runs, {"SAM_CHECKPOINT_FAULT": "*stage2-*/checkpoints/step-00000004.pt", "SAM_CHECKPOINT_FAULT_SECONDS": "300"})
+    try:
+        deadline = time.time() + 240
+        while not list((stage_dir / "checkpoints").glob(".step-00000004.pt.tmp-*")):
+            if proc.poll() is not None:
+                pytest.fail(f"training ended before the checkpoint write: {proc.communicate()[1][-2000:]}")
+            assert time.time() < deadline, "training never reached the step-4 checkpoint"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    after_kill = load_latest(stage_dir / "checkpoints")
+    partial = list((stage_dir / "checkpoints").glob(".step-00000004.pt.tmp-*"))
+    resumed = _finish(_train_cli(config, runs))
+    return {"after_kill": after_kill, "partial": partial, "resumed": resumed, "reference": _finish(reference), "stage_dir": stage_dir}
+
+
+def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(killed_and_resumed) -> None:
+    assert killed_and_resumed["partial"], "the kill did not happen inside the checkpoint write"
+    state = killed_and_resumed["after_kill"]
+    assert state is not None and state["step"] == 2 and state["data"] == {"epoch": 0, "offset": 8, "micro_batch": 4}
+    assert not list((killed_and_resumed["stage_dir"] / "checkpoints").glob(".*.tmp-*")), "resume left the partial file behind"
+
+
+def test_sigkilled_run_resumed_equals_uninterrupted_run_bit_for_bit(killed_and_resumed) -> None:
+    resumed = weights(killed_and_resumed["resumed"] / "model")
+    reference = weights(killed_and_resumed["reference"] / "model")
+    assert resumed.keys() == reference.keys()
+    different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    logs = [(d / "log.csv").read_text().splitlines() for d in (killed_and_resumed["resumed"], killed_and_resumed["reference"])]
+    assert [row.split(",")[:4] for row in logs[0]] == [row.split(",")[:4] for row in logs[1]]  # stage, step, loss, lr
+
+
+def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(tokenizer_dir: Path, tmp_path: Path) -> None:
+    exp = short_config(tokenizer_dir, lora_dropout=0.0)  # dropout masks are per-rank random draws
+    exp.train.checkpoint_every = 0
+    exp.train.stages[1].steps = 3
+    config = tmp_path / "config.yaml"
+    save_yaml(exp, config)
+    two_dir = _finish(_train_cli(config, tmp_path / "ddp", torchrun=2))
+    two = weights(two_dir / "model")
+    one = weights(train_or_load(exp, tmp_path / "single", device="cpu", progress=False) / "model")
+    moved = 0
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        moved += 1
+    assert moved == len(two)
+    info = json.loads((two_dir / "run.json").read_text())
+    assert info["world_size"] == 2
