@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sam import ssd
 from sam.ssd import ssd_chunked, ssd_recurrent_ref
 
 
@@ -59,8 +60,11 @@ def test_chunked_scan_does_not_depend_on_chunk_size() -> None:
         assert _rel(s, outs[0][1]) < 1e-12
 
 
+@pytest.mark.parametrize("within_chunk", ["factored", "segment-sum"])
 @pytest.mark.parametrize("length,chunk", [(8, 8), (21, 8), (40, 16)])
-def test_chunked_scan_gradients_equal_recurrence_gradients(length: int, chunk: int) -> None:
+def test_chunked_scan_gradients_equal_recurrence_gradients(length: int, chunk: int, within_chunk: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both within-chunk forms (exp(cs_t - m) exp(m - cs_s), or per-head segment sums) must be exact.
+    monkeypatch.setitem(ssd._FACTOR_LIMIT, torch.float64, float("inf") if within_chunk == "factored" else -1.0)
     inp = _inputs(length, batch=1)
     leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
     ref_leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
@@ -73,6 +77,19 @@ def test_chunked_scan_gradients_equal_recurrence_gradients(length: int, chunk: i
     ((y * w_y).sum() + (s * w_s).sum()).backward()
     for k in inp:
         assert _rel(leaves[k].grad, ref_leaves[k].grad) < 1e-10, k
+
+
+def test_strong_decay_stays_exact_in_fp32() -> None:
+    # Decay logs of ~-200 per chunk: factoring exp(cs_t - cs_s) would overflow fp32, so the scan
+    # must switch to segment sums there and still match the fp64 recurrence.
+    inp = _inputs(64, heads=4, headdim=8, d_state=16)
+    inp["dt"] = inp["dt"].abs() * 3 + 1
+    inp["A"] = inp["A"] * 4
+    f32 = {k: v.float() for k, v in inp.items()}
+    y, s = ssd_chunked(**f32, chunk_size=32, return_final_state=True)
+    y_ref, s_ref = ssd_recurrent_ref(**inp, return_final_state=True)
+    assert torch.isfinite(y).all()
+    assert _rel(y.double(), y_ref) < 1e-5 and _rel(s.double(), s_ref) < 1e-5
 
 
 def test_bf16_inputs_accumulate_in_fp32() -> None:
