@@ -119,6 +119,13 @@ def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) ->
     return lines
 
 
+def sizes_in(data: pd.DataFrame) -> list[str]:
+    """The LM sizes present in a tidy table, smallest first (plots rebuild from CSVs with this)."""
+    from sam.config import PAPER_LM_NAMES
+
+    return [z for z in PAPER_LM_NAMES if z in set(data.lm_size)]
+
+
 def lm_sizes(s: Settings) -> list[str]:
     """The LM sizes a preset defines (smoke has one; the others stand in for 130M / 780M / 2.7B)."""
     from sam.config import LM_SIZES, PAPER_LM_NAMES

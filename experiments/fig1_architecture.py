@@ -41,24 +41,24 @@ def measure(s: common.Settings, size: str, layout: str) -> tuple[list[dict], dic
         "grid_time": t, "grid_freq": f, "encoder_dim": model.audio_tower.embed_dim,
         "encoder_depth": len(model.audio_tower.blocks), "lm_d_model": cfg.model.lm.d_model,
         "lm_n_layer": cfg.model.lm.n_layer, "separator_tokens": len(model.separator_ids),
-        "clip_seconds": cfg.model.audio.clip_seconds,
+        "clip_seconds": cfg.model.audio.clip_seconds, "fbank_frames": cfg.model.audio.target_frames,
+        "mel_bins": cfg.model.audio.num_mel_bins, "lora_rank": cfg.model.lora.rank,
     }
     rows = [dict(preset=s.preset, lm_size=size, layout=layout, quantity=k, value=float(v)) for k, v in values.items()]
     return rows, {"cfg": cfg, **values}
 
 
-def draw_architecture(ax, info: dict[tuple[str, str], dict], sizes: list[str]) -> None:
-    a = info[(sizes[0], "concat")]
-    shapes = "\n".join(f"{z}: {info[(z, 'concat')]['lm_d_model']} x {info[(z, 'concat')]['lm_n_layer']}" for z in sizes)
-    t, f, d = a["grid_time"], a["grid_freq"], a["encoder_dim"]
+def draw_architecture(ax, w: pd.DataFrame, sizes: list[str]) -> None:
+    a = w.loc[(sizes[0], "concat")]
+    shapes = "\n".join(f"{z}: {w.loc[(z, 'concat')].lm_d_model:.0f} x {w.loc[(z, 'concat')].lm_n_layer:.0f}" for z in sizes)
     boxes = [
-        f"audio clip\n{a['clip_seconds']:g} s, 16 kHz",
-        f"Kaldi fbank\n{a['cfg'].model.audio.target_frames} x {a['cfg'].model.audio.num_mel_bins}",
-        f"audio encoder\nViT {a['encoder_depth']} blocks, {d}-d\n{a['params_encoder'] / 1e6:.1f} M params",
-        f"patch grid\n{t} x {f} x {d}",
-        "token layout\n" + "\n".join(f"{LAYOUTS[k]}: {info[(sizes[0], k)]['tokens_per_clip']} tok" for k in LAYOUTS),
+        f"audio clip\n{a.clip_seconds:g} s, 16 kHz",
+        f"Kaldi fbank\n{a.fbank_frames:.0f} x {a.mel_bins:.0f}",
+        f"audio encoder\nViT {a.encoder_depth:.0f} blocks, {a.encoder_dim:.0f}-d\n{a.params_encoder / 1e6:.1f} M params",
+        f"patch grid\n{a.grid_time:.0f} x {a.grid_freq:.0f} x {a.encoder_dim:.0f}",
+        "token layout\n" + "\n".join(f"{LAYOUTS[k]}: {w.loc[(sizes[0], k)].tokens_per_clip:.0f} tok" for k in LAYOUTS),
         "connector\n2-layer MLP\n-> LM width",
-        f"Mamba-2 LM\n+ LoRA r={a['cfg'].model.lora.rank}\nd_model x layers\n{shapes}",
+        f"Mamba-2 LM\n+ LoRA r={a.lora_rank:.0f}\nd_model x layers\n{shapes}",
         "text\n(greedy)",
     ]
     ax.set_xlim(0, len(boxes)), ax.set_ylim(0, 1), ax.axis("off")
@@ -70,6 +70,27 @@ def draw_architecture(ax, info: dict[tuple[str, str], dict], sizes: list[str]) -
     ax.set_title("SAM: audio encoder -> token layout -> connector -> Mamba-2 LM (shapes from the config)")
 
 
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): the diagram, tokens per layout, parameters per part."""
+    sizes = common.sizes_in(data)
+    w = data.pivot_table(index=["lm_size", "layout"], columns="quantity", values="value")
+    fig, ax = common.mosaic("AA;BC", width=14, height=6.5, height_ratios=[1, 2])
+    draw_architecture(ax["A"], w, sizes)
+    tok = w.loc[sizes[0]].loc[list(LAYOUTS)]
+    bars = ax["B"].bar([LAYOUTS[k] for k in tok.index], tok.tokens_per_clip, color=["#2a6", "#c63", "#c63"])
+    ax["B"].bar_label(bars, fmt="%d")
+    ax["B"].set(ylabel="LM input tokens per clip (count)", xlabel="token layout",
+                title=f"Layouts (b)/(c) feed the LM {tok.tokens_per_clip.iloc[1] / tok.tokens_per_clip.iloc[0]:.0f}x more tokens "
+                      f"({tok.clip_seconds.iloc[0]:g} s clip)")
+    comp = w.xs("concat", level="layout").loc[sizes, ["params_encoder", "params_connector", "params_lm", "params_lora"]] / 1e6
+    comp.columns = ["audio encoder", "connector (a)", "Mamba-2 LM", "LoRA"]
+    comp.plot.bar(ax=ax["C"], logy=True, rot=0)
+    ax["C"].set(ylabel="parameters (millions, log scale)", xlabel="LM size (stand-in for 130M / 780M / 2.7B)",
+                title="Where the parameters are, by LM size")
+    ax["C"].legend(title="component", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("fig1_architecture", __doc__, needs=["mamba_checkpoints", "tokenizer"], argv=argv)
     rows, info, sizes = [], {}, common.lm_sizes(s)
@@ -78,24 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
             r, info[(size, layout)] = measure(s, size, layout)
             rows += r
     data = pd.DataFrame(rows)
-    wide = data.pivot_table(index=["lm_size", "layout"], columns="quantity", values="value").reset_index()
-
-    fig, ax = common.mosaic("AA;BC", width=14, height=6.5, height_ratios=[1, 2])
-    draw_architecture(ax["A"], info, sizes)
-    tok = wide[wide.lm_size == sizes[0]].set_index("layout").loc[list(LAYOUTS)]
-    bars = ax["B"].bar([LAYOUTS[k] for k in tok.index], tok.tokens_per_clip, color=["#2a6", "#c63", "#c63"])
-    ax["B"].bar_label(bars, fmt="%d")
-    ax["B"].set(ylabel="LM input tokens per clip (count)", xlabel="token layout",
-                title=f"Layouts (b)/(c) feed the LM {tok.tokens_per_clip.iloc[1] / tok.tokens_per_clip.iloc[0]:.0f}x more tokens "
-                      f"({info[(sizes[0], 'concat')]['clip_seconds']:g} s clip)")
-    parts = wide[wide.layout == "concat"].set_index("lm_size").loc[sizes]
-    comp = parts[["params_encoder", "params_connector", "params_lm", "params_lora"]] / 1e6
-    comp.columns = ["audio encoder", "connector (a)", "Mamba-2 LM", "LoRA"]
-    comp.plot.bar(ax=ax["C"], logy=True, rot=0)
-    ax["C"].set(ylabel="parameters (millions, log scale)", xlabel="LM size (stand-in for 130M / 780M / 2.7B)",
-                title="Where the parameters are, by LM size")
-    ax["C"].legend(title="component", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-
     paper_tok = {k: f"{v}" + (" + separators" if k != "concat" else "") for k, v in paper_numbers.TOKENS_PER_10S.items()}
     table = pd.DataFrame([{
         "LM size": z, "layout": LAYOUTS[k], "tokens/clip": int(info[(z, k)]["tokens_per_clip"]),
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes = ("Counts are of the real modules (`sam.SAM` on the meta device). Separator tokens are the "
              "tokenizer's tokens for the text \"&&\". Paper: EAT-base encoder, Mamba-2 130M/780M/2.7B.")
     cfgs = {f"{z}/{k}": info[(z, k)]["cfg"] for z in sizes for k in LAYOUTS}
-    return common.write_outputs(s, data, fig, table, title="Figure 1: architecture, shapes and token counts",
+    return common.write_outputs(s, data, plot(data), table, title="Figure 1: architecture, shapes and token counts",
                                 notes=notes, configs=cfgs)
 
 

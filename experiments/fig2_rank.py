@@ -16,39 +16,42 @@ import common
 import measure
 
 STAGES = ("stage0", "stage1", "stage2", "stage3", "stage4")
+PANELS = [("connector.out", "tau_rank_normalized", "Rank of audio tokens entering the LM",
+           "tau-effective rank / min(N, d) (0.99 energy)"),
+          ("lm.last_layer", "tau_rank_normalized", "Rank after the last LM layer",
+           "tau-effective rank / min(N, d) (0.99 energy)"),
+          ("connector.out", "similarity", "Similarity of audio tokens entering the LM",
+           "mean pairwise cosine similarity (unitless)")]
+
+
+def seed_means(data: pd.DataFrame) -> pd.DataFrame:
+    return data.groupby(["lm_size", "seed", "stage", "site", "measure"], as_index=False).value.mean()
+
+
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): one line per LM size, sd over seeds."""
+    per_seed, sizes = seed_means(data), common.sizes_in(data)
+    fig, axes = common.figure(ncols=3, width=4.6)
+    for ax, (site, m, title, ylabel) in zip(axes, PANELS):
+        sub = per_seed[(per_seed.site == site) & (per_seed.measure == m)]
+        sns.lineplot(sub, x="stage", y="value", hue="lm_size", hue_order=sizes, marker="o", errorbar="sd", ax=ax)
+        ax.set(title=title, xlabel="training stage (0 = encoder pretraining)", ylabel=ylabel, xticks=range(len(STAGES)))
+        ax.legend(title="LM size")
+    return fig
 
 
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("fig2_rank", __doc__, argv=argv)
-    rows, cfgs = [], {}
-    for size in common.lm_sizes(s):
-        for seed in s.seeds:
-            run = measure.train(s, size, seed)
-            cfgs[f"{size}/seed{seed}"] = run.cfg
-            sites = ["connector.out", measure.last_layer(run.cfg)]
-            for i, name, ckpt in measure.checkpoints(run):
-                if name in STAGES:
-                    model = measure.load(ckpt)
-                    batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
-                    rows += measure.token_rows(model, batch, sites, lm_size=size, seed=seed, stage=i)
+    rows, runs = [], measure.grid(s)
+    for run in runs:
+        for i, name, ckpt in measure.checkpoints(run):
+            if name in STAGES:
+                model = measure.load(ckpt)
+                batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
+                rows += measure.token_rows(model, batch, ["connector.out", measure.last_layer(run.cfg)], **run.labels, stage=i)
     data = pd.DataFrame(rows)
     data["site"] = data.site.where(data.site == "connector.out", "lm.last_layer")
-    per_seed = data.groupby(["lm_size", "seed", "stage", "site", "measure"], as_index=False).value.mean()
-
-    fig, axes = common.figure(ncols=3, width=4.6)
-    panels = [("connector.out", "tau_rank_normalized", "Rank of audio tokens entering the LM",
-               "tau-effective rank / min(N, d) (0.99 energy)"),
-              ("lm.last_layer", "tau_rank_normalized", "Rank after the last LM layer",
-               "tau-effective rank / min(N, d) (0.99 energy)"),
-              ("connector.out", "similarity", "Similarity of audio tokens entering the LM",
-               "mean pairwise cosine similarity (unitless)")]
-    for ax, (site, m, title, ylabel) in zip(axes, panels):
-        sub = per_seed[(per_seed.site == site) & (per_seed.measure == m)]
-        sns.lineplot(sub, x="stage", y="value", hue="lm_size", hue_order=common.lm_sizes(s), marker="o",
-                     errorbar="sd", ax=ax)
-        ax.set(title=title, xlabel="training stage (0 = encoder pretraining)", ylabel=ylabel, xticks=range(len(STAGES)))
-        ax.legend(title="LM size")
-
+    per_seed = seed_means(data)
     final = per_seed[per_seed.stage == per_seed.stage.max()]
     table = (final.groupby(["lm_size", "site", "measure"]).value.apply(lambda v: common.fmt(list(v), 3))
              .unstack("measure").reset_index())
@@ -68,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     notes = ("Paper (Fig. 2): smaller SSMs end with lower-rank, more similar audio tokens; its values are not published. "
              f"Probed on the first {measure.PROBE_CLIPS[s.preset]} test scenes; the table is the final stage (stage 4), "
              "mean ± sd over seeds of the per-clip mean. Ranks are normalized by min(tokens, dims) so sites compare.")
-    return common.write_outputs(s, data, fig, table, title="Figure 2: tau-effective rank across training stages by LM size",
-                                notes=notes, configs=cfgs, findings=findings)
+    return common.write_outputs(s, data, plot(data), table, title="Figure 2: tau-effective rank across training stages by LM size",
+                                notes=notes, configs=measure.configs(runs), findings=findings)
 
 
 if __name__ == "__main__":

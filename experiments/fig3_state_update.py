@@ -17,21 +17,14 @@ import measure
 LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    s = common.parse_args("fig3_state_update", __doc__, argv=argv)
-    rows, cfgs, sizes = [], {}, common.lm_sizes(s)
-    for size in sizes:
-        for layout in LAYOUTS:
-            for seed in s.seeds:
-                run = measure.train(s, size, seed, [f"model.connector.layout={layout}"], layout=layout)
-                cfgs[f"{size}/{layout}/seed{seed}"] = run.cfg
-                model = measure.load(measure.stage(run, "stage4"))
-                batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
-                rows += measure.state_rows(model, batch, **run.labels)
-    data = pd.DataFrame(rows)
+def seed_means(data: pd.DataFrame) -> pd.DataFrame:
     per_seed = data.groupby(["lm_size", "layout", "seed", "layer", "measure"], as_index=False).value.mean()
-    per_seed["layout"] = per_seed.layout.map(LAYOUTS)
+    return per_seed.assign(layout=per_seed.layout.map(LAYOUTS))
 
+
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): one panel per LM size, one line per layout."""
+    per_seed, sizes = seed_means(data), common.sizes_in(data)
     fig, axes = common.figure(ncols=len(sizes), width=4.6)
     rel = per_seed[per_seed.measure == "relative"]
     for ax, size in zip(axes, sizes):
@@ -41,16 +34,26 @@ def main(argv: list[str] | None = None) -> dict:
                ylabel="||h_t - h_(t-1)|| / ||h_(t-1)|| (ratio)", yscale="log")
         ax.set_xticks(sorted(rel[rel.lm_size == size].layer.unique()))
         ax.legend(title="token layout")
+    return fig
 
-    over_layers = per_seed.groupby(["lm_size", "layout", "seed", "measure"], as_index=False).value.mean()
+
+def main(argv: list[str] | None = None) -> dict:
+    s = common.parse_args("fig3_state_update", __doc__, argv=argv)
+    rows = []
+    runs = measure.grid(s, {k: [f"model.connector.layout={k}"] for k in LAYOUTS}, "layout")
+    for run in runs:
+        model = measure.load(measure.stage(run, "stage4"))
+        rows += measure.state_rows(model, measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset]), **run.labels)
+    data = pd.DataFrame(rows)
+    over_layers = seed_means(data).groupby(["lm_size", "layout", "seed", "measure"], as_index=False).value.mean()
     table = (over_layers.groupby(["lm_size", "layout", "measure"]).value.apply(lambda v: common.fmt(list(v), 4))
              .unstack("measure").reset_index().rename(columns={"distance": "mean distance", "relative": "mean relative distance"}))
     notes = ("Mean over layers, heads, audio-token pairs and the first "
              f"{measure.PROBE_CLIPS[s.preset]} test scenes; mean ± sd over seeds. The paper's Fig. 3 shows this measure; "
              "its values are not published. Relative distance = ||h_t - h_(t-1)||_F / ||h_(t-1)||_F; for layouts (b)/(c) the "
              "audio span includes the separator tokens.")
-    return common.write_outputs(s, data, fig, table, title="Figure 3: state-update distance between adjacent audio tokens",
-                                notes=notes, configs=cfgs)
+    return common.write_outputs(s, data, plot(data), table, title="Figure 3: state-update distance between adjacent audio tokens",
+                                notes=notes, configs=measure.configs(runs))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
 import torch
 
 from sam.config import ExperimentConfig, config_hash, to_dict
@@ -50,6 +49,18 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
             "OpenAQA source; evaluate released checkpoints with `sam eval` instead")
     cfg = common.run_config(s, size, seed, changes)
     return Run(cfg, Path(train_or_load(cfg, s.runs, progress=False)), {"lm_size": size, "seed": seed, **labels})
+
+
+def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, key: str = "variant") -> list[Run]:
+    """Every LM size x variant x seed, trained or loaded from the cache. `variants` maps a label
+    (stored in each run's labels under `key`) to its config changes; None = the preset as is."""
+    return [train(s, size, seed, changes, **({key: name} if variants else {}))
+            for size in common.lm_sizes(s) for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
+
+
+def configs(runs: Sequence[Run]) -> dict[str, ExperimentConfig]:
+    """Each run's config under a label built from its labels (for provenance)."""
+    return {"/".join(f"{k}={v}" for k, v in r.labels.items()): r.cfg for r in runs}
 
 
 def checkpoints(run: Run) -> list[tuple[int, str, Path]]:

@@ -20,26 +20,37 @@ import measure
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("caption", "CIDEr-D")]
 
 
-def frozen_changes(s: common.Settings, size: str) -> list[str]:
+def frozen_changes(s: common.Settings) -> list[str]:
     """Drop "encoder" from every LM stage's trainable groups (stage 0, the encoder's own, stays)."""
     from sam.train import is_encoder_stage
 
-    stages = common.run_config(s, size).train.stages
+    stages = common.run_config(s).train.stages
     return [f"train.stages.{i}.trainable=[{', '.join(g for g in st.trainable if g != 'encoder')}]"
             for i, st in enumerate(stages) if "encoder" in st.trainable and not is_encoder_stage(st)]
 
 
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): frozen vs finetuned bars, and the encoder-swap grid."""
+    sizes = common.sizes_in(data)
+    fig, axes = common.figure(ncols=2, width=5.2)
+    common.bars(axes[0], data[data.encoder != "swapped"], "classification", "mAP", "lm_size", "encoder", order=sizes,
+                hue_order=["frozen", "finetuned"], title="Jointly finetuned vs frozen encoder", ylabel="mAP (%)")
+    grid = (data[(data.encoder != "frozen") & (data.task == "classification") & (data.metric == "mAP")]
+            .pivot_table(index="encoder_from", columns="lm_size", values="value").loc[sizes, sizes])
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", ax=axes[1], cbar_kws={"label": "mAP (%)"})
+    axes[1].set(title="Encoder finetuned with one LM size, used with another",
+                xlabel="LM size (evaluated)", ylabel="encoder finetuned with LM size")
+    return fig
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_encoder", __doc__, argv=argv)
-    rows, cfgs, sizes, joint = [], {}, common.lm_sizes(s), {}
-    for size in sizes:
-        for seed in s.seeds:
-            for enc, changes in (("finetuned", []), ("frozen", frozen_changes(s, size))):
-                run = measure.train(s, size, seed, changes, encoder=enc, encoder_from=size)
-                cfgs[f"{size}/{enc}/seed{seed}"] = run.cfg
-                if enc == "finetuned":
-                    joint[(size, seed)] = run
-                rows += measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)
+    rows, sizes = [], common.lm_sizes(s)
+    runs = measure.grid(s, {"finetuned": [], "frozen": frozen_changes(s)}, "encoder")
+    for run in runs:
+        m = measure.evaluate(s, run, measure.stage(run, "stage4"))
+        rows += measure.metric_rows(m, **run.labels, encoder_from=run.labels["lm_size"])
+    joint = {(r.labels["lm_size"], r.labels["seed"]): r for r in runs if r.labels["encoder"] == "finetuned"}
     for (size, seed), run in joint.items():
         for source in sizes:
             if source != size:
@@ -50,15 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
                                      variant=f"audio_tower from {joint[(source, seed)].dir.name}")
                 rows += measure.metric_rows(m, **{**run.labels, "encoder": "swapped", "encoder_from": source})
     data = pd.DataFrame(rows)
-
-    fig, axes = common.figure(ncols=2, width=5.2)
-    common.bars(axes[0], data[data.encoder != "swapped"], "classification", "mAP", "lm_size", "encoder", order=sizes,
-                hue_order=["frozen", "finetuned"], title="Jointly finetuned vs frozen encoder", ylabel="mAP (%)")
-    grid = (data[(data.encoder != "frozen") & (data.task == "classification") & (data.metric == "mAP")]
-            .pivot_table(index="encoder_from", columns="lm_size", values="value").loc[sizes, sizes])
-    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", ax=axes[1], cbar_kws={"label": "mAP (%)"})
-    axes[1].set(title="Encoder finetuned with one LM size, used with another",
-                xlabel="LM size (evaluated)", ylabel="encoder finetuned with LM size")
 
     table = common.summary(data, ["lm_size", "encoder", "encoder_from"], METRICS)
 
@@ -76,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     notes = ("Percent, mean ± sd over seeds, test scenes of the embedded corpus. Frozen = the encoder keeps its "
              "stage-0 weights through stages 1-4. Swapped = a finetuned model evaluated with another size's "
              "finetuned encoder, no retraining (our protocol). The paper reports only the directions.")
-    return common.write_outputs(s, data, fig, table, title="Table 3: encoder frozen, finetuned, swapped across LM sizes",
-                                notes=notes, configs=cfgs, findings=findings)
+    return common.write_outputs(s, data, plot(data), table, title="Table 3: encoder frozen, finetuned, swapped across LM sizes",
+                                notes=notes, configs=measure.configs(runs), findings=findings)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,22 @@ METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("classifi
            ("caption", "CIDEr-D"), ("caption", "METEOR"), ("caption", "SPICE")]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    s = common.parse_args("table_main", __doc__, argv=argv)
-    rows, cfgs, sizes = [], {}, common.lm_sizes(s)
-    for size in sizes:
-        for seed in s.seeds:
-            run = measure.train(s, size, seed)
-            cfgs[f"{size}/seed{seed}"] = run.cfg
-            rows += measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)
-    data = pd.DataFrame(rows)
-
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): bars per LM size, sd over seeds, chance dashed."""
     fig, axes = common.figure(ncols=3, width=4.4)
     for ax, (task, metric, title, unit) in zip(axes, [
             ("classification", "mAP", "Classification mAP by LM size", "mAP (%)"),
             ("classification", "accuracy", "Top-1 accuracy by LM size", "accuracy (%)"),
             ("caption", "CIDEr-D", "Captioning CIDEr-D by LM size", "CIDEr-D (x100)")]):
-        common.bars(ax, data, task, metric, "lm_size", order=sizes, title=title, ylabel=unit)
+        common.bars(ax, data, task, metric, "lm_size", order=common.sizes_in(data), title=title, ylabel=unit)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict:
+    s = common.parse_args("table_main", __doc__, argv=argv)
+    runs, sizes = measure.grid(s), common.lm_sizes(s)
+    rows = [r for run in runs for r in measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)]
+    data = pd.DataFrame(rows)
 
     ours = common.summary(data, ["lm_size"], [m for m in METRICS if ((data.task == m[0]) & (data.metric == m[1])).any()])
     ours.insert(1, "paper row", [paper_numbers.SAM_ROW_FOR_SIZE[z] for z in ours.lm_size])
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     notes = ("Ours: test scenes of the embedded real-audio corpus (percent; mean ± sd over seeds; chance = the "
              "expected score of a random ranking / uniform guess). The paper's columns are different datasets "
              "(ESC-50, DCASE17, FSD50K, AudioSet, AudioCaps), so compare directions and ratios to chance, not values.")
-    return common.write_outputs(s, data, fig, {"Ours (embedded corpus)": ours, "Paper (reported)": paper},
+    return common.write_outputs(s, data, plot(data), {"Ours (embedded corpus)": ours, "Paper (reported)": paper},
                                 title="Table 1: classification and captioning by LM size", notes=notes,
-                                configs=cfgs, findings=findings)
+                                configs=measure.configs(runs), findings=findings)
 
 
 if __name__ == "__main__":

@@ -17,30 +17,31 @@ import paper_numbers
 STAGES = {"stage4": "without reasoning (stage 4)", "stage5": "with reasoning (stage 5)"}
 
 
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): accuracy before/after stage 5, overall and by category."""
+    sizes, order = common.sizes_in(data), list(STAGES.values())
+    fig, axes = common.figure(ncols=2, width=5.4)
+    common.bars(axes[0], data[data.category == "all"], "reasoning", "accuracy", "lm_size", "stage", order=sizes,
+                hue_order=order, title="Multiple-choice accuracy before / after the reasoning stage", ylabel="accuracy (%)")
+    common.bars(axes[1], data[(data.category != "all") & (data.lm_size == sizes[-1])], "reasoning", "accuracy",
+                "category", "stage", hue_order=order, title=f"By question category ({sizes[-1]} LM)", ylabel="accuracy (%)")
+    axes[1].tick_params(axis="x", rotation=20)
+    return fig
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_reasoning", __doc__, argv=argv)
-    rows, cfgs, sizes = [], {}, common.lm_sizes(s)
-    for size in sizes:
-        for seed in s.seeds:
-            run = measure.train(s, size, seed)
-            cfgs[f"{size}/seed{seed}"] = run.cfg
-            for name, label in STAGES.items():
-                m = measure.evaluate(s, run, measure.stage(run, name), ["reasoning"])
-                rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
-                for cat, g in m["reasoning"]["by"].get("category", {}).items():
-                    rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
-                                     value=100 * g["accuracy"], chance=m["reasoning"].get("chance", float("nan")) * 100))
+    rows, runs = [], measure.grid(s)
+    for run in runs:
+        for name, label in STAGES.items():
+            m = measure.evaluate(s, run, measure.stage(run, name), ["reasoning"])
+            rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
+            for cat, g in m["reasoning"]["by"].get("category", {}).items():
+                rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
+                                 value=100 * g["accuracy"], chance=m["reasoning"].get("chance", float("nan")) * 100))
     data = pd.DataFrame(rows)
     order = list(STAGES.values())
-
-    fig, axes = common.figure(ncols=2, width=5.4)
     overall = data[data.category == "all"]
-    common.bars(axes[0], overall, "reasoning", "accuracy", "lm_size", "stage", order=sizes, hue_order=order,
-                title="Multiple-choice accuracy before / after the reasoning stage", ylabel="accuracy (%)")
-    big = data[(data.category != "all") & (data.lm_size == sizes[-1])]
-    common.bars(axes[1], big, "reasoning", "accuracy", "category", "stage", hue_order=order,
-                title=f"By question category ({sizes[-1]} LM)", ylabel="accuracy (%)")
-    axes[1].tick_params(axis="x", rotation=20)
 
     table = common.summary(overall, ["lm_size", "stage"], [("reasoning", "accuracy")])
     paper = pd.DataFrame([{"model": k, "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()])
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
                                "with reasoning stage", "without", "%")]
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
              "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. Paper: MMAU test-mini, Sound subset.")
-    return common.write_outputs(s, data, fig, {"Ours (embedded corpus)": table, "Paper (reported)": paper},
+    return common.write_outputs(s, data, plot(data), {"Ours (embedded corpus)": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
-                                configs=cfgs, findings=findings)
+                                configs=measure.configs(runs), findings=findings)
 
 
 if __name__ == "__main__":

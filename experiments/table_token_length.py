@@ -31,28 +31,29 @@ def probe_rows(model, run: measure.Run, clips: int) -> list[dict]:
     return [{**run.labels, **r} for r in rows]
 
 
+def plot(data: pd.DataFrame):
+    """The figure from the tidy table (the CSV): accuracy, rank and state change by size and layout."""
+    sizes, order = common.sizes_in(data), list(LAYOUTS.values())
+    fig, axes = common.figure(ncols=3, width=4.6)
+    for ax, (task, metric, title, ylabel) in zip(axes, [
+            ("classification", "mAP", "Classification mAP by token layout", "mAP (%)"),
+            ("probe", "rank connector.out", "Rank of the audio tokens entering the LM", "tau-effective rank / min(N, d) (0.99)"),
+            ("probe", "relative state update", "State change per audio token", "mean ||h_t - h_(t-1)|| / ||h_(t-1)|| (ratio)")]):
+        common.bars(ax, data, task, metric, "lm_size", "layout", order=sizes, hue_order=order, title=title, ylabel=ylabel)
+    return fig
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_token_length", __doc__, argv=argv)
-    rows, cfgs, sizes = [], {}, common.lm_sizes(s)
-    for size in sizes:
-        for layout in LAYOUTS:
-            for seed in s.seeds:
-                run = measure.train(s, size, seed, [f"model.connector.layout={layout}"], layout=layout)
-                cfgs[f"{size}/{layout}/seed{seed}"] = run.cfg
-                ckpt = measure.stage(run, "stage4")
-                rows += measure.metric_rows(measure.evaluate(s, run, ckpt), **run.labels)
-                rows += probe_rows(measure.load(ckpt), run, measure.PROBE_CLIPS[s.preset])
+    rows = []
+    runs = measure.grid(s, {k: [f"model.connector.layout={k}"] for k in LAYOUTS}, "layout")
+    for run in runs:
+        ckpt = measure.stage(run, "stage4")
+        rows += measure.metric_rows(measure.evaluate(s, run, ckpt), **run.labels)
+        rows += probe_rows(measure.load(ckpt), run, measure.PROBE_CLIPS[s.preset])
     data = pd.DataFrame(rows)
     data["layout"] = data.layout.map(LAYOUTS)
     order = list(LAYOUTS.values())
-
-    fig, axes = common.figure(ncols=3, width=4.6)
-    common.bars(axes[0], data, "classification", "mAP", "lm_size", "layout", order=sizes, hue_order=order,
-                title="Classification mAP by token layout", ylabel="mAP (%)")
-    common.bars(axes[1], data, "probe", "rank connector.out", "lm_size", "layout", order=sizes, hue_order=order,
-                title="Rank of the audio tokens entering the LM", ylabel="tau-effective rank / min(N, d) (0.99)")
-    common.bars(axes[2], data, "probe", "relative state update", "lm_size", "layout", order=sizes, hue_order=order,
-                title="State change per audio token", ylabel="mean ||h_t - h_(t-1)|| / ||h_(t-1)|| (ratio)")
 
     table = common.summary(data, ["lm_size", "layout"], METRICS, digits=3)
 
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
              "ranks normalized by min(tokens, dims), so layouts of different length compare; probes on the first "
              f"{measure.PROBE_CLIPS[s.preset]} test scenes. Paper (Table 4): 64 tokens per 10 s for (a), 512 plus "
              "separators for (b)/(c); only directions are known.")
-    return common.write_outputs(s, data, fig, table, title="Table 4: token layout and sequence length", notes=notes,
-                                configs=cfgs, findings=findings)
+    return common.write_outputs(s, data, plot(data), table, title="Table 4: token layout and sequence length", notes=notes,
+                                configs=measure.configs(runs), findings=findings)
 
 
 if __name__ == "__main__":
