@@ -119,26 +119,26 @@ class _CausalConvSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor, prefix: Tensor | None) -> Tensor:
         K, L = w.shape[1], x.shape[1]
+        wt = w.t().contiguous()  # [K, D]: contiguous taps broadcast ~4x faster than strided columns
         head = prefix if prefix is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2])
         xp = torch.cat([head, x], dim=1)
-        pre = torch.addcmul(bias, xp[:, :L], w[:, 0])
+        pre = torch.addcmul(bias, xp[:, :L], wt[0])
         for i in range(1, K):
-            pre.addcmul_(xp[:, i : i + L], w[:, i])
-        ctx.save_for_backward(xp, w, pre)
+            pre.addcmul_(xp[:, i : i + L], wt[i])
+        ctx.save_for_backward(xp, wt, pre)
         return F.silu(pre)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        xp, w, pre = ctx.saved_tensors
-        K, L = w.shape[1], pre.shape[1]
-        sig = torch.sigmoid(pre)
-        g = grad * sig * (1 + pre * (1 - sig))
+        xp, wt, pre = ctx.saved_tensors
+        K, L, D = wt.shape[0], pre.shape[1], pre.shape[2]
+        g = torch.ops.aten.silu_backward(grad, pre)
         # x_s feeds outputs t = s + K - 1 - i through tap i.
-        dx = g * w[:, K - 1]
+        dx = g * wt[K - 1]
         for j in range(1, min(K, L + 1)):
-            dx[:, : L - j].addcmul_(g[:, j:], w[:, K - 1 - j])
-        dw = torch.stack([(g * xp[:, i : i + L]).sum(dim=(0, 1)) for i in range(K)], dim=1)
-        return dx, dw, g.sum(dim=(0, 1)), None
+            dx[:, : L - j].addcmul_(g[:, j:], wt[K - 1 - j])
+        dw = torch.stack([(g * xp[:, i : i + L]).reshape(-1, D).sum(0) for i in range(K)], dim=1)
+        return dx, dw, g.reshape(-1, D).sum(0), None
 
 
 # --------------------------------------------------------------------------------------------
