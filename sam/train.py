@@ -380,16 +380,16 @@ def _fixed_batches(data: StageData, examples: list[Any], batch_size: int, limit:
     return [data.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def lm_tokens(batch: dict[str, Any], logits: torch.Tensor) -> int:
-    """LM positions a batch fed through the model: audio tokens + text tokens, padding excluded."""
-    audio = int(logits.shape[1]) - int(batch["attention_mask"].shape[1])
-    return int(batch["attention_mask"].sum()) + int(logits.shape[0]) * audio
+def lm_tokens(batch: dict[str, Any], logits: torch.Tensor, text_tokens: int) -> int:
+    """LM positions a batch fed through the model: audio tokens + `text_tokens` (padding excluded)."""
+    audio = int(logits.shape[1]) - int(batch["input_ids"].shape[1])
+    return text_tokens + int(logits.shape[0]) * audio
 
 
-def patch_tokens(audio_tower: nn.Module) -> Callable[[dict[str, Any], torch.Tensor], int]:
+def patch_tokens(audio_tower: nn.Module) -> Callable[[dict[str, Any], torch.Tensor, int], int]:
     """Counter of encoder patch tokens per batch, for the encoder-pretraining stage."""
 
-    def count(batch: dict[str, Any], _logits: torch.Tensor) -> int:
+    def count(batch: dict[str, Any], _logits: torch.Tensor, _text: int) -> int:
         t, f = audio_tower.grid_shape(int(batch["fbank"].shape[1]))
         return int(batch["fbank"].shape[0]) * t * f
 
@@ -405,18 +405,23 @@ def train_step(
     train: TrainConfig,
     dist: Dist,
     encoder_stage: bool,
-    count_tokens: Callable[[dict[str, Any], torch.Tensor], int] = lm_tokens,
+    count_tokens: Callable[[dict[str, Any], torch.Tensor, int], int] | None = None,
 ) -> tuple[float, float, int]:
-    """One optimizer step over `micro` (this rank's accumulation micro-batches, on device).
+    """One optimizer step over `micro` (this rank's accumulation micro-batches, as the loader gives them).
 
     Returns (global mean loss, gradient norm before clipping, tokens processed by all ranks).
+    `count_tokens(batch, logits, text_tokens)` says how many tokens a micro-batch fed (default: `lm_tokens`).
     """
     device = dist.device
+    count_tokens = count_tokens or lm_tokens
+    # Counted on the host copies, so that a CUDA step synchronizes only for the logged numbers.
     units = [loss_units(b, encoder_stage) for b in micro]
+    texts = [int(b["attention_mask"].sum()) if "attention_mask" in b else 0 for b in micro]
     total = _all_sum(float(sum(units)), dist, device)
     weighted = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
-    for i, (b, n) in enumerate(zip(micro, units)):
+    for i, (b, n, text) in enumerate(zip(micro, units, texts)):
+        b = to_device(b, device)
         last = i == len(micro) - 1
         ctx = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
         with ctx:
@@ -426,7 +431,7 @@ def train_step(
             # hence the world_size factor): the step's loss is the exact global mean.
             (loss * (n * dist.world_size / total)).backward()
         weighted += loss.detach().double() * n
-        tokens += count_tokens(b, logits)
+        tokens += count_tokens(b, logits, text)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip if train.grad_clip > 0 else float("inf"))
     opt.step()
     sched.step()
@@ -493,7 +498,7 @@ def train_stage(
     bar = _progress(stage.name, start, stage.steps, progress and dist.is_main)
     t0, loss_value, seen_clips, seen_tokens = time.perf_counter(), float("nan"), 0, 0
     for step in range(start, stage.steps):
-        micro = [to_device(next(loader), device) for _ in range(stage.grad_accum)]
+        micro = [next(loader) for _ in range(stage.grad_accum)]
         loss_value, grad_norm, tokens = train_step(net, micro, opt, sched, trainable, train, dist, encoder_stage, count_tokens)
         clips = stage.batch_size * stage.grad_accum
         elapsed = time.perf_counter() - t0
