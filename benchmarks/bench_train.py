@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--name", default="", help="result file name (default: bench_train_<preset>_<lm>_<device>)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--save-batches", default="", help="write the tokenizer + collated batches to this folder and stop (for a machine without the corpus)")
+    ap.add_argument("--load-batches", default="", help="read the tokenizer + batches written by --save-batches instead of the corpus")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
     if args.threads:
@@ -144,8 +146,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from sam.model import SAM
     from sam.runs import get_tokenizer
+    from sam.tokenizer import load_tokenizer
 
-    tokenizer = get_tokenizer(exp, REPO / "runs")
+    if args.load_batches:
+        tokenizer = load_tokenizer(Path(args.load_batches) / "tokenizer")
+        host = torch.load(Path(args.load_batches) / "batches.pt")
+    else:
+        tokenizer = get_tokenizer(exp, REPO / "runs")
+        host = [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in real_batches(exp, tokenizer, list(stage.tasks), batch_size, args.batches)]
+    if args.save_batches:
+        folder = Path(args.save_batches)
+        tokenizer.save_pretrained(str(folder / "tokenizer"))
+        torch.save(host, folder / "batches.pt")
+        print(f"wrote {len(host)} batches of {batch_size} clips and the tokenizer to {folder}")
+        return 0
     seed_all(0)
     model = SAM(exp.model, tokenizer).to(device)
     model.set_trainable(list(stage.trainable))
@@ -155,11 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     net = torch.compile(model) if args.compile else model
     # Host batches as a DataLoader hands them over (the step moves them); only tensors, so that
     # torch.compile does not guard on Example objects.
-    pin = device.type == "cuda"
-    batches = [
-        {k: (v.pin_memory() if pin else v) for k, v in b.items() if torch.is_tensor(v)}
-        for b in real_batches(exp, tokenizer, list(stage.tasks), batch_size, args.batches)
-    ]
+    batches = [{k: v.pin_memory() if device.type == "cuda" else v for k, v in b.items()} for b in host]
+    batch_size = int(batches[0]["fbank"].shape[0])
     dist = Dist(device=device)
     counted: list[int] = []
 

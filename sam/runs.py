@@ -3,7 +3,7 @@
 Stage i of a curriculum is fully determined by the model, data and optimizer settings plus
 stages 0..i, so it is stored under ``runs/stages/<i>-<name>-<hash of that prefix>/`` and any
 config with the same prefix (a later experiment that only changes stage 4, say) starts from it.
-A run directory ``runs/<config_hash>/`` holds ``config.yaml``, ``run.json`` (which stage
+A run directory ``runs/<config_hash>-<device kind>/`` holds ``config.yaml``, ``run.json`` (which stage
 directories it used), ``log.csv`` (all stages' step logs) and ``model/`` (the last stage's SAM
 checkpoint, hard-linked where the file system allows).
 
@@ -58,8 +58,9 @@ def stage_dirs(exp: ExperimentConfig, runs_dir: str | Path = "runs", device_type
     return [root / f"{i}-{s.name}-{k}" for i, (s, k) in enumerate(zip(exp.train.stages, stage_keys(exp, device_type)))]
 
 
-def run_dir_for(exp: ExperimentConfig, runs_dir: str | Path = "runs") -> Path:
-    return Path(runs_dir) / config_hash(exp)
+def run_dir_for(exp: ExperimentConfig, runs_dir: str | Path = "runs", device_type: str = "cpu") -> Path:
+    """``runs/<config hash>-<device kind>``: CPU and CUDA train different weights from one config."""
+    return Path(runs_dir) / f"{config_hash(exp)}-{device_type}"
 
 
 @contextlib.contextmanager
@@ -165,7 +166,7 @@ def train_or_load(
     check_stages(exp.train)
     dist = init_distributed(device)
     runs_dir = Path(runs_dir)
-    run_dir = run_dir_for(exp, runs_dir)
+    run_dir = run_dir_for(exp, runs_dir, dist.device.type)
     if (run_dir / "model").is_dir():
         return run_dir
     dirs = stage_dirs(exp, runs_dir, dist.device.type)
