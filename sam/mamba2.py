@@ -119,26 +119,29 @@ class _CausalConvSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor, prefix: Tensor | None) -> Tensor:
         K, L = w.shape[1], x.shape[1]
-        wt = w.t().contiguous()  # [K, D]: contiguous taps broadcast ~4x faster than strided columns
-        head = prefix if prefix is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2])
+        cdt = torch.promote_types(x.dtype, torch.float32)  # bf16 inputs accumulate in fp32
+        wt = w.t().to(cdt).contiguous()  # [K, D]: contiguous taps broadcast ~4x faster than strided columns
+        head = prefix.to(x.dtype) if prefix is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2])
         xp = torch.cat([head, x], dim=1)
-        pre = torch.addcmul(bias, xp[:, :L], wt[0])
+        pre = torch.addcmul(bias.to(cdt), xp[:, :L], wt[0])
         for i in range(1, K):
             pre.addcmul_(xp[:, i : i + L], wt[i])
         ctx.save_for_backward(xp, wt, pre)
-        return F.silu(pre)
+        ctx.dtypes = (x.dtype, w.dtype, bias.dtype)
+        return F.silu(pre).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         xp, wt, pre = ctx.saved_tensors
         K, L, D = wt.shape[0], pre.shape[1], pre.shape[2]
-        g = torch.ops.aten.silu_backward(grad, pre)
+        g = torch.ops.aten.silu_backward(grad.to(pre.dtype), pre)
         # x_s feeds outputs t = s + K - 1 - i through tap i.
         dx = g * wt[K - 1]
         for j in range(1, min(K, L + 1)):
             dx[:, : L - j].addcmul_(g[:, j:], wt[K - 1 - j])
         dw = torch.stack([(g * xp[:, i : i + L]).reshape(-1, D).sum(0) for i in range(K)], dim=1)
-        return dx, dw, g.reshape(-1, D).sum(0), None
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        return dx.to(x_dtype), dw.to(w_dtype), g.reshape(-1, D).sum(0).to(b_dtype), None
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,8 +257,8 @@ class Mamba2Mixer(nn.Module):
         w = self.conv1d.weight.squeeze(1)  # [conv_dim, d_conv]
         if k is not None and k.conv1d is not None and prefix is None:
             return k.conv1d(xBC.transpose(1, 2), w, self.conv1d.bias, activation="silu").transpose(1, 2)
-        pre = None if prefix is None else prefix.transpose(1, 2).to(xBC.dtype)
-        return _CausalConvSiLU.apply(xBC, w.to(xBC.dtype), self.conv1d.bias.to(xBC.dtype), pre)
+        pre = None if prefix is None else prefix.transpose(1, 2)
+        return _CausalConvSiLU.apply(xBC, w, self.conv1d.bias, pre)
 
     # ---- parallel forward ----------------------------------------------------------------
 
