@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import types
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
