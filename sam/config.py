@@ -241,7 +241,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.audio = AudioConfig(clip_seconds=5.0, target_frames=512)
         cfg.model.encoder = EncoderConfig(size="tiny", depth=2, embed_dim=64, num_heads=2)
         cfg.model.lm = MambaConfig(**LM_SIZES["smoke"]["small"], vocab_size=512)
-        cfg.model.lora = LoraConfig(rank=4)
+        cfg.model.lora = LoraConfig(rank=8)  # the paper's low rank: the LoRA-rank table's rank-8 arm reuses this run
         cfg.data = DataConfig(scene_seconds=5.0, n_train=64, n_valid=16, n_test=16, bpe_vocab_size=512)
         cfg.train = TrainConfig(stages=_curriculum(0.02, 4), log_every=2, eval_batch_size=8, max_new_tokens=12)
         return cfg
