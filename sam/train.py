@@ -543,8 +543,9 @@ def _progress(name: str, start: int, total: int, enabled: bool):
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     # Frozen parameters equal the stage's starting weights (the previous stage's final), so a
     # checkpoint only needs what trains plus buffers.
-    names = {n for n, p in module.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in names or k not in dict(module.named_parameters())}
+    params = dict(module.named_parameters(remove_duplicate=False))  # tied weights under every name
+    keep = {n for n, p in params.items() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in keep or k not in params}
 
 
 def _checkpoint(module, opt, sched, step: int, sampler: StreamSampler, stage: StageConfig, summary: dict, ckpt_dir: Path, dist: Dist) -> None:
