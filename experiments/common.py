@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")  # scripts and tests run headless
+if "ipykernel" not in sys.modules:  # scripts run headless; a notebook keeps its inline backend
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
