@@ -146,6 +146,7 @@ def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequ
         if s.paths["mamba_checkpoints"] is not None:
             cfg.model.lm_checkpoint = str(s.paths["mamba_checkpoints"] / f"mamba2-{PAPER_LM_NAMES[lm_size]}")
         cfg.model.tokenizer = str(s.paths["tokenizer"] or "")
+        cfg.eval.text_encoder_path = str(s.paths["clap"] or "")
     return apply_overrides(cfg, [*changes, *s.overrides])
 
 

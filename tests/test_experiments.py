@@ -48,6 +48,16 @@ def test_run_config_applies_seed_changes_then_user_overrides():
     assert cfg.model.lora.rank == 2  # the user's --set wins over the script's change
 
 
+def test_paper_run_config_points_each_lm_size_at_its_local_checkpoint(tmp_path):
+    argv = ["--preset", "paper", "--mamba-checkpoints", str(tmp_path / "m"), "--eat-checkpoint", str(tmp_path / "eat.pt"),
+            "--tokenizer", str(tmp_path / "neox"), "--clap", str(tmp_path / "clap")]
+    s = common.parse_args("t", "doc", argv=argv)  # nothing required: no validation
+    cfg = common.run_config(s, "medium")
+    assert cfg.model.lm_checkpoint == str(tmp_path / "m" / "mamba2-780m")
+    assert cfg.model.encoder.checkpoint == str(tmp_path / "eat.pt") and cfg.model.tokenizer == str(tmp_path / "neox")
+    assert cfg.eval.text_encoder_path == str(tmp_path / "clap") and cfg.model.lora.rank == 256
+
+
 @pytest.mark.parametrize(
     "better, worse, verdict",
     [([0.8, 0.82, 0.79], [0.5, 0.52, 0.49], "held"),
