@@ -143,7 +143,7 @@ class StageConfig:
     """One curriculum stage: what data, what trains, how long and how fast."""
 
     name: str = "stage1"
-    tasks: list[str] = field(default_factory=lambda: ["classification"])
+    tasks: list[str] = field(default_factory=lambda: ["classification"])  # example tasks, or [text] alone (LM pretraining)
     trainable: list[str] = field(default_factory=lambda: ["connector"])  # encoder|connector|lora|lm|head (LM output)|classifier (stage 0)
     lr: float = 1e-3
     steps: int = 100
@@ -193,17 +193,24 @@ class ExperimentConfig:
 # Presets
 
 
-def _curriculum(scale: float, bs: int, reasoning: bool = True, encoder_pretraining: bool = True) -> list[StageConfig]:
+def _curriculum(
+    scale: float, bs: int, reasoning: bool = True, encoder_pretraining: bool = True, lm_steps: int = 0, lm_bs: int = 0
+) -> list[StageConfig]:
     """The four-stage LTU/SAM curriculum (+ optional stage 5); `scale` multiplies step counts.
 
-    With `encoder_pretraining`, a stage 0 first trains the encoder alone with a linear multi-label
-    head on the corpus classes (standing in for EAT's AudioSet finetuning when no checkpoint is given).
+    With `lm_steps`, a "stage_lm" first trains the whole LM for that many steps (batch `lm_bs`, else
+    `bs`) as a causal LM on the training split's prompt + answer text, standing in for a pretrained
+    Mamba-2 checkpoint. With `encoder_pretraining`, a stage 0 then trains the encoder alone with a
+    linear multi-label head on the corpus classes (standing in for EAT's AudioSet finetuning when no
+    checkpoint is given).
     """
 
     def s(n: int) -> int:
         return max(2, int(round(n * scale)))
 
-    stages = [StageConfig("stage0", ["classification"], ["encoder", "classifier"], 5e-4, s(300), s(30), bs)] if encoder_pretraining else []
+    stages = [StageConfig("stage_lm", ["text"], ["lm"], 1e-3, lm_steps, max(1, lm_steps // 10), lm_bs or bs)] if lm_steps else []
+    if encoder_pretraining:
+        stages.append(StageConfig("stage0", ["classification"], ["encoder", "classifier"], 5e-4, s(300), s(30), bs))
     stages += [
         StageConfig("stage1", ["classification"], ["connector"], 1e-3, s(300), s(30), bs),
         StageConfig("stage2", ["classification"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs),
@@ -243,7 +250,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.lm = MambaConfig(**LM_SIZES["smoke"]["small"], vocab_size=512)
         cfg.model.lora = LoraConfig(rank=8)  # the paper's low rank: the LoRA-rank table's rank-8 arm reuses this run
         cfg.data = DataConfig(scene_seconds=5.0, n_train=64, n_valid=16, n_test=16, bpe_vocab_size=512)
-        cfg.train = TrainConfig(stages=_curriculum(0.02, 4), log_every=2, eval_batch_size=8, max_new_tokens=12)
+        cfg.train = TrainConfig(stages=_curriculum(0.02, 4, lm_steps=20), log_every=2, eval_batch_size=8, max_new_tokens=12)
         return cfg
     if name == "cpu":
         cfg = ExperimentConfig(preset="cpu")
@@ -252,7 +259,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.lm = MambaConfig(**LM_SIZES["cpu"][lm_size], vocab_size=2048)
         cfg.model.lora = LoraConfig(rank=8)
         cfg.data = DataConfig(scene_seconds=5.0, n_train=1500, n_valid=100, n_test=200, bpe_vocab_size=2048)
-        cfg.train = TrainConfig(stages=_curriculum(0.5, 16), max_new_tokens=24)
+        cfg.train = TrainConfig(stages=_curriculum(0.5, 16, lm_steps=200, lm_bs=32), max_new_tokens=24)
         return cfg
     if name == "gpu":
         cfg = ExperimentConfig(preset="gpu")
@@ -260,7 +267,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.lm = MambaConfig(**LM_SIZES["gpu"][lm_size], vocab_size=4096)
         cfg.model.lora = LoraConfig(rank=8)
         cfg.data = DataConfig(n_train=20000, n_valid=500, n_test=1000, bpe_vocab_size=4096)
-        cfg.train = TrainConfig(stages=_curriculum(4.0, 32), max_new_tokens=32)
+        cfg.train = TrainConfig(stages=_curriculum(4.0, 32, lm_steps=2000), max_new_tokens=32)
         return cfg
     if name == "paper":
         cfg = ExperimentConfig(preset="paper")

@@ -28,7 +28,7 @@ import torch
 
 from sam.checkpoint import publish_dir
 from sam.config import ConfigError, ExperimentConfig, config_hash, save_yaml, to_dict
-from sam.train import Dist, StageData, check_stages, init_distributed, seed_all, train_stage
+from sam.train import Dist, StageData, TextDataset, check_stages, collate_text, init_distributed, is_lm_stage, seed_all, train_stage
 
 _NOT_WEIGHT_FIELDS = {
     "data": ("root", "num_workers"),
@@ -106,11 +106,18 @@ def get_tokenizer(exp: ExperimentConfig, runs_dir: str | Path, dist: Dist | None
 
 
 def stage_data(exp: ExperimentConfig, stage_index: int, tokenizer: Any) -> StageData:
-    """Training and validation examples of a stage's task mixture, plus dataset/collate builders."""
+    """Training and validation examples of a stage's task mixture, plus dataset/collate builders.
+
+    An LM-pretraining stage gets every task's examples of each split as text only (the split's
+    prompts and answers; `corpus_texts` would mix in the validation and test splits)."""
     from sam.data import build_examples
     from sam.data.dataset import SAMDataset, collate
+    from sam.data.types import TASKS
 
     stage = exp.train.stages[stage_index]
+    if is_lm_stage(stage):
+        train, valid = (build_examples(exp.data, split, list(TASKS)) for split in ("train", "valid"))
+        return StageData(train, valid, lambda examples: TextDataset(examples, tokenizer), collate_text)
     train = build_examples(exp.data, "train", list(stage.tasks))
     valid = build_examples(exp.data, "valid", list(stage.tasks))
     audio_cfg, root = exp.model.audio, exp.data.root

@@ -1,10 +1,12 @@
 """One curriculum stage of SAM training: optimizer, schedule, loop, checkpoints, resume, DDP.
 
 `train_stage` trains a `SAM` (or, for an encoder-pretraining stage, the audio tower plus a linear
-multi-label head) for `StageConfig.steps` optimizer steps on the stage's task mixture:
+multi-label head; for an LM-pretraining stage, the language model alone as a causal LM on the
+training split's prompt + answer text, no audio) for `StageConfig.steps` optimizer steps on the
+stage's task mixture:
 AdamW (fused on CUDA), linear warmup then cosine decay to `min_lr_ratio` (LambdaLR), gradient
 accumulation, gradient clipping, bf16 autocast on CUDA. Every step's loss is the exact mean over
-the global batch (response tokens, or clips for the head), whatever the number of processes or
+the global batch (response tokens, text tokens, or clips for the head), whatever the number of processes or
 accumulation steps, so two ranks under torchrun reproduce one process at the same global batch.
 
 Data order is a pure function of (seed, stage, position): each epoch is a seeded permutation and a
@@ -37,12 +39,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
-from sam.prompt import IGNORE_INDEX
+from sam.prompt import IGNORE_INDEX, encode_example
 
 # `classifier` is the stage-0 multi-label head on the encoder; the others are `SAM.set_trainable` groups
 # (`head` there is the LM's output layer).
 VALID_BATCHES = 4  # stage-end validation loss: the first this many eval batches of the split
 GROUPS = ("encoder", "connector", "lora", "lm", "head", "classifier")
+TEXT_TASK = "text"  # the LM-pretraining stage's only task: the training split's text, without audio
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +206,61 @@ def is_encoder_stage(stage: StageConfig) -> bool:
     return "classifier" in stage.trainable
 
 
+# --------------------------------------------------------------------------------------------
+# LM pretraining on text (stands in for a pretrained Mamba-2 checkpoint)
+
+
+class TextLM(nn.Module):
+    """The language model as a plain causal LM: token t predicts token t + 1, loss on every labelled
+    target. Wraps SAM's own `language_model`, so what it learns stays in SAM."""
+
+    def __init__(self, language_model: nn.Module):
+        super().__init__()
+        self.language_model = language_model
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # labels[:, 0] is IGNORE_INDEX (nothing precedes it), so the loss counts what `loss_units` counts.
+        loss = nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        return loss, logits
+
+
+class TextDataset(torch.utils.data.Dataset):
+    """Items: prompt + answer + eos token ids of an example (tokenized as SAM's own training does,
+    by `encode_example`), labels = the ids with the first position ignored. Never reads audio."""
+
+    def __init__(self, examples: Sequence[Any], tokenizer: Any):
+        self.examples, self.tokenizer = list(examples), tokenizer
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex = self.examples[i]
+        ids = torch.tensor(encode_example(self.tokenizer, ex.instruction, ex.answer)[0], dtype=torch.long)
+        labels = ids.clone()
+        labels[0] = IGNORE_INDEX
+        return {"input_ids": ids, "labels": labels, "pad_id": self.pad_id}
+
+
+def collate_text(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Right-pad ids with the pad id and labels with IGNORE_INDEX; attention_mask 1 on tokens."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    ids = pad([b["input_ids"] for b in items], batch_first=True, padding_value=items[0]["pad_id"])
+    labels = pad([b["labels"] for b in items], batch_first=True, padding_value=IGNORE_INDEX)
+    mask = pad([torch.ones_like(b["input_ids"]) for b in items], batch_first=True, padding_value=0)
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def is_lm_stage(stage: StageConfig) -> bool:
+    """A stage whose task is text trains the language model alone on text (before any audio stage)."""
+    return TEXT_TASK in stage.tasks
+
+
 def check_stages(train: TrainConfig) -> None:
     """Raise ConfigError naming the key of the first impossible stage setting."""
     from sam.data.types import TASKS
@@ -217,9 +275,12 @@ def check_stages(train: TrainConfig) -> None:
         other = sorted(set(stage.trainable) - {"encoder", "classifier"})
         if "classifier" in stage.trainable and other:
             raise ConfigError(f"{key}.trainable: a 'classifier' stage trains encoder + classifier only, not {other[0]!r}")
-        bad = sorted(set(stage.tasks) - set(TASKS))
+        if is_lm_stage(stage):
+            if stage.tasks != [TEXT_TASK] or stage.trainable != ["lm"]:
+                raise ConfigError(f"{key}: an LM-pretraining stage has tasks [{TEXT_TASK}] and trainable [lm] only (got {stage.tasks}, {stage.trainable})")
+        bad = sorted(set(stage.tasks) - set(TASKS) - ({TEXT_TASK} if is_lm_stage(stage) else set()))
         if bad or not stage.tasks:
-            raise ConfigError(f"{key}.tasks: unknown task {bad[0]!r}; choose from {', '.join(TASKS)}" if bad else f"{key}.tasks is empty")
+            raise ConfigError(f"{key}.tasks: unknown task {bad[0]!r}; choose from {', '.join(TASKS)} (or [{TEXT_TASK}] alone, for LM pretraining)" if bad else f"{key}.tasks is empty")
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(stage, name) <= 0:
                 raise ConfigError(f"{key}.{name} must be positive, got {getattr(stage, name)}")
@@ -272,7 +333,8 @@ def make_optimizer(module: nn.Module, stage: StageConfig, train: TrainConfig, de
 
 
 def loss_units(batch: dict[str, Any], encoder_stage: bool) -> int:
-    """What the loss averages over: clips for the head, response tokens for the LM."""
+    """What the loss averages over: clips for the head, labelled tokens for the LM (response tokens,
+    or every text token but the first in LM pretraining)."""
     if encoder_stage:
         return int(batch["fbank"].shape[0])
     return int((batch["labels"] != IGNORE_INDEX).sum())
@@ -466,6 +528,9 @@ def train_stage(
         model.set_trainable(["encoder"] if "encoder" in stage.trainable else [])
         dim = model.audio_tower.embed_dim
         module: nn.Module = EncoderClassifier(model.audio_tower, dim, class_vocabulary(data.train)).to(device)
+    elif is_lm_stage(stage):
+        model.set_trainable(["lm"])
+        module = TextLM(model.language_model)
     else:
         model.set_trainable(list(stage.trainable))
         module = model

@@ -1,5 +1,5 @@
-"""Training on real corpus scenes (smoke sizes): the curriculum learns stage by stage and leaves
-frozen groups untouched, the run cache reuses shared stages, a SIGKILLed run resumes bit for bit,
+"""Training on real corpus scenes (smoke sizes): the curriculum learns stage by stage (text-only LM
+pretraining first) and leaves frozen groups untouched, the run cache reuses shared stages, a SIGKILLed run resumes bit for bit,
 and two torchrun processes match one."""
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from sam.checkpoint import load_latest
 from sam.config import ExperimentConfig, StageConfig, preset, save_yaml
 from sam.data.corpus import prepare_corpus
-from sam.runs import run_dir_for, stage_dirs, train_or_load
+from sam.runs import build_model, run_dir_for, stage_dirs, train_or_load
+from sam.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP_OF = {"audio_tower.": "encoder", "connector.": "connector"}
@@ -55,23 +56,26 @@ def base_config(tokenizer: Path) -> ExperimentConfig:
 
 
 def curriculum_config(tokenizer: Path) -> ExperimentConfig:
-    """Every stage of the smoke curriculum, 3 steps of 2 clips each. The smoke LM is random and
-    frozen outside LoRA, so learning rates are raised until 3 steps visibly move the loss."""
+    """Every stage of the smoke curriculum, 3 steps of 2 clips each (LM pretraining: 8 steps of 4
+    texts). Learning rates are raised until so few steps visibly move the loss."""
     exp = base_config(tokenizer)
     exp.data.n_valid = 0
     exp.train.eval_batch_size = 4
     for s in exp.train.stages:
         s.steps, s.warmup_steps, s.batch_size = 3, 1, 2
-        s.lr = {"stage0": 5e-3, "stage1": 2e-2}.get(s.name, 5e-3)
+        s.lr = {"stage_lm": 1e-2, "stage0": 5e-3, "stage1": 2e-2}.get(s.name, 5e-3)
+    exp.train.stages[0].steps, exp.train.stages[0].batch_size = 8, 4
     return exp
 
 
 def short_config(tokenizer: Path, lora_dropout: float) -> ExperimentConfig:
-    """Stage 0 + a stage training encoder, connector and LoRA with a checkpoint every 2 steps."""
+    """LM pretraining, stage 0, and a stage training encoder, connector and LoRA, with a checkpoint
+    every 2 steps."""
     exp = base_config(tokenizer)
     exp.model.lora.dropout = lora_dropout
     exp.train.checkpoint_every = 2
     exp.train.stages = [
+        StageConfig("stage_lm", ["text"], ["lm"], 3e-3, 3, 1, 4, grad_accum=2),
         StageConfig("stage0", ["classification"], ["encoder", "classifier"], 5e-3, 2, 1, 2),
         StageConfig("stage2", ["classification", "closed"], ["encoder", "connector", "lora"], 3e-3, 6, 1, 2, grad_accum=2),
     ]
@@ -80,6 +84,12 @@ def short_config(tokenizer: Path, lora_dropout: float) -> ExperimentConfig:
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
+
+
+def initial_weights(exp: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The weights a run starts from (the seeded random init that `train_or_load` builds)."""
+    model = build_model(exp, load_tokenizer(exp.model.tokenizer), torch.device("cpu"))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +103,31 @@ def curriculum(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_smoke_curriculum_each_stage_lowers_its_loss_and_keeps_frozen_groups_bit_identical(curriculum) -> None:
     exp, runs = curriculum
     dirs = stage_dirs(exp, runs, "cpu")
-    assert [d.name.split("-")[1] for d in dirs] == ["stage0", "stage1", "stage2", "stage3", "stage4", "stage5"]
-    before = None
+    assert [d.name.split("-")[1] for d in dirs] == ["stage_lm", "stage0", "stage1", "stage2", "stage3", "stage4", "stage5"]
+    before = initial_weights(exp)
     for stage, folder in zip(exp.train.stages, dirs):
         summary = json.loads((folder / "final" / "summary.json").read_text())
         assert summary["probe_loss_end"] < summary["probe_loss_start"], f"{stage.name} did not lower its loss: {summary}"
         after = weights(folder / "final")
-        if before is not None:
-            trains = {"encoder"} if "classifier" in stage.trainable else set(stage.trainable)
-            changed = {group(k) for k in after if not torch.equal(after[k], before[k])}
-            assert changed == trains, f"{stage.name} trains {sorted(trains)} but changed {sorted(changed)}"
+        trains = {"encoder"} if "classifier" in stage.trainable else set(stage.trainable)
+        changed = {group(k) for k in after if not torch.equal(after[k], before[k])}
+        assert changed == trains, f"{stage.name} trains {sorted(trains)} but changed {sorted(changed)}"
         before = after
     log = (run_dir_for(exp, runs) / "log.csv").read_text().splitlines()
     assert log[0].startswith("stage,step,loss") and len(log) == 1 + sum(s.steps for s in exp.train.stages)
+
+
+def test_lm_pretraining_stage_lowers_its_text_loss_and_changes_only_the_lm(curriculum) -> None:
+    exp, runs = curriculum
+    folder = stage_dirs(exp, runs, "cpu")[0]
+    summary = json.loads((folder / "final" / "summary.json").read_text())
+    # From about ln(vocab) = 6.2 nats (random LM): the template and answer grammar are learnable fast.
+    assert summary["probe_loss_start"] > 6.0 and summary["probe_loss_end"] < summary["probe_loss_start"] - 1.0, summary
+    before, after = initial_weights(exp), weights(folder / "final")
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert all(group(k) == "lm" for k in changed), sorted(k for k in changed if group(k) != "lm")
+    lm = [k for k in after if group(k) == "lm"]
+    assert len(changed) == len(lm), f"{len(lm) - len(changed)} LM tensors did not move"
 
 
 def test_run_cache_reuses_every_stage_a_later_config_shares(curriculum) -> None:
@@ -116,10 +138,10 @@ def test_run_cache_reuses_every_stage_a_later_config_shares(curriculum) -> None:
     run_dir = train_or_load(later, runs, device="cpu", progress=False)
     trained_after = {p.name for p in (runs / "stages").iterdir() if p.is_dir()}
     new = trained_after - trained_before
-    assert len(new) == 1 and next(iter(new)).startswith("5-stage5-")
+    assert len(new) == 1 and next(iter(new)).startswith("6-stage5-")
     used = [s["dir"] for s in json.loads((run_dir / "run.json").read_text())["stages"]]
     first = [s["dir"] for s in json.loads((run_dir_for(exp, runs) / "run.json").read_text())["stages"]]
-    assert used[:5] == first[:5] and used[5] != first[5]
+    assert used[:6] == first[:6] and used[6] != first[6]
     # A finished run is returned from the cache without touching anything.
     assert train_or_load(later, runs, device="cpu", progress=False) == run_dir
 
@@ -146,7 +168,7 @@ def killed_and_resumed(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFac
     ref_runs, runs = tmp_path_factory.mktemp("ref"), tmp_path_factory.mktemp("killed")
     config = runs / "config.yaml"
     save_yaml(exp, config)
-    stage_dir = stage_dirs(exp, runs, "cpu")[1]
+    stage_dir = stage_dirs(exp, runs, "cpu")[2]
     reference = _train_cli(config, ref_runs)
     proc = _train_cli(config, runs, {"SAM_CHECKPOINT_FAULT": "*stage2-*/checkpoints/step-00000004.pt", "SAM_CHECKPOINT_FAULT_SECONDS": "300"})
     try:
@@ -187,7 +209,7 @@ def test_sigkilled_run_resumed_equals_uninterrupted_run_bit_for_bit(killed_and_r
 def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(tokenizer_dir: Path, tmp_path: Path) -> None:
     exp = short_config(tokenizer_dir, lora_dropout=0.0)  # dropout masks are per-rank random draws
     exp.train.checkpoint_every = 0
-    exp.train.stages[1].steps = 3
+    exp.train.stages[-1].steps = 3
     config = tmp_path / "config.yaml"
     save_yaml(exp, config)
     two_dir = _finish(_train_cli(config, tmp_path / "ddp", torchrun=2))
@@ -195,7 +217,9 @@ def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(token
     one = weights(train_or_load(exp, tmp_path / "single", device="cpu", progress=False) / "model")
     moved = 0
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        # Float sums in another order (all-reduce of two halves); AdamW's normalized update can carry
+        # that to ~1e-5 on entries whose gradients are near zero, over three stages.
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5, msg=lambda m: f"{k}: {m}")
         moved += 1
     assert moved == len(two)
     info = json.loads((two_dir / "run.json").read_text())
