@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +49,8 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
             "the paper preset cannot train yet: sam.runs trains on DataConfig sources (debian | folder) and has no "
             "OpenAQA source; evaluate released checkpoints with `sam eval` instead")
     cfg = common.run_config(s, size, seed, changes)
-    return Run(cfg, Path(train_or_load(cfg, s.runs, progress=False)), {"lm_size": size, "seed": seed, **labels})
+    run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
+    return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
 
 
 def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, key: str = "variant") -> list[Run]:
