@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_batches:
         tokenizer = load_tokenizer(Path(args.load_batches) / "tokenizer")
         host = torch.load(Path(args.load_batches) / "batches.pt")
+        if args.batch_size:
+            host = [{k: v[: args.batch_size] for k, v in b.items()} for b in host]
     else:
         tokenizer = get_tokenizer(exp, REPO / "runs")
         host = [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in real_batches(exp, tokenizer, list(stage.tasks), batch_size, args.batches)]
@@ -177,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     def step(i: int) -> tuple[float, float, int]:
         return train_step(net, [batches[i % len(batches)]], opt, sched, trainable, exp.train, dist, False, lm_tokens)
 
-    flops = step_flops(lambda: counted.append(step(0)[2]))
+    # FLOPs are counted on the PyTorch path, whose quadratic chunk tensors would not fit at full
+    # batch on big shapes: count one clip of the (equal-length, padded) batch and scale.
+    one = [{k: v[:1] for k, v in batches[0].items()}]
+    flops = batch_size * step_flops(lambda: counted.append(
+        train_step(net, one, opt, sched, trainable, exp.train, dist, False, lm_tokens)[2]))
     for i in range(args.warmup):
         step(i)
     times, tokens = [], 0
