@@ -191,9 +191,12 @@ def train_or_load(
                 train_stage(model, exp, i, stage_data(exp, i, tokenizer), sdir, dist, progress)
                 loaded = final
         summaries.append(json.loads((final / "summary.json").read_text()))
-    if dist.is_main:
-        _publish_run(exp, run_dir, dirs, summaries, dist)
-    dist.barrier()
+    # Two processes may train the same config concurrently (the stage locks keep the stages
+    # single-writer); the run directory is a pure function of those stages, so the process that
+    # publishes second keeps the first one's copy.
+    with _lock(run_dir.with_name(run_dir.name + ".lock"), dist):
+        if dist.is_main and not (run_dir / "model").is_dir():
+            _publish_run(exp, run_dir, dirs, summaries, dist)
     return run_dir
 
 
