@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("fig2_rank", __doc__, argv=argv)
     rows, runs = [], measure.grid(s)
     for run in runs:
-        for i, name, ckpt in measure.checkpoints(run):
-            if name in STAGES:
+        for _, name, ckpt in measure.checkpoints(run):
+            if name in STAGES:  # by name: other stages (text-only LM pretraining, reasoning) are not plotted
                 model = measure.load(ckpt)
                 batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
-                rows += measure.token_rows(model, batch, ["connector.out", measure.last_layer(run.cfg)], **run.labels, stage=i)
+                rows += measure.token_rows(model, batch, ["connector.out", measure.last_layer(run.cfg)], **run.labels,
+                                           stage=STAGES.index(name))
     data = pd.DataFrame(rows)
     data["site"] = data.site.where(data.site == "connector.out", "lm.last_layer")
     per_seed = seed_means(data)
