@@ -83,7 +83,8 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     with one message listing all that are missing."""
     p = argparse.ArgumentParser(prog=f"{name}.py", description=description.strip().splitlines()[0])
     p.add_argument("--preset", choices=PRESETS, default=None, help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
-    p.add_argument("--out", type=Path, default=REPO / "figures", help="output folder (default: figures/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: figures/ for the cpu preset, figures/<preset>/ for the others)")
     p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: 1 smoke/paper, 3 cpu/gpu)")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="trained-run cache shared by all scripts (default: runs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -100,7 +101,9 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
         missing = missing_paper_inputs(paths, needs)
         if missing:
             p.error(f"the paper preset of {name} needs these local inputs:\n  " + "\n  ".join(missing))
-    return Settings(name, args.preset, args.out, list(range(seeds)), args.runs, args.overrides, paths,
+    # Each preset writes its own folder, so a quick smoke run never overwrites the committed cpu results.
+    out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
+    return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
                     [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)])
 
 
