@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import probes  # noqa: E402
 from benchmarks.bench_train import _kernel_path as kernel_path  # noqa: E402
-from benchmarks.bench_train import versions  # noqa: E402
+from benchmarks.bench_train import key_value_markdown, versions  # noqa: E402
 from sam.lm import MambaLM, named_config  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -208,7 +208,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("storing every h_t instead would take", f"{r['all_states_would_take_bytes'] / mib:.0f} MiB"),
         ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
     ]
-    return "# State-update distance cost\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    return key_value_markdown("State-update distance cost", rows)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,11 @@ def _kernel_path(device: torch.device) -> str:
     return "mamba_ssm Triton SSD kernels" if getattr(k, "chunk_scan", None) is not None else f"pure PyTorch ({getattr(k, 'error', '')})"
 
 
+def key_value_markdown(title: str, rows: list[tuple[str, str]]) -> str:
+    """A benchmark result as a Markdown title + two-column table (shared by the benchmark scripts)."""
+    return f"# {title}\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+
+
 def _markdown(r: dict[str, Any]) -> str:
     rows = [
         ("device", f"{r['device']} (1-min load average {r['load_average_1min']:.1f})"), ("model", f"LM {r['lm']}, encoder {r['encoder']}, layout {r['layout']}"),
@@ -255,7 +260,7 @@ def _markdown(r: dict[str, Any]) -> str:
         ("MFU", f"{100 * r['mfu']:.1f} %"),
         ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
     ]
-    return "# Training throughput\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    return key_value_markdown("Training throughput", rows)
 
 
 if __name__ == "__main__":
