@@ -8,6 +8,12 @@ fastest path. The peak is a large bf16 matmul (fp32 on CPU) measured in the same
 
     python benchmarks/bench_train.py                                   # cpu preset, 2 cores
     python benchmarks/bench_train.py --device cuda --lm 780m --encoder base --preset gpu
+    python benchmarks/bench_train.py --device cuda ... --variants eager,graph --profile
+
+`--variants` times several ways of running the same step one after another on the same model and
+batches (eager; `graph` = the trainer's `train.cuda_graphs`; torch.compile experiments), so their
+ratios are side by side. `--profile` adds a torch.profiler pass per variant: GPU kernel time
+per step, the share of the step the GPU is idle, kernel launches per step and the top ops.
 
 Writes benchmarks/results/<name>.json and .md. It must never report a number it did not measure.
 """
@@ -30,7 +36,49 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset  # noqa: E402
-from sam.train import Dist, is_encoder_stage, lm_tokens, make_optimizer, seed_all, train_step  # noqa: E402
+from sam.prompt import IGNORE_INDEX  # noqa: E402
+from sam.train import CudaGraphs, Dist, is_encoder_stage, lm_tokens, make_optimizer, seed_all, train_step  # noqa: E402
+
+# name -> how the step runs. compile: torch.compile mode of `compile_blocks` (None = eager);
+# kernels: Mamba-2 kernel dispatch ("" = default, "torch" = sam.ssd); traced: let Dynamo trace into
+# mamba_ssm's kernels instead of keeping them opaque; chunk: SSD chunk length at run time (0 = the
+# model's); graph: replay forward + backward as CUDA graphs (train.cuda_graphs, sam.train.CudaGraphs).
+# The compiled variants are timing experiments only: on the H100, compiled blocks gave the smoke
+# model different gradient norms than eager (same losses), so the trainer does not offer them.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "eager": {},
+    "compile": {"compile": "default"},
+    "compile-torchssd": {"compile": "default", "kernels": "torch"},
+    "compile-ro": {"compile": "reduce-overhead"},
+    "compile-traced": {"compile": "default", "traced": True},
+    "compile-traced-ro": {"compile": "reduce-overhead", "traced": True},
+    "compile-chunk128": {"compile": "default", "chunk": 128},
+    "graph": {"graph": True},  # train.cuda_graphs=true
+    "compile-graph": {"compile": "default", "graph": True},
+    "compile-chunk128-graph": {"compile": "default", "chunk": 128, "graph": True},
+}
+KERNEL_FUNCTIONS = ("chunk_scan", "rmsnorm_gated", "split_conv1d_scan", "conv1d")
+
+
+def compile_blocks(module: torch.nn.Module, mode: str | None = None) -> list[torch.nn.Module]:
+    """torch.compile, in place, every encoder block, Mamba-2 block and connector (regional
+    compilation: blocks of one stack share a code object, so one compilation serves them all).
+    Only `forward` is replaced (an instance attribute); `uncompile_blocks` restores it."""
+    from sam.connector import Connector
+    from sam.encoder import Block as EncoderBlock
+    from sam.lm import Block as LMBlock
+
+    done = []
+    for m in module.modules():
+        if isinstance(m, (EncoderBlock, LMBlock, Connector)) and "forward" not in vars(m):
+            m.forward = torch.compile(m.forward, mode=mode)
+            done.append(m)
+    return done
+
+
+def uncompile_blocks(modules: list[torch.nn.Module]) -> None:
+    for m in modules:
+        vars(m).pop("forward", None)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
@@ -97,6 +145,66 @@ def step_flops(step: Any) -> int:
     return int(counter.get_total_flops())
 
 
+def regroup(host: list[dict[str, torch.Tensor]], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """The clips of `host` re-batched `batch_size` at a time (text right-padded to a common length)."""
+    width = max(int(b["input_ids"].shape[1]) for b in host)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+
+    def widen(k: str, v: torch.Tensor) -> torch.Tensor:
+        if k not in fill or v.shape[1] == width:
+            return v
+        return torch.cat([v, v.new_full((v.shape[0], width - v.shape[1]), fill[k])], dim=1)
+
+    rows = {k: torch.cat([widen(k, b[k]) for b in host]) for k in host[0]}
+    n = int(rows["fbank"].shape[0])
+    if n < batch_size:
+        raise SystemExit(f"--batch-size {batch_size}: only {n} clips were loaded")
+    return [{k: v[i : i + batch_size] for k, v in rows.items()} for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def profile_steps(step: Any, first: int, n: int, seconds_per_step: float, folder: Path | None, label: str) -> dict[str, Any]:
+    """torch.profiler over `n` steps: GPU kernel time per step, GPU busy share of an unprofiled step
+    (`seconds_per_step`), kernel launches per step, top CUDA and CPU ops (tables written to `folder`)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for i in range(n):
+            step(first + i)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    gpu_us, launches = 0.0, 0
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            gpu_us += e.time_range.elapsed_us()
+            launches += 1
+    avg = prof.key_averages()
+
+    def self_dev(e: Any) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+    top_gpu = sorted((e for e in avg if self_dev(e) > 0), key=self_dev, reverse=True)[:12]
+    top_cpu = sorted(avg, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    gpu_ms = gpu_us / n / 1e3
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in ("self_cuda_time_total", "self_cpu_time_total"):
+            try:
+                table = avg.table(sort_by=key, row_limit=40, max_name_column_width=90)
+            except Exception as e:  # a sort key this torch does not know
+                table = f"{type(e).__name__}: {e}"
+            (folder / f"{label}_{key.split('_')[1]}.txt").write_text(table)
+    return {
+        "profiled_steps": n,
+        "gpu_kernel_ms_per_step": gpu_ms,
+        "gpu_busy_fraction": gpu_ms / 1e3 / seconds_per_step,
+        "gpu_ops_per_step": launches / n,
+        "top_gpu_ms_per_step": [[e.key[:120], self_dev(e) / n / 1e3, e.count / n] for e in top_gpu],
+        "top_cpu_ms_per_step": [[e.key[:120], e.self_cpu_time_total / n / 1e3, e.count / n] for e in top_cpu],
+    }
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "triton", "mamba-ssm", "causal-conv1d"):
@@ -124,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=4, help="distinct real batches cycled through")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (kernel compilation, allocator)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile", action="store_true", help="short for --variants compile (a timing experiment, see VARIANTS)")
+    ap.add_argument("--variants", default="", help=f"comma list timed one after another on one model: {', '.join(VARIANTS)} (default: eager)")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler pass per variant (tables next to the result files)")
+    ap.add_argument("--profile-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--name", default="", help="result file name (default: bench_train_<preset>_<lm>_<device>)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -151,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_batches:
         tokenizer = load_tokenizer(Path(args.load_batches) / "tokenizer")
         host = torch.load(Path(args.load_batches) / "batches.pt")
-        if args.batch_size:
+        if args.batch_size and args.batch_size <= int(host[0]["fbank"].shape[0]):
             host = [{k: v[: args.batch_size] for k, v in b.items()} for b in host]
+        elif args.batch_size:  # bigger batches than were saved: the same clips, fewer batches
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            host = regroup(host, args.batch_size, int(pad))
     else:
         tokenizer = get_tokenizer(exp, REPO / "runs")
         host = [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in real_batches(exp, tokenizer, list(stage.tasks), batch_size, args.batches)]
@@ -168,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     opt, sched = make_optimizer(model, stage, exp.train, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    net = torch.compile(model) if args.compile else model
+    names = [v for v in (args.variants or ("compile" if args.compile else "eager")).split(",") if v]
+    bad = sorted(set(names) - set(VARIANTS))
+    if bad:
+        raise SystemExit(f"--variants: unknown {bad[0]!r}; choose from {', '.join(VARIANTS)}")
     # Host batches as a DataLoader hands them over (the step moves them); only tensors, so that
     # torch.compile does not guard on Example objects.
     batches = [{k: v.pin_memory() if device.type == "cuda" else v for k, v in b.items()} for b in host]
@@ -176,26 +293,88 @@ def main(argv: list[str] | None = None) -> int:
     dist = Dist(device=device)
     counted: list[int] = []
 
-    def step(i: int) -> tuple[float, float, int]:
-        return train_step(net, [batches[i % len(batches)]], opt, sched, trainable, exp.train, dist, False, lm_tokens)
-
     # FLOPs are counted on the PyTorch path, whose quadratic chunk tensors would not fit at full
     # batch on big shapes: count one clip of the (equal-length, padded) batch and scale.
     one = [{k: v[:1] for k, v in batches[0].items()}]
     flops = batch_size * step_flops(lambda: counted.append(
-        train_step(net, one, opt, sched, trainable, exp.train, dist, False, lm_tokens)[2]))
-    for i in range(args.warmup):
-        step(i)
-    times, tokens = [], 0
-    for i in range(args.steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        tokens += step(i)[2]
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    # The fastest step is the machine's capability; the median shows what sharing the CPU costs.
-    seconds = min(times)
-    median = sorted(times)[len(times) // 2]
+        train_step(model, one, opt, sched, trainable, exp.train, dist, False, lm_tokens)[2]))
+
+    from sam.mamba2 import Mamba2Mixer
+
+    measured: dict[str, dict[str, Any]] = {}
+    profile_dir = Path(args.out) / f"{args.name or _default_name(args, device)}_profile" if args.profile else None
+    from sam.mamba2 import _kernels
+
+    mixers = [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
+    chunk0 = mixers[0].chunk_size
+    kern = _kernels()
+    raw = {n: getattr(kern, n) for n in KERNEL_FUNCTIONS if getattr(kern, n, None) is not None}
+    # Compiled variants run mamba_ssm's kernels between compiled regions unless "traced".
+    opaque = {n: torch.compiler.disable(fn) for n, fn in raw.items()}
+    for name in names:
+        spec = VARIANTS[name]
+        mode = spec.get("compile")
+        if (mode or spec.get("graph")) and device.type != "cuda":
+            raise SystemExit(f"--variants {name}: compiled and graphed variants are for CUDA")
+        previous = getattr(Mamba2Mixer, "kernels", "")
+        Mamba2Mixer.kernels = spec.get("kernels", "")
+        for m in mixers:
+            m.chunk_size = spec.get("chunk") or chunk0
+        for n, fn in (opaque if mode and not spec.get("traced") else raw).items():
+            setattr(kern, n, fn)
+        compiled = compile_blocks(model, mode=None if mode == "default" else mode) if mode else []
+        graphs = CudaGraphs(model, trainable, exp.train, device) if spec.get("graph") else None  # train.cuda_graphs
+
+        def step(i: int) -> tuple[float, float, int]:
+            return train_step(model, [batches[i % len(batches)]], opt, sched, trainable, exp.train, dist, False, lm_tokens, graphs)
+
+        try:
+            t_warm = time.perf_counter()
+            for i in range(args.warmup):
+                step(i)
+            _sync(device)
+            warm = time.perf_counter() - t_warm
+            times, tokens = [], 0
+            for i in range(args.steps):
+                _sync(device)
+                t0 = time.perf_counter()
+                tokens += step(i)[2]
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            # The fastest step is the machine's capability; the median shows what sharing the CPU costs.
+            seconds = min(times)
+            r: dict[str, Any] = {
+                "seconds_per_step": seconds, "seconds_per_step_median": sorted(times)[len(times) // 2],
+                "warmup_seconds": warm, "tokens_per_step": tokens / args.steps,
+            }
+            if args.profile:
+                r["profile"] = profile_steps(step, 0, args.profile_steps, seconds, profile_dir, name)
+        except Exception as e:  # a variant this machine cannot run is reported, not fatal to the others
+            if len(names) == 1:
+                raise
+            measured[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+            print(f"{name}: failed: {measured[name]['error']}", flush=True)
+            continue
+        finally:
+            uncompile_blocks(compiled)
+            Mamba2Mixer.kernels = previous
+            for m in mixers:
+                m.chunk_size = chunk0
+            for n, fn in raw.items():
+                setattr(kern, n, fn)
+            graphs = None
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            if compiled:
+                torch._dynamo.reset()
+        measured[name] = r
+        print(f"{name}: {seconds * 1e3:.1f} ms/step (median {r['seconds_per_step_median'] * 1e3:.1f}), warmup {warm:.0f} s", flush=True)
+    ok = {v: m for v, m in measured.items() if "error" not in m}
+    if not ok:
+        raise SystemExit("every variant failed")
+    best = min(ok, key=lambda v: ok[v]["seconds_per_step"])
+    first = names[0] if names[0] in ok else best
+    seconds, median, tokens_per_step = (measured[best][k] for k in ("seconds_per_step", "seconds_per_step_median", "tokens_per_step"))
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 1024, 10 if device.type == "cuda" else 5)
@@ -206,13 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset, "lm": args.lm, "encoder": exp.model.encoder.size, "stage": stage.name,
         "trainable_groups": stage.trainable, "tasks": stage.tasks, "layout": exp.model.connector.layout,
         "precision": "bf16 autocast" if device.type == "cuda" or exp.train.precision == "bf16" else "fp32",
-        "compile": args.compile, "batch_size": batch_size, "steps_timed": args.steps,
+        "variant": best, "compile": VARIANTS[best].get("compile") is not None, "batch_size": batch_size, "steps_timed": args.steps,
         "params": n_params, "trainable_params": n_train,
         "seconds_per_step": seconds,
         "seconds_per_step_median": median,
         "clips_per_s": batch_size / seconds,
-        "tokens_per_s": tokens / args.steps / seconds,
-        "tokens_per_step": tokens / args.steps,
+        "tokens_per_s": tokens_per_step / seconds,
+        "tokens_per_step": tokens_per_step,
         "flops_per_step": flops,
         "achieved_tflops": flops / seconds / 1e12,
         "peak_tflops": peak / 1e12,
@@ -221,15 +400,27 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name(device),
         "load_average_1min": os.getloadavg()[0],  # other processes on the machine slow every number above
         "versions": versions(),
-        "kernels": _kernel_path(device),
+        "kernels": _kernel_path(device) if not VARIANTS[best].get("kernels") else "pure PyTorch (sam.ssd)",
+        # Every variant timed in this process, on the same model and batches: ratios are side by side.
+        "variants": {
+            v: m if "error" in m else {
+                **m, "clips_per_s": batch_size / m["seconds_per_step"], "mfu": flops / m["seconds_per_step"] / peak,
+                "speedup_vs": first, "speedup": ok[first]["seconds_per_step"] / m["seconds_per_step"]}
+            for v, m in measured.items()
+        },
+        "command": "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    name = args.name or f"bench_train_{args.preset}_{args.lm}_{device.type}"
+    name = args.name or _default_name(args, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     (out / f"{name}.md").write_text(_markdown(result))
     print(_markdown(result))
     return 0
+
+
+def _default_name(args: argparse.Namespace, device: torch.device) -> str:
+    return f"bench_train_{args.preset}_{args.lm}_{device.type}"
 
 
 def _kernel_path(device: torch.device) -> str:
@@ -246,6 +437,12 @@ def key_value_markdown(title: str, rows: list[tuple[str, str]]) -> str:
     return f"# {title}\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
 
 
+def _cell(text: str, width: int) -> str:
+    """`text` shortened to `width` characters, safe inside a Markdown table cell."""
+    text = " ".join(str(text).replace("|", "/").split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _markdown(r: dict[str, Any]) -> str:
     rows = [
         ("device", f"{r['device']} (1-min load average {r['load_average_1min']:.1f})"), ("model", f"LM {r['lm']}, encoder {r['encoder']}, layout {r['layout']}"),
@@ -257,7 +454,23 @@ def _markdown(r: dict[str, Any]) -> str:
         ("throughput (fastest step)", f"{r['clips_per_s']:.2f} clips/s, {r['tokens_per_s']:.0f} tokens/s"),
         ("FLOPs per step", f"{r['flops_per_step'] / 1e12:.3f} TFLOP (FlopCounterMode, PyTorch path)"),
         ("achieved / peak", f"{r['achieved_tflops']:.2f} / {r['peak_tflops']:.1f} TFLOP/s ({r['peak_kind']})"),
-        ("MFU", f"{100 * r['mfu']:.1f} %"),
+        ("MFU", f"{100 * r['mfu']:.1f} % ({r['variant']})"),
+    ]
+    for v, m in r.get("variants", {}).items():
+        if "error" in m:
+            rows.append((f"variant {v}", f"failed: {_cell(m['error'], 200)}"))
+            continue
+        rows.append((f"variant {v}", f"{m['seconds_per_step'] * 1e3:.1f} / {m['seconds_per_step_median'] * 1e3:.1f} ms, "
+                     f"{m['clips_per_s']:.1f} clips/s, MFU {100 * m['mfu']:.1f} %, {m['speedup']:.2f}x vs {m['speedup_vs']} "
+                     f"(warmup incl. compilation {m['warmup_seconds']:.0f} s)"))
+        p = m.get("profile")
+        if p:
+            top = "; ".join(f"{_cell(k, 60)} {ms:.1f} ms" for k, ms, _ in (p["top_gpu_ms_per_step"] or p["top_cpu_ms_per_step"])[:5])
+            rows.append((f"profile {v}", f"GPU kernels {p['gpu_kernel_ms_per_step']:.1f} ms/step (busy {100 * p['gpu_busy_fraction']:.0f} % of the step), "
+                         f"{p['gpu_ops_per_step']:.0f} GPU ops/step; top: {top}"))
+    if r.get("note"):  # a remark added to the result file after the run
+        rows.append(("note", _cell(r["note"], 1000)))
+    rows += [
         ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
     ]
     return key_value_markdown("Training throughput", rows)

@@ -166,6 +166,9 @@ class TrainConfig:
     log_every: int = 10
     eval_batch_size: int = 16
     max_new_tokens: int = 32
+    # Replay each micro-batch's forward + backward as a CUDA graph (sam.train.CudaGraphs): speed only,
+    # CUDA only (ignored on CPU and under torchrun), one process, LM stages; never part of a config hash.
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -423,7 +426,17 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# Settings that change only how fast a run trains, not what it computes: left out of every hash, so
+# turning them on reuses (and names) the same cached runs.
+SPEED_ONLY = {"train": ("cuda_graphs",)}
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
-    """Stable short hash of a config tree: names cached runs."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    """Stable short hash of a config tree: names cached runs. `SPEED_ONLY` settings are left out."""
+    tree = to_dict(cfg)
+    if isinstance(tree, dict):
+        for section, keys in SPEED_ONLY.items():
+            if isinstance(tree.get(section), dict):
+                tree = {**tree, section: {k: v for k, v in tree[section].items() if k not in keys}}
+    blob = json.dumps(tree, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

@@ -173,7 +173,9 @@ class SAM(nn.Module):
             return None, logits
         # position n - 1 + j predicts text token j: the last audio token predicts the first prompt token
         pred = logits[:, n - 1 : n - 1 + ids.shape[1]]
-        if not bool((labels != IGNORE_INDEX).any()):
+        # Checked only for host tensors: on CUDA the check would stall the host mid-step until the
+        # forward pass finished (the trainer checks its host copy of the batch before the copy).
+        if not labels.is_cuda and not bool((labels != IGNORE_INDEX).any()):
             raise ValueError("batch has no labelled tokens (all labels are IGNORE_INDEX)")
         loss = F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return loss, logits

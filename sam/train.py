@@ -422,9 +422,10 @@ class StageData:
     collate: Any
 
 
-def _loader(data: StageData, examples: list[Any], sampler: Sampler, workers: int, seed: int) -> DataLoader:
+def _loader(data: StageData, examples: list[Any], sampler: Sampler, workers: int, seed: int, pin: bool = False) -> DataLoader:
     # A private generator: DataLoader otherwise draws its worker seed from the global RNG, which
-    # would shift dropout masks between a fresh run and a resumed one.
+    # would shift dropout masks between a fresh run and a resumed one. Pinned batches (CUDA) make
+    # the step's non_blocking copy really asynchronous.
     return DataLoader(
         data.make_dataset(examples),
         batch_sampler=sampler,
@@ -432,7 +433,7 @@ def _loader(data: StageData, examples: list[Any], sampler: Sampler, workers: int
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
-        pin_memory=False,
+        pin_memory=pin,
     )
 
 
@@ -458,6 +459,81 @@ def patch_tokens(audio_tower: nn.Module) -> Callable[[dict[str, Any], torch.Tens
     return count
 
 
+class CudaGraphs:
+    """Forward + weighted backward of a micro-batch, captured once per batch shape as a CUDA graph
+    and replayed (`train.cuda_graphs`; one CUDA process, LM stages).
+
+    A step of a large model on short sequences is bound by the host launching thousands of small
+    kernels (mamba_ssm's SSD backward alone spends milliseconds of Python per layer); a replay
+    launches them all at once. Text is right-padded to a multiple of `bucket` tokens (padding is
+    masked and unlabelled, so the loss and gradients are those of the unpadded batch) to bound the
+    number of shapes, hence graphs; all graphs share one memory pool. Gradients accumulate into
+    `.grad` tensors allocated outside the graphs, so the caller must zero them in place
+    (`zero_grad(set_to_none=False)`), never free them. The gradients are restored after the warm-up
+    runs that precede a capture, so those add nothing to the step.
+    """
+
+    def __init__(self, net: nn.Module, trainable: Sequence[torch.nn.Parameter], train: TrainConfig, device: torch.device, bucket: int = 16):
+        if device.type != "cuda":
+            raise ConfigError("train.cuda_graphs needs a CUDA device")
+        self.net, self.trainable, self.train, self.device, self.bucket = net, list(trainable), train, device, bucket
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Size]] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def _pad(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        tensors = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+        width = tensors["input_ids"].shape[1]
+        extra = -width % self.bucket
+        if extra:
+            fill = {"input_ids": 0, "labels": IGNORE_INDEX, "attention_mask": 0}
+            for k, value in fill.items():
+                if k in tensors:
+                    v = tensors[k]
+                    tensors[k] = torch.cat([v, v.new_full((v.shape[0], extra), value)], dim=1)
+        return tensors
+
+    def _forward_backward(self, static: dict[str, torch.Tensor], weight: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        with autocast(self.device, self.train.precision):
+            loss, logits = self.net(static)
+        (loss * weight).backward()
+        return loss.detach(), logits.shape
+
+    def _capture(self, tensors: dict[str, torch.Tensor]) -> tuple:
+        static = {k: v.to(self.device) for k, v in tensors.items()}
+        weight = torch.zeros((), device=self.device)
+        for p in self.trainable:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        kept = [p.grad.clone() for p in self.trainable]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # autotuning, compilation and allocations happen here, not in the graph
+            for _ in range(2):
+                self._forward_backward(static, weight)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch._foreach_copy_([p.grad for p in self.trainable], kept)
+        del kept
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            loss, shape = self._forward_backward(static, weight)
+        return graph, static, weight, loss, shape
+
+    def __call__(self, batch: dict[str, Any], weight: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, a meta tensor of the logits' shape, the padded batch) after accumulating
+        `weight` x the gradient of this micro-batch's loss. The loss tensor is overwritten by the
+        next replay of the same shape: consume it (on the stream) before then."""
+        tensors = self._pad(batch)
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(tensors.items()))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(tensors)
+        graph, static, w, loss, shape = self.graphs[key]
+        for k, v in tensors.items():
+            static[k].copy_(v, non_blocking=True)
+        w.fill_(weight)
+        graph.replay()
+        return loss, torch.empty(shape, device="meta"), tensors
+
+
 def train_step(
     net: nn.Module,
     micro: Sequence[dict[str, Any]],
@@ -468,21 +544,30 @@ def train_step(
     dist: Dist,
     encoder_stage: bool,
     count_tokens: Callable[[dict[str, Any], torch.Tensor, int], int] | None = None,
+    graphs: CudaGraphs | None = None,
 ) -> tuple[float, float, int]:
     """One optimizer step over `micro` (this rank's accumulation micro-batches, as the loader gives them).
 
     Returns (global mean loss, gradient norm before clipping, tokens processed by all ranks).
     `count_tokens(batch, logits, text_tokens)` says how many tokens a micro-batch fed (default: `lm_tokens`).
+    With `graphs`, each micro-batch's forward + backward is a CUDA graph replay (one process only).
     """
     device = dist.device
     count_tokens = count_tokens or lm_tokens
     # Counted on the host copies, so that a CUDA step synchronizes only for the logged numbers.
     units = [loss_units(b, encoder_stage) for b in micro]
+    if 0 in units:  # a loss over nothing is NaN; SAM.forward skips this check for CUDA tensors
+        raise ValueError("batch has no labelled tokens (all labels are IGNORE_INDEX)")
     texts = [int(b["attention_mask"].sum()) if "attention_mask" in b else 0 for b in micro]
     total = _all_sum(float(sum(units)), dist, device)
     weighted = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     for i, (b, n, text) in enumerate(zip(micro, units, texts)):
+        if graphs is not None:
+            loss, logits, b = graphs(b, n * dist.world_size / total)
+            weighted += loss.double() * n
+            tokens += count_tokens(b, logits, text)
+            continue
         b = to_device(b, device)
         last = i == len(micro) - 1
         ctx = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
@@ -497,7 +582,7 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip if train.grad_clip > 0 else float("inf"))
     opt.step()
     sched.step()
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=graphs is None)  # graphs accumulate into the same .grad tensors
     return _all_sum(float(weighted), dist, device) / total, float(grad_norm), int(_all_sum(float(tokens), dist, device))
 
 
@@ -555,16 +640,18 @@ def train_stage(
             module, device_ids=[dist.local_rank] if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True
         )
     sampler = StreamSampler(len(data.train), stage.batch_size, stage_seed(train, stage_index), start * stage.grad_accum, dist.rank, dist.world_size)
-    loader = iter(_loader(data, data.train, sampler, exp.data.num_workers, stage_seed(train, stage_index)))
+    loader = iter(_loader(data, data.train, sampler, exp.data.num_workers, stage_seed(train, stage_index), pin=device.type == "cuda"))
 
     if state is not None:
         # Last, so nothing above (probe batches, DDP setup) can shift the restored generators.
         set_rng_state(state["rng"][dist.rank])
+    # CUDA graphs: one process, and not the encoder stage (its targets are built on the host in forward).
+    graphs = CudaGraphs(module, trainable, train, device) if train.cuda_graphs and device.type == "cuda" and dist.world_size == 1 and not encoder_stage else None
     bar = _progress(stage.name, start, stage.steps, progress and dist.is_main)
     t0, loss_value, seen_clips, seen_tokens = time.perf_counter(), float("nan"), 0, 0
     for step in range(start, stage.steps):
         micro = [next(loader) for _ in range(stage.grad_accum)]
-        loss_value, grad_norm, tokens = train_step(net, micro, opt, sched, trainable, train, dist, encoder_stage, count_tokens)
+        loss_value, grad_norm, tokens = train_step(net, micro, opt, sched, trainable, train, dist, encoder_stage, count_tokens, graphs)
         clips = stage.batch_size * stage.grad_accum
         elapsed = time.perf_counter() - t0
         seen_clips += clips
@@ -581,6 +668,7 @@ def train_stage(
         if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and step + 1 < stage.steps:
             _checkpoint(module, opt, sched, step + 1, sampler, stage, summary, ckpt_dir, dist)
     bar.close()
+    del graphs  # frees the graphs' memory pool
 
     summary["final_loss"] = loss_value
     summary["probe_loss_end"] = mean_loss(module, probe, encoder_stage, device, precision)

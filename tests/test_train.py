@@ -224,3 +224,24 @@ def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(token
     assert moved == len(two)
     info = json.loads((two_dir / "run.json").read_text())
     assert info["world_size"] == 2
+
+
+def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
+    from sam.config import ConfigError, config_hash
+    from sam.runs import stage_keys
+    from sam.train import CudaGraphs, TrainConfig
+
+    exp = preset("smoke")
+    before = (config_hash(exp), stage_keys(exp))
+    exp.train.cuda_graphs = True  # speed only: the same cached runs
+    assert (config_hash(exp), stage_keys(exp)) == before
+    with pytest.raises(ConfigError, match="CUDA"):
+        CudaGraphs(torch.nn.Linear(2, 2), [], TrainConfig(), torch.device("cpu"))
+
+
+def test_train_step_rejects_a_micro_batch_without_labelled_tokens_before_running_it() -> None:
+    from sam.train import Dist, train_step
+
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "labels": torch.full((1, 3), -100), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    with pytest.raises(ValueError, match="no labelled tokens"):
+        train_step(torch.nn.Identity(), [batch], None, None, [], ExperimentConfig().train, Dist(), False)
