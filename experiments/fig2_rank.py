@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("fig2_rank", __doc__, argv=argv)
     rows, runs = [], measure.grid(s)
     for run in runs:
-        for _, name, ckpt in measure.checkpoints(run):
+        for _, name, _ckpt in measure.checkpoints(run):
             if name in STAGES:  # by name: other stages (text-only LM pretraining, reasoning) are not plotted
-                model = measure.load(ckpt)
+                model = measure.load_stage(run, name)
                 batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
                 rows += measure.token_rows(model, batch, ["connector.out", measure.last_layer(run.cfg)], **run.labels,
                                            stage=STAGES.index(name))

@@ -77,6 +77,14 @@ def load(checkpoint: Path) -> Any:
     return SAM.from_pretrained(checkpoint, device=device()).eval()
 
 
+def load_stage(run: Run, name: str) -> Any:
+    """The run's SAM as it was after stage `name`, composed from the shared stages of the run cache
+    (after encoder pretraining: the shared encoder with this run's initial connector and LM)."""
+    from sam.runs import stage_model
+
+    return stage_model(run.dir, name, device=device()).eval()
+
+
 def test_examples(cfg: ExperimentConfig, tasks: Sequence[str]) -> list[Any]:
     from sam.data import build_examples
 

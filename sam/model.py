@@ -16,11 +16,12 @@ trainability changes only through `set_trainable`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,14 @@ TRAINABLE_GROUPS = ("encoder", "connector", "lora", "lm", "head")
 _EMBEDDING, _TIED_HEAD = "language_model.backbone.embedding.weight", "language_model.lm_head.weight"
 
 
+@contextlib.contextmanager
+def _part_seed(base: int, part: int) -> Iterator[None]:
+    """Seed the CPU generator for one part's initialization; the global RNG is restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((base + 1_000_003 * part) % 2**63)
+        yield
+
+
 class SAM(nn.Module):
     """The composite model; `audio_tower`, `connector` and `language_model` are its three parts."""
 
@@ -50,22 +59,30 @@ class SAM(nn.Module):
 
             tokenizer = load_tokenizer(config.tokenizer)
         self.tokenizer = tokenizer
-        self.audio_tower = AudioEncoder(self.config.encoder, self.config.audio)
+        # Each part draws its initial weights from its own seed (derived from the global one), so a
+        # part's init does not depend on the others' shapes: the run cache can then share an
+        # encoder pretrained under one LM size with every other LM size (sam.runs).
+        base = torch.initial_seed()
+        with _part_seed(base, 1):
+            self.audio_tower = AudioEncoder(self.config.encoder, self.config.audio)
         if self.config.lm_checkpoint:
             self.language_model = MambaLM.from_pretrained(self.config.lm_checkpoint)
             self.config.lm = copy.deepcopy(self.language_model.config)  # the checkpoint's shape wins
         else:
-            self.language_model = MambaLM(self.config.lm)
+            with _part_seed(base, 2):
+                self.language_model = MambaLM(self.config.lm)
         lm_dim = self.language_model.config.d_model
         if tokenizer is not None and len(tokenizer) > padded_vocab_size(self.language_model.config):
             raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but lm.vocab_size allows {padded_vocab_size(self.language_model.config)}; raise lm.vocab_size")
         sep_ids = tokenizer.encode(self.config.connector.separator, add_special_tokens=False) if tokenizer is not None else []
         self.register_buffer("separator_ids", torch.tensor(sep_ids, dtype=torch.long), persistent=False)
         grid = self.audio_tower.grid_shape(self.config.audio.target_frames)
-        self.connector = Connector(self.config.connector, self.audio_tower.embed_dim, lm_dim, grid, sep_len=max(1, len(sep_ids)))
+        with _part_seed(base, 3):
+            self.connector = Connector(self.config.connector, self.audio_tower.embed_dim, lm_dim, grid, sep_len=max(1, len(sep_ids)))
         self.lora_enabled = False
         if self.config.lora.rank > 0:
-            self.add_lora()
+            with _part_seed(base, 4):
+                self.add_lora()
 
     # ---- parts -----------------------------------------------------------------------------
 

@@ -3,6 +3,13 @@
 Stage i of a curriculum is fully determined by the model, data and optimizer settings plus
 stages 0..i, so it is stored under ``runs/stages/<i>-<name>-<hash of that prefix>/`` and any
 config with the same prefix (a later experiment that only changes stage 4, say) starts from it.
+
+Two stages train one part alone and are keyed by that part's settings only ("part stages"):
+text-only LM pretraining (``stage_lm``: the LM's shape, tokenizer and text) and encoder
+pretraining (``stage0``: the encoder's shape and the audio). SAM seeds each part's initial weights
+separately, so one pretrained encoder serves every LM size, LoRA rank and token layout of a seed,
+and one pretrained LM every encoder and layout. The model after stage i is therefore composed:
+the last joint stage's final (all weights), then each later part stage's part (`stage_state`).
 A run directory ``runs/<config_hash>-<device kind>/`` holds ``config.yaml``, ``run.json`` (which stage
 directories it used), ``log.csv`` (all stages' step logs) and ``model/`` (the last stage's SAM
 checkpoint, hard-linked where the file system allows).
@@ -28,12 +35,23 @@ import torch
 
 from sam.checkpoint import publish_dir
 from sam.config import ConfigError, ExperimentConfig, config_hash, save_yaml, to_dict
-from sam.train import Dist, StageData, TextDataset, check_stages, collate_text, init_distributed, is_lm_stage, seed_all, train_stage
+from sam.train import (
+    Dist,
+    StageData,
+    TextDataset,
+    check_stages,
+    collate_text,
+    init_distributed,
+    is_encoder_stage,
+    is_lm_stage,
+    seed_all,
+    train_stage,
+)
 
-_NOT_WEIGHT_FIELDS = {
-    "data": ("root", "num_workers"),
-    "train": ("stages", "checkpoint_every", "log_every", "eval_batch_size", "max_new_tokens"),
-}
+_NOT_WEIGHT_FIELDS = {"data": ("root", "num_workers")}
+# Trainer settings that change weights (the stages are keyed separately). An allow-list, so that a new
+# speed-only option (compilation, CUDA graphs, logging) never invalidates the cache.
+_WEIGHT_TRAIN_FIELDS = ("weight_decay", "grad_clip", "min_lr_ratio", "precision", "seed")
 
 
 def _weight_settings(exp: ExperimentConfig, device_type: str) -> dict[str, Any]:
@@ -41,16 +59,42 @@ def _weight_settings(exp: ExperimentConfig, device_type: str) -> dict[str, Any]:
     return {
         "model": d["model"],
         "data": {k: v for k, v in d["data"].items() if k not in _NOT_WEIGHT_FIELDS["data"]},
-        "train": {k: v for k, v in d["train"].items() if k not in _NOT_WEIGHT_FIELDS["train"]},
+        "train": {k: d["train"][k] for k in _WEIGHT_TRAIN_FIELDS},
         "device": device_type,
     }
 
 
+# The SAM state-dict prefix each part stage trains, and the model settings its weights depend on.
+_PART_PREFIX = {"lm": "language_model.", "encoder": "audio_tower."}
+_PART_MODEL_FIELDS = {"lm": ("lm", "lm_checkpoint", "tokenizer"), "encoder": ("audio", "encoder")}
+
+
+def stage_part(exp: ExperimentConfig, index: int) -> str | None:
+    """"lm" or "encoder" for a stage that trains that part alone, None for a joint stage."""
+    stage = exp.train.stages[index]
+    if is_lm_stage(stage):
+        return "lm"
+    if is_encoder_stage(stage):
+        return "encoder"
+    return None
+
+
 def stage_keys(exp: ExperimentConfig, device_type: str = "cpu") -> list[str]:
-    """Hash per stage of everything that determines that stage's weights (the config prefix)."""
+    """Hash per stage of everything that determines that stage's weights.
+
+    A joint stage hashes the whole config prefix (stages 0..i). A part stage hashes only its part's
+    model settings, the data and optimizer settings, its own stage and its index (the stage seed)."""
     base = _weight_settings(exp, device_type)
     stages = to_dict(exp.train.stages)
-    return [config_hash({**base, "stages": stages[: i + 1]}) for i in range(len(stages))]
+    keys = []
+    for i in range(len(stages)):
+        part = stage_part(exp, i)
+        if part is None:
+            keys.append(config_hash({**base, "stages": stages[: i + 1]}))
+        else:
+            model = {k: v for k, v in base["model"].items() if k in _PART_MODEL_FIELDS[part]}
+            keys.append(config_hash({**base, "model": model, "part": part, "index": i, "stage": stages[i]}))
+    return keys
 
 
 def stage_dirs(exp: ExperimentConfig, runs_dir: str | Path = "runs", device_type: str = "cpu") -> list[Path]:
@@ -140,13 +184,77 @@ def build_model(exp: ExperimentConfig, tokenizer: Any, device: torch.device) -> 
     return SAM(exp.model, tokenizer).to(device)
 
 
-def load_weights(model: Any, checkpoint_dir: Path) -> None:
-    """Copy a stage's final weights (a SAM checkpoint dir) into `model` in place."""
-    from sam.model import SAM
+def load_weights(model: Any, checkpoint_dir: Path, part: str | None = None) -> None:
+    """Copy a stage's final weights (a SAM checkpoint dir) into `model` in place: all of them, or
+    only `part` ("lm" | "encoder"; LoRA adapters excluded, so the ranks of the two may differ)."""
+    from safetensors.torch import load_file
 
-    saved = SAM.from_pretrained(checkpoint_dir)
-    result = model.load_state_dict(saved.state_dict(), strict=True)
-    del saved, result
+    saved = load_file(str(Path(checkpoint_dir) / "model.safetensors"))
+    if part is None:
+        from sam.model import SAM
+
+        model.load_state_dict(SAM.from_pretrained(checkpoint_dir).state_dict(), strict=True)
+        return
+    prefix = _PART_PREFIX[part]
+    theirs = {_base_name(k): v for k, v in saved.items() if k.startswith(prefix) and "lora_" not in k}
+    names: dict[int, list[str]] = {}  # tied weights (LM head = embedding) are one tensor under several names
+    tensors: dict[int, torch.Tensor] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if k.startswith(prefix) and "lora_" not in k:
+            names.setdefault(id(v), []).append(_base_name(k))
+            tensors[id(v)] = v
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            found = [n for n in names[key] if n in theirs]
+            if not found:
+                raise ConfigError(f"{checkpoint_dir} has no {part} weights named {names[key][0]}; was it trained with another {part} shape?")
+            if tensor.shape != theirs[found[0]].shape:
+                raise ConfigError(f"{checkpoint_dir}: {found[0]} has shape {tuple(theirs[found[0]].shape)}, the model wants {tuple(tensor.shape)}")
+            tensor.copy_(theirs[found[0]])
+
+
+def _base_name(key: str) -> str:
+    """A LoRA-wrapped weight's name without peft's ``base_layer`` level."""
+    return key.replace(".base_layer.", ".")
+
+
+def stage_state(exp: ExperimentConfig, index: int) -> list[tuple[int, str | None]]:
+    """Which stage finals make up the model after stage `index`, in load order: (stage, part),
+    part None = all weights. Stages before the last joint stage are already inside it."""
+    joint = [i for i in range(index + 1) if stage_part(exp, i) is None]
+    start = joint[-1] if joint else 0
+    return [(i, stage_part(exp, i)) for i in range(start, index + 1)]
+
+
+def compose(model: Any, exp: ExperimentConfig, dirs: list[Path], index: int, init: dict[str, torch.Tensor]) -> None:
+    """Set `model` (built from `exp`) to its weights after stage `index` (-1: the initial weights)."""
+    parts = stage_state(exp, index) if index >= 0 else []
+    if not parts or parts[0][1] is not None:
+        model.load_state_dict(init, strict=True)
+    for i, part in parts:
+        load_weights(model, dirs[i] / "final", part)
+
+
+def stage_model(run_dir: str | Path, stage: int | str, device: str | None = None) -> Any:
+    """A finished run's SAM as it was after `stage` (index or name), composed from the run cache."""
+    from sam.config import load_yaml
+
+    run_dir = Path(run_dir)
+    exp = load_yaml(run_dir / "config.yaml")
+    names = [s.name for s in exp.train.stages]
+    index = names.index(stage) if isinstance(stage, str) and stage in names else stage
+    if not isinstance(index, int) or not 0 <= index < len(names):
+        raise ConfigError(f"run {run_dir} has no stage {stage!r}; it has {names}")
+    info = json.loads((run_dir / "run.json").read_text())
+    dirs = [(run_dir / st["dir"]).resolve() for st in info["stages"]]
+    if stage_part(exp, index) is None:
+        from sam.model import SAM
+
+        model = SAM.from_pretrained(dirs[index] / "final")
+    else:
+        model = build_model(exp, get_tokenizer(exp, run_dir.parent), torch.device("cpu"))
+        compose(model, exp, dirs, index, {k: v.clone() for k, v in model.state_dict().items()})
+    return model.to(device) if device else model
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -179,18 +287,19 @@ def train_or_load(
     dirs = stage_dirs(exp, runs_dir, dist.device.type)
     tokenizer = get_tokenizer(exp, runs_dir, dist)
     model = build_model(exp, tokenizer, dist.device)
-    loaded: Path | None = None  # the final whose weights `model` holds
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    holds = -1  # `model` holds the weights after this stage (-1: initial)
     summaries = []
     for i, (stage, sdir) in enumerate(zip(exp.train.stages, dirs)):
         with _lock(sdir.with_name(sdir.name + ".lock"), dist):
             final = sdir / "final"
             if not final.is_dir():
-                prev = dirs[i - 1] / "final" if i else None
-                if prev is not None and loaded != prev:
-                    load_weights(model, prev)
+                if holds != i - 1:
+                    compose(model, exp, dirs, i - 1, init)
                 train_stage(model, exp, i, stage_data(exp, i, tokenizer), sdir, dist, progress)
-                loaded = final
+                holds = i
         summaries.append(json.loads((final / "summary.json").read_text()))
+    del init
     # Two processes may train the same config concurrently (the stage locks keep the stages
     # single-writer); the run directory is a pure function of those stages, so the process that
     # publishes second keeps the first one's copy.
@@ -215,7 +324,12 @@ def _publish_run(exp: ExperimentConfig, run_dir: Path, dirs: list[Path], summari
         logs = [pd.read_csv(d / "log.csv") for d in dirs if (d / "log.csv").is_file()]
         if logs:
             pd.concat(logs, ignore_index=True).to_csv(tmp / "log.csv", index=False)
-        _link_tree(dirs[-1] / "final", tmp / "model")
+        if stage_part(exp, len(dirs) - 1) is None:
+            _link_tree(dirs[-1] / "final", tmp / "model")
+        else:  # a part stage's final holds other parts of whichever config trained it first
+            composed = build_model(exp, get_tokenizer(exp, run_dir.parent), torch.device("cpu"))
+            compose(composed, exp, dirs, len(dirs) - 1, {k: v.clone() for k, v in composed.state_dict().items()})
+            composed.save_pretrained(tmp / "model")
 
     if run_dir.is_dir() and not (run_dir / "model").is_dir():
         shutil.rmtree(run_dir)  # an unfinished publish from a killed process

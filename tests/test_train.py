@@ -57,7 +57,8 @@ def base_config(tokenizer: Path) -> ExperimentConfig:
 
 def curriculum_config(tokenizer: Path) -> ExperimentConfig:
     """Every stage of the smoke curriculum, 3 steps of 2 clips each (LM pretraining: 8 steps of 4
-    texts). Learning rates are raised until so few steps visibly move the loss."""
+    texts; stages mixing several tasks: 6 steps). Learning rates are raised until so few steps
+    visibly move the loss."""
     exp = base_config(tokenizer)
     exp.data.n_valid = 0
     exp.train.eval_batch_size = 4
@@ -65,6 +66,8 @@ def curriculum_config(tokenizer: Path) -> ExperimentConfig:
         s.steps, s.warmup_steps, s.batch_size = 3, 1, 2
         s.lr = {"stage_lm": 1e-2, "stage0": 5e-3, "stage1": 2e-2}.get(s.name, 5e-3)
     exp.train.stages[0].steps, exp.train.stages[0].batch_size = 8, 4
+    for s in exp.train.stages[4:]:  # probe batches that mix tasks: 3 steps of 2 clips at 5e-3 do not move them reliably
+        s.steps, s.lr = 6, 2e-3
     return exp
 
 
@@ -144,6 +147,36 @@ def test_run_cache_reuses_every_stage_a_later_config_shares(curriculum) -> None:
     assert used[:6] == first[:6] and used[6] != first[6]
     # A finished run is returned from the cache without touching anything.
     assert train_or_load(later, runs, device="cpu", progress=False) == run_dir
+
+
+def test_part_stages_are_shared_across_lm_sizes_and_lora_ranks(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Encoder pretraining is keyed by the encoder alone: a second config with another LM width and
+    LoRA rank reuses it (and retrains only the LM stages); the composed model after stage 0 holds that
+    encoder and the run's own initial connector."""
+    from sam.runs import stage_model
+
+    first = short_config(tokenizer_dir, lora_dropout=0.0)
+    first.train.stages[-1].steps = 2
+    run_a = train_or_load(first, tmp_path, device="cpu", progress=False)
+    second = short_config(tokenizer_dir, lora_dropout=0.0)
+    second.train.stages[-1].steps = 2
+    second.model.lm.d_model, second.model.lora.rank = 96, 4
+    dirs_a, dirs_b = stage_dirs(first, tmp_path, "cpu"), stage_dirs(second, tmp_path, "cpu")
+    assert dirs_a[1] == dirs_b[1] and dirs_a[0] != dirs_b[0] and dirs_a[2] != dirs_b[2]
+    run_b = train_or_load(second, tmp_path, device="cpu", progress=False)
+    trained = sorted(p.name.split("-")[1] for p in (tmp_path / "stages").iterdir() if p.is_dir())
+    assert trained == ["stage0", "stage2", "stage2", "stage_lm", "stage_lm"]
+    encoder = {k: v for k, v in weights(dirs_a[1] / "final").items() if k.startswith("audio_tower.")}
+    after0 = stage_model(run_b, "stage0").state_dict()
+    assert all(torch.equal(after0[k], v) for k, v in encoder.items())
+    init_b = initial_weights(second)
+    assert all(torch.equal(after0[k], v) for k, v in init_b.items() if k.startswith("connector."))
+    lm_b = weights(dirs_b[0] / "final")
+    assert all(torch.equal(after0[k], lm_b[k]) for k in lm_b if k.startswith("language_model.") and "lora_" not in k)
+    # Stage 2 of run B started from that composition: its frozen LM base weights are run B's stage_lm.
+    final_b = weights(run_b / "model")
+    assert all(torch.equal(final_b[k], lm_b[k]) for k in lm_b if k.startswith("language_model.") and "lora_" not in k)
+    assert weights(run_a / "model")["language_model.backbone.embedding.weight"].shape[1] != final_b["language_model.backbone.embedding.weight"].shape[1]
 
 
 def _train_cli(config: Path, runs: Path, env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.Popen:
