@@ -4,16 +4,21 @@ Measures, side by side in one process, on one random-weight `sam.lm.MambaLM` of 
 - a plain forward pass (no hooks);
 - `probes.state_updates` for every layer, head and token (the forward + chunked closed form in the
   in_proj hooks), target <= 1.5x the plain forward;
-- the token-by-token reference (`reference=True`), target >= 50x slower than the closed form;
+- the token-by-token reference (`reference=True`, float64), target >= 50x slower than the closed form;
 - extra memory: on CUDA the peak allocated over the plain forward's; on CPU the peak RSS of a fresh
-  worker process doing the same work (run once per variant), against the bytes every h_t would take.
+  worker process doing the same work (run once per variant), against the bytes every h_t would take;
+- accuracy: each probe variant's relative error against the reference (on the layers it ran) and,
+  for float32 or a longer chunk, against the float64 closed form on every layer, head and token.
+
+Every `--dtype` x `--chunk-size` pair is a variant, timed interleaved with the plain forward.
 
     python benchmarks/bench_state_update.py                                        # CPU, cpu-small, 2,048 tokens
-    python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192   # kernel path on a GPU
+    python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192 \
+        --dtype float64 float32 --chunk-size 32 64 128 --ref-layers 2            # kernel path on a GPU
 
 On CUDA the forward takes mamba_ssm's Triton kernels when it is installed (sam.mamba2 dispatch);
-the probe math is PyTorch on the same device. Writes benchmarks/results/state_update_<device>_<shape>.json
-and .md. It must never report a number it did not measure.
+the probe math is PyTorch on the same device. Writes benchmarks/results/state_update_<device>_<shape>[_<dtypes>].json
+(or --name) and .md. It must never report a number it did not measure.
 """
 from __future__ import annotations
 
@@ -49,11 +54,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--chunk-size", type=int, default=32, help="probe chunk length")
+    p.add_argument("--chunk-size", type=int, nargs="+", default=[32], help="probe chunk length(s); every dtype x chunk pair is timed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="probe arithmetic")
+    p.add_argument("--dtype", nargs="+", default=[], choices=["float32", "float64"],
+                   help="probe arithmetic (one or more); default: the probe's own default for the device")
     p.add_argument("--model-dtype", default="", choices=["", *DTYPES], help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--ref-layers", type=int, default=0, help="time the reference on this many layers and scale (0 = all)")
+    p.add_argument("--name", default="", help="result file name (default: state_update_<device>_<shape>[_<dtype>])")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--worker", default="", choices=["", "plain", "state"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -83,6 +90,10 @@ def timed(fn: Any, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def probe_dtypes(args: argparse.Namespace, device: torch.device) -> list[str]:
+    return args.dtype or [str(probes.state.default_dtype(device)).removeprefix("torch.")]
+
+
 def worker(args: argparse.Namespace) -> int:
     """One variant in a fresh process; prints its peak RSS (CPU memory measurement)."""
     model, ids, device = build(args)
@@ -91,17 +102,28 @@ def worker(args: argparse.Namespace) -> int:
         if args.worker == "plain":
             model(input_ids=ids)
         else:
-            probes.state_updates(model, {"input_ids": ids}, dtype=DTYPES[args.dtype], chunk_size=args.chunk_size)
+            probes.state_updates(model, {"input_ids": ids}, dtype=DTYPES[probe_dtypes(args, device)[0]], chunk_size=args.chunk_size[0])
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     return 0
 
 
-def cpu_extra_memory(argv: list[str]) -> dict[str, int]:
-    peaks = {}
-    for variant in ("plain", "state"):
-        out = subprocess.run([sys.executable, __file__, *argv, "--worker", variant], capture_output=True, text=True, check=True)
-        peaks[variant] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
-    return peaks
+def cpu_peak_rss(argv: list[str], extra: list[str]) -> int:
+    out = subprocess.run([sys.executable, __file__, *argv, *extra], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+
+
+def relative_error(got: dict[int, torch.Tensor], want: dict[int, torch.Tensor]) -> dict[str, float | int]:
+    """|got - want| / want over every layer, head and token where want > 0 (max, median, 99.9th percentile)."""
+    layers = sorted(want)
+    g = torch.cat([got[k].double().flatten() for k in layers])
+    w = torch.cat([want[k].double().flatten() for k in layers])
+    keep = w > 0
+    err = ((g[keep] - w[keep]).abs() / w[keep]).sort().values
+    n = err.numel()
+    if n == 0:
+        return {"count": 0}
+    pick = lambda q: float(err[min(n - 1, int(q * (n - 1)))])  # noqa: E731
+    return {"count": n, "max": float(err[-1]), "median": pick(0.5), "p99_9": pick(0.999), "mean": float(err.mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,100 +134,155 @@ def main(argv: list[str] | None = None) -> int:
     model, ids, device = build(args)
     cfg = model.config
     inputs = {"input_ids": ids}
-    dtype = DTYPES[args.dtype]
+    variants = [(d, c) for d in probe_dtypes(args, device) for c in args.chunk_size]
+    label = lambda v: f"{v[0]}, chunk {v[1]}"  # noqa: E731
 
     def plain() -> None:
         with torch.no_grad():
             model(input_ids=ids)
 
-    def state() -> Any:
-        return probes.state_updates(model, inputs, dtype=dtype, chunk_size=args.chunk_size)
+    def state(v: tuple[str, int]) -> Any:
+        return probes.state_updates(model, inputs, dtype=DTYPES[v[0]], chunk_size=v[1])
 
-    plain(), state()  # warm-up (kernel compilation, allocator)
+    plain()
+    for v in variants:  # warm-up (kernel compilation, allocator)
+        state(v)
+    memory: dict[str, Any] = {}
     if device.type == "cuda":
+        memory["kind"] = "CUDA peak allocated above the model"
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         plain()
-        plain_peak = torch.cuda.max_memory_allocated(device) - base
-        torch.cuda.reset_peak_memory_stats(device)
-        state()
-        state_peak = torch.cuda.max_memory_allocated(device) - base
-        memory = {"kind": "CUDA peak allocated above the model", "plain_bytes": plain_peak, "state_bytes": state_peak}
+        memory["plain_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        for v in variants:
+            torch.cuda.reset_peak_memory_stats(device)
+            state(v)
+            memory[label(v)] = torch.cuda.max_memory_allocated(device) - base
     else:
-        peaks = cpu_extra_memory(argv)
-        memory = {"kind": "peak RSS of a fresh process", "plain_bytes": peaks["plain"], "state_bytes": peaks["state"]}
-    memory["extra_bytes"] = memory["state_bytes"] - memory["plain_bytes"]
+        memory["kind"] = "peak RSS of a fresh process"
+        memory["plain_bytes"] = cpu_peak_rss(argv, ["--worker", "plain"])
+        for v in variants:
+            memory[label(v)] = cpu_peak_rss(argv, ["--worker", "state", "--dtype", v[0], "--chunk-size", str(v[1])])
 
-    t_plain, t_state = [], []
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+    t_plain: list[float] = []
+    t_state: dict[str, list[float]] = {label(v): [] for v in variants}
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits every variant alike
         t_plain.append(timed(plain, device))
-        t_state.append(timed(state, device))
+        for v in variants:
+            t_state[label(v)].append(timed(lambda: state(v), device))
     layers = list(range(cfg.n_layer)) if not args.ref_layers else list(range(min(args.ref_layers, cfg.n_layer)))
-    t_ref = timed(lambda: probes.state_updates(model, inputs, layers=layers, reference=True), device)
+    ref: dict[str, Any] = {}
+    t_ref = timed(lambda: ref.setdefault("out", probes.state_updates(model, inputs, layers=layers, dtype=torch.float64, reference=True)), device)
+    ref_out = ref["out"]
     # The reference's forward is shared work; only its per-layer loop scales with the layer count.
     t_plain_med = statistics.median(t_plain)
     t_ref_all = t_plain_med + (t_ref - t_plain_med) * cfg.n_layer / len(layers)
-    t_state_med = statistics.median(t_state)
+
+    # Accuracy: every variant against the float64 reference on the layers it ran, and against the
+    # float64 closed form (smallest chunk) on every layer, head and token.
+    exact = next(((d, c) for d, c in sorted(variants, key=lambda v: v[1]) if d == "float64"), None)
+    outs = {label(v): state(v) for v in variants}
+    base_out = outs[label(exact)] if exact else None
 
     nheads = cfg.expand * cfg.d_model // cfg.headdim
-    states_bytes = cfg.n_layer * args.batch * args.tokens * nheads * cfg.headdim * cfg.d_state * torch.finfo(dtype).bits // 8
+    per_variant = {}
+    for v in variants:
+        key, bits = label(v), torch.finfo(DTYPES[v[0]]).bits
+        med = statistics.median(t_state[key])
+        out = outs[key]
+        acc: dict[str, Any] = {
+            "vs_reference": {
+                "layers": len(layers),
+                "distance": relative_error({k: out.distance[k] for k in layers}, ref_out.distance),
+                "state_norm": relative_error({k: out.state_norm[k] for k in layers}, ref_out.state_norm),
+            }
+        }
+        if base_out is not None and v != exact:
+            acc["vs_float64_closed_form"] = {
+                "against": label(exact),
+                "layers": cfg.n_layer,
+                "distance": relative_error(out.distance, base_out.distance),
+                "state_norm": relative_error(out.state_norm, base_out.state_norm),
+            }
+        per_variant[key] = {
+            "dtype": v[0],
+            "chunk_size": v[1],
+            "seconds": t_state[key],
+            "median_s": med,
+            "state_over_plain": med / t_plain_med,
+            "reference_over_state": t_ref_all / med,
+            # The probe's own work (everything beyond the forward) against the reference's own work.
+            "reference_extra_over_state_extra": (t_ref_all - t_plain_med) / max(med - t_plain_med, 1e-9),
+            "extra_memory_bytes": memory[key] - memory["plain_bytes"],
+            "largest_transient_bytes_estimate": args.batch * args.tokens * nheads * v[1] * bits // 8,
+            "output_bytes": 2 * cfg.n_layer * args.batch * args.tokens * nheads * bits // 8,
+            "relative_error": acc,
+        }
+    name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if [d for d, _ in variants] == ["float64"] * len(variants) else "_" + "_".join(dict.fromkeys(d for d, _ in variants)))
     result = {
-        "name": f"state_update_{device.type}_{args.shape}" + ("" if args.dtype == "float64" else f"_{args.dtype}"),
+        "name": name,
+        "command": "python benchmarks/bench_state_update.py " + " ".join(argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
         "shape": args.shape,
         "lm": {k: getattr(cfg, k) for k in ("d_model", "n_layer", "d_state", "headdim", "ngroups", "chunk_size")} | {"nheads": nheads},
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "probe_dtype": args.dtype,
-        "probe_chunk_size": args.chunk_size,
         "batch": args.batch,
         "tokens": args.tokens,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0],
-        "seconds": {"plain_forward": t_plain, "state_updates": t_state, "reference_measured": t_ref, "reference_layers_timed": len(layers)},
+        "plain_forward_s": t_plain,
         "median_plain_s": t_plain_med,
-        "median_state_s": t_state_med,
-        "reference_s": t_ref_all,
-        "state_over_plain": t_state_med / t_plain_med,
-        # The probe's own work (everything beyond the forward) against the reference's own work.
-        "reference_extra_over_state_extra": (t_ref_all - t_plain_med) / max(t_state_med - t_plain_med, 1e-9),
-        "largest_transient_bytes_estimate": args.batch * args.tokens * nheads * args.chunk_size * torch.finfo(dtype).bits // 8,
-        "reference_over_state": t_ref_all / t_state_med,
+        "reference": {"seconds_measured": t_ref, "layers_timed": len(layers), "dtype": "float64", "seconds_all_layers": t_ref_all},
+        "variants": per_variant,
         "targets": {"state_over_plain_max": 1.5, "reference_over_state_min": 50.0},
         "memory": memory,
-        "all_states_would_take_bytes": states_bytes,
-        "output_bytes": 2 * cfg.n_layer * args.batch * args.tokens * nheads * torch.finfo(dtype).bits // 8,
+        "all_states_would_take_bytes": cfg.n_layer * args.batch * args.tokens * nheads * cfg.headdim * cfg.d_state * 4,
         "versions": versions(),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{result['name']}.md").write_text(markdown(result))
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
 
+def _err(e: dict[str, Any]) -> str:
+    return "n/a" if not e.get("count") else f"max {e['max']:.1e}, median {e['median']:.1e}, 99.9% {e['p99_9']:.1e}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     mib = 1024**2
-    m = r["memory"]
-    ok = lambda good: "meets target" if good else "MISSES target"  # noqa: E731
+    ok = lambda good: "meets" if good else "MISSES"  # noqa: E731
+    ref = r["reference"]
     rows = [
         ("device", r["device"]),
         ("forward kernels", r["kernels"]),
         ("model", f"MambaLM {r['shape']} ({r['lm']['n_layer']} layers x {r['lm']['nheads']} heads, headdim {r['lm']['headdim']}, d_state {r['lm']['d_state']}), {r['model_dtype']}"),
         ("input", f"{r['batch']} x {r['tokens']} tokens"),
         ("CPU threads / 1-min load average at the end", f"{r['threads']} / {r['load_average_1m']:.1f}"),
-        ("probe", f"{r['probe_dtype']}, chunk {r['probe_chunk_size']}"),
+        ("command", f"`{r['command']}`"),
         ("plain forward (median)", f"{r['median_plain_s'] * 1e3:.1f} ms"),
-        ("forward + state distances, every layer/head/token (median)", f"{r['median_state_s'] * 1e3:.1f} ms = {r['state_over_plain']:.2f}x the plain forward ({ok(r['state_over_plain'] <= 1.5)} <= 1.5x)"),
-        ("token-by-token reference", f"{r['reference_s']:.2f} s = {r['reference_over_state']:.0f}x the closed form ({ok(r['reference_over_state'] >= 50)} >= 50x)"
-         + ("" if r["seconds"]["reference_layers_timed"] == r["lm"]["n_layer"] else f"; timed on {r['seconds']['reference_layers_timed']} layers and scaled")),
-        ("probe work alone vs the reference's own work (forward subtracted from both)", f"{r['reference_extra_over_state_extra']:.1f}x cheaper"),
-        ("extra memory", f"{m['extra_bytes'] / mib:.1f} MiB measured ({m['kind']}: {m['state_bytes'] / mib:.1f} vs {m['plain_bytes'] / mib:.1f} MiB); "
-         f"largest per-layer transient [b, T, heads, chunk] about {r['largest_transient_bytes_estimate'] / mib:.1f} MiB"),
-        ("results kept (distance + norm per layer/head/token)", f"{r['output_bytes'] / mib:.2f} MiB"),
-        ("storing every h_t instead would take", f"{r['all_states_would_take_bytes'] / mib:.0f} MiB"),
+        ("token-by-token reference (float64)", f"{ref['seconds_all_layers']:.2f} s"
+         + ("" if ref["layers_timed"] == r["lm"]["n_layer"] else f"; timed on {ref['layers_timed']} layers and scaled")),
+    ]
+    for key, v in r["variants"].items():
+        rows += [
+            (f"**probe {key}**: forward + distances, every layer/head/token (median)",
+             f"{v['median_s'] * 1e3:.1f} ms = {v['state_over_plain']:.2f}x the plain forward ({ok(v['state_over_plain'] <= 1.5)} <= 1.5x); "
+             f"reference is {v['reference_over_state']:.1f}x slower ({ok(v['reference_over_state'] >= 50)} >= 50x); "
+             f"probe work alone {v['reference_extra_over_state_extra']:.1f}x cheaper than the reference's (forward subtracted from both)"),
+            (f"probe {key}: extra memory", f"{v['extra_memory_bytes'] / mib:.1f} MiB measured ({r['memory']['kind']}); "
+             f"largest per-layer transient [b, T, heads, chunk] about {v['largest_transient_bytes_estimate'] / mib:.1f} MiB; results kept {v['output_bytes'] / mib:.2f} MiB"),
+        ]
+        for against, e in v["relative_error"].items():
+            what = "the float64 reference" if against == "vs_reference" else f"the float64 closed form ({e['against']})"
+            rows.append((f"probe {key}: relative error vs {what}, {e['layers']} layers",
+                         f"distance {_err(e['distance'])}; state norm {_err(e['state_norm'])}"))
+    rows += [
+        ("storing every h_t (float32) instead would take", f"{r['all_states_would_take_bytes'] / mib:.0f} MiB"),
         ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
     ]
     return key_value_markdown("State-update distance cost", rows)

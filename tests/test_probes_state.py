@@ -64,6 +64,28 @@ def test_chunked_update_stats_equal_the_token_recurrence(chunk, decay):
     assert (n[:, 0] == 0).all()
 
 
+@pytest.mark.parametrize("scan_block", [1, 3, 64])
+def test_blocked_chunk_scan_equals_the_token_recurrence(scan_block):
+    """The carry between chunks, solved a block of chunks per step, for blocks that split, match and exceed 37 chunks."""
+    g = torch.Generator().manual_seed(scan_block)
+    b, T, H, P, G, N = 2, 37, 4, 3, 2, 5
+    x = torch.randn(b, T, H, P, generator=g, dtype=torch.float64)
+    B = torch.randn(b, T, G, N, generator=g, dtype=torch.float64)
+    dt = F.softplus(torch.randn(b, T, H, generator=g, dtype=torch.float64) - 1)
+    A = -torch.rand(H, generator=g, dtype=torch.float64) * 8
+    ref_d, ref_n = update_stats_ref(x, B, dt, A)
+    d, n = update_stats(x, B, dt, A, 1, scan_block)
+    assert ((d - ref_d).abs() / ref_d).max() < REL
+    assert ((n - ref_n).abs()[:, 1:] / ref_n[:, 1:]).max() < REL
+
+
+def test_default_arithmetic_is_float64_on_cpu_and_float32_on_gpus():
+    from probes.state import default_chunk_size, default_dtype
+
+    assert default_dtype("cpu") == torch.float64 and default_dtype(torch.device("cuda", 0)) == torch.float32
+    assert default_chunk_size("cpu") == 32 and default_chunk_size("cuda") == 64
+
+
 def test_hf_mamba2_distances_equal_the_recurrence_with_a_mid_sequence_span():
     model = tiny_hf()
     inputs = {"input_ids": torch.randint(0, 64, (2, 45), generator=torch.Generator().manual_seed(1))}
