@@ -123,13 +123,18 @@ def test_state_update_distance_on_kernel_model_equals_recurrence() -> None:
     lm = MambaLM(_cfg(n_layer=2)).cuda().eval()
     ids = torch.randint(0, 512, (2, 120), device="cuda")
     span = torch.tensor([[10, 110], [30, 120]], device="cuda")
-    fast = probes.state_update_distance(lm, {"input_ids": ids}, span=span)
     ref = state_update_distance_ref(lm, {"input_ids": ids}, span=span)
     keys = ["clip", "layer", "head", "position"]
-    fast, ref = fast.sort_values(keys).reset_index(drop=True), ref.sort_values(keys).reset_index(drop=True)
-    assert len(fast) == len(ref) > 0
-    err = ((fast["distance"] - ref["distance"]).abs() / ref["distance"].abs().clip(lower=1e-30)).max()
-    assert err < 1e-6
+    ref = ref.sort_values(keys).reset_index(drop=True)
+    # float64: the closed form is exact (the forward's own bf16/TF32 rounding is shared by both);
+    # the GPU default (float32, 64-token chunks) is a probe-grade approximation of it.
+    for dtype, bound in ((torch.float64, 1e-6), (None, 1e-4)):
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        fast = probes.state_update_distance(lm, {"input_ids": ids}, span=span, **kwargs)
+        fast = fast.sort_values(keys).reset_index(drop=True)
+        assert len(fast) == len(ref) > 0
+        err = ((fast["distance"] - ref["distance"]).abs() / ref["distance"].abs().clip(lower=1e-30)).max()
+        assert err < bound, (dtype, err)
 
 
 def test_sam_generate_on_cuda_batched_equals_single() -> None:
