@@ -1,36 +1,81 @@
 """Does a trained SAM condition on its audio? A quick diagnostic, not a paper figure.
 
-Prints, for one trained run: the mean norm of the connector's audio tokens against the LM's text
-embeddings, the cosine between two inputs' mean audio tokens, and whether greedy answers differ.
-A near-1 cosine and identical answers mean the LM sees the audio as a constant prefix.
+For one trained run, on the first validation scenes of a task (real rendered audio):
+- the response loss with each clip's own audio against the same batch with the audio rolled by one
+  clip (every prompt gets another scene's audio); a model that ignores the audio scores both alike;
+- how many distinct greedy answers the scenes get (1 = the same text for every clip);
+- the mean norm of the connector's audio tokens against the LM's text embeddings, and the share of
+  their energy that varies across clips (the rest is a prefix common to all clips).
 
-    python experiments/check_audio_conditioning.py runs/<hash>-cpu [--seed 0]
+    python experiments/check_audio_conditioning.py runs/<hash>-cpu [--task classification] [--clips 64]
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-
-from sam.model import SAM
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from sam.runs import get_tokenizer, load_run
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", help="a run directory (its model/ folder is loaded)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the two random fbank inputs")
+    p.add_argument("run", type=Path, help="a run directory (runs/<hash>-<device>)")
+    p.add_argument("--task", default="classification", help="example task to score (default: classification)")
+    p.add_argument("--clips", type=int, default=64, help="validation scenes to use (default: 64)")
+    p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
-    model = SAM.from_pretrained(f"{args.run}/model").eval()
-    torch.manual_seed(args.seed)
-    fb = torch.randn(2, model.config.audio.target_frames, model.config.audio.num_mel_bins)
+    model, exp = load_run(args.run)
+    model.eval()
+    data = _task_data(exp, args.task, get_tokenizer(exp, args.run.parent))
+    examples = data.valid[: args.clips]
+    if not examples:
+        raise SystemExit(f"{args.run}: no validation examples of task {args.task!r} (data.n_valid = {exp.data.n_valid})")
+    ds = data.make_dataset(examples)
+    items = [ds[i] for i in range(len(ds))]
+    own = rolled = 0.0
+    answers: list[str] = []
+    tokens = []
     with torch.no_grad():
-        audio = model.connector(model.audio_tower(fb))
+        for i in range(0, len(items), args.batch_size):
+            batch = data.collate(items[i : i + args.batch_size])
+            n = len(batch["examples"])
+            own += float(model(batch)[0]) * n
+            if n > 1:
+                rolled += float(model({**batch, "fbank": batch["fbank"].roll(1, 0)})[0]) * n
+            else:
+                rolled += float("nan")
+            tokens.append(model.encode_audio(batch["fbank"]))
+            answers += model.generate(batch["fbank"], [ex.instruction for ex in batch["examples"]], max_new_tokens=exp.train.max_new_tokens)
+        audio = torch.cat(tokens)
         text = model.language_model.get_input_embeddings().weight
-        answers = model.generate(fb, ["What sound events are in this audio?"] * 2, max_new_tokens=12)
-    print(f"audio token norm {audio.norm(dim=-1).mean():.2f} vs text embedding norm {text.norm(dim=-1).mean():.2f}")
-    print(f"cosine of the two inputs' mean audio tokens {F.cosine_similarity(audio[0].mean(0), audio[1].mean(0), dim=0):.4f}")
-    print(f"greedy answers identical: {answers[0] == answers[1]} ({answers[0]!r})")
+    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
+    out = {
+        "loss_own_audio": own / len(items),
+        "loss_other_audio": rolled / len(items),
+        "distinct_answers": float(len(set(answers))),
+        "clips": float(len(items)),
+        "audio_token_norm": float(audio.norm(dim=-1).mean()),
+        "text_embedding_norm": float(text.norm(dim=-1).mean()),
+        "audio_energy_varying_across_clips": float(varying),
+    }
+    print(f"{args.task} response loss: own audio {out['loss_own_audio']:.4f} vs another clip's audio {out['loss_other_audio']:.4f}")
+    print(f"distinct greedy answers: {len(set(answers))} of {len(items)} clips (e.g. {answers[0]!r})")
+    print(f"audio token norm {out['audio_token_norm']:.2f} vs text embedding norm {out['text_embedding_norm']:.2f}; "
+          f"{100 * out['audio_energy_varying_across_clips']:.1f}% of the audio tokens' energy varies across clips")
+    return out
+
+
+def _task_data(exp: Any, task: str, tokenizer: Any) -> Any:
+    """Validation examples of one task, with the trainer's own dataset and collate."""
+    from sam.config import StageConfig
+    from sam.runs import stage_data
+
+    one = StageConfig(name="check", tasks=[task], trainable=["connector"])
+    return stage_data(replace(exp, train=replace(exp.train, stages=[one])), 0, tokenizer)
 
 
 if __name__ == "__main__":
