@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import probes  # noqa: E402
 from benchmarks.bench_train import _kernel_path as kernel_path  # noqa: E402
-from benchmarks.bench_train import key_value_markdown, versions  # noqa: E402
+from benchmarks.bench_train import key_value_markdown, portable_command, versions  # noqa: E402
 from sam.lm import MambaLM, named_config  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if [d for d, _ in variants] == ["float64"] * len(variants) else "_" + "_".join(dict.fromkeys(d for d, _ in variants)))
     result = {
         "name": name,
-        "command": "python benchmarks/bench_state_update.py " + " ".join(argv),
+        "command": portable_command("bench_state_update.py", argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
         "shape": args.shape,

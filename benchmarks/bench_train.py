@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup_vs": first, "speedup": ok[first]["seconds_per_step"] / m["seconds_per_step"]}
             for v, m in measured.items()
         },
-        "command": "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": portable_command("bench_train.py", list(argv if argv is not None else sys.argv[1:])),
     }
     name = args.name or _default_name(args, device)
     out = Path(args.out)
@@ -430,6 +430,18 @@ def _kernel_path(device: torch.device) -> str:
 
     k = _kernels()
     return "mamba_ssm Triton SSD kernels" if getattr(k, "chunk_scan", None) is not None else f"pure PyTorch ({getattr(k, 'error', '')})"
+
+
+def portable_command(script: str, argv: list[str]) -> str:
+    """The command line as recorded in a result file: absolute paths become repository-relative, or
+    ``<path>`` when outside the repository (result files name no particular machine)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("/"):
+            path = Path(arg)
+            arg = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else "<path>"
+        out.append(arg)
+    return " ".join([f"python benchmarks/{script}", *out])
 
 
 def key_value_markdown(title: str, rows: list[tuple[str, str]]) -> str:
