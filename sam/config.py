@@ -282,14 +282,16 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         # mAP from 23% to 28%). A tiny LM trained on text for a minute cannot be steered by the connector
         # alone: after 400 connector-only steps the classification loss with a clip's own audio was
         # 2.66 vs 2.68 with another clip's, while training connector + LM gave 1.70 vs 2.17. So stage 1
-        # also trains the LM here (a pretrained LM's job in the paper), and the LoRA stages use 10x the
-        # paper's learning rate.
+        # also trains the LM here (a pretrained LM's job in the paper), on every instruction type: trained
+        # on classification alone, the LM forgot the other answer styles and LoRA could not bring them
+        # back in the later stages (after stage 4 it answered every instruction with a caption).
         stages = _curriculum(
             0.1, 16, lm_steps=150, lm_bs=32,
             steps={"stage0": 600, "stage1": 300, "stage2": 120, "stage3": 80, "stage4": 160, "stage5": 60},
-            lr={"stage0": 1e-3, "stage2": 1e-3, "stage3": 1e-3, "stage4": 1e-3, "stage5": 1e-3},
+            lr={"stage0": 1e-3, "stage2": 5e-4, "stage3": 5e-4, "stage4": 5e-4, "stage5": 5e-4},
         )
-        next(s for s in stages if s.name == "stage1").trainable = ["connector", "lm"]
+        stage1 = next(s for s in stages if s.name == "stage1")
+        stage1.trainable, stage1.tasks = ["connector", "lm"], ["classification", "closed", "open", "caption"]
         cfg.train = TrainConfig(stages=stages, max_new_tokens=24)
         return cfg
     if name == "gpu":
