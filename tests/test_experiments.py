@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -149,3 +150,16 @@ def test_same_seed_retrained_from_scratch_gives_identical_csv(smoke_figures, tmp
     run_script("fig2_rank", tmp_path / "out", tmp_path / "fresh-runs")
     first, second = (p.read_bytes() for p in (smoke_figures / "fig2_rank.csv", tmp_path / "out" / "fig2_rank.csv"))
     assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
+
+
+def test_check_audio_conditioning_scores_own_vs_other_audio_on_a_smoke_run(smoke_figures, tmp_path_factory):
+    import check_audio_conditioning
+
+    runs = smoke_runs_dir(tmp_path_factory)
+    run = sorted(p for p in runs.iterdir() if (p / "model").is_dir())[0]
+    out = check_audio_conditioning.main([str(run), "--clips", "8", "--batch-size", "4"])
+    assert out["clips"] == 8 and 1 <= out["distinct_answers"] <= 8
+    assert all(np.isfinite(out[k]) and out[k] > 0 for k in ("loss_own_audio", "loss_other_audio", "audio_token_norm", "text_embedding_norm"))
+    assert 0 < out["audio_energy_varying_across_clips"] < 1
+    # rolling the audio within a batch really changes the input: the losses differ
+    assert out["loss_own_audio"] != out["loss_other_audio"]
