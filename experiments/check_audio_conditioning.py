@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             tokens.append(model.encode_audio(batch["fbank"]))
             answers += model.generate(batch["fbank"], [ex.instruction for ex in batch["examples"]], max_new_tokens=exp.train.max_new_tokens)
         audio = torch.cat(tokens)
-        text = model.language_model.get_input_embeddings().weight
+        text = model.language_model.get_input_embeddings().weight.detach()
     varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
     out = {
         "loss_own_audio": own / len(items),
