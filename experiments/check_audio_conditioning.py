@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ds = data.make_dataset(examples)
     items = [ds[i] for i in range(len(ds))]
     own = rolled = 0.0
+    rolled_clips = 0  # a batch of one clip has no other clip to borrow audio from
     answers: list[str] = []
     tokens = []
     with torch.no_grad():
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             own += float(model(batch)[0]) * n
             if n > 1:
                 rolled += float(model({**batch, "fbank": batch["fbank"].roll(1, 0)})[0]) * n
-            else:
-                rolled += float("nan")
+                rolled_clips += n
             tokens.append(model.encode_audio(batch["fbank"]))
             answers += model.generate(batch["fbank"], [ex.instruction for ex in batch["examples"]], max_new_tokens=exp.train.max_new_tokens)
         audio = torch.cat(tokens)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
     out = {
         "loss_own_audio": own / len(items),
-        "loss_other_audio": rolled / len(items),
+        "loss_other_audio": rolled / rolled_clips if rolled_clips else float("nan"),
         "distinct_answers": float(len(set(answers))),
         "clips": float(len(items)),
         "audio_token_norm": float(audio.norm(dim=-1).mean()),

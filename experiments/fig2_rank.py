@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("fig2_rank", __doc__, argv=argv)
     rows, runs = [], measure.grid(s)
     for run in runs:
-        for _, name, _ckpt in measure.checkpoints(run):
+        for name in (st.name for st in run.cfg.train.stages):
             if name in STAGES:  # by name: other stages (text-only LM pretraining, reasoning) are not plotted
                 model = measure.load_stage(run, name)
                 batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])

@@ -189,12 +189,12 @@ def load_weights(model: Any, checkpoint_dir: Path, part: str | None = None) -> N
     only `part` ("lm" | "encoder"; LoRA adapters excluded, so the ranks of the two may differ)."""
     from safetensors.torch import load_file
 
-    saved = load_file(str(Path(checkpoint_dir) / "model.safetensors"))
     if part is None:
         from sam.model import SAM
 
         model.load_state_dict(SAM.from_pretrained(checkpoint_dir).state_dict(), strict=True)
         return
+    saved = load_file(str(Path(checkpoint_dir) / "model.safetensors"))
     prefix = _PART_PREFIX[part]
     theirs = {_base_name(k): v for k, v in saved.items() if k.startswith(prefix) and "lora_" not in k}
     names: dict[int, list[str]] = {}  # tied weights (LM head = embedding) are one tensor under several names
@@ -226,13 +226,21 @@ def stage_state(exp: ExperimentConfig, index: int) -> list[tuple[int, str | None
     return [(i, stage_part(exp, i)) for i in range(start, index + 1)]
 
 
-def compose(model: Any, exp: ExperimentConfig, dirs: list[Path], index: int, init: dict[str, torch.Tensor]) -> None:
-    """Set `model` (built from `exp`) to its weights after stage `index` (-1: the initial weights)."""
+def compose(model: Any, exp: ExperimentConfig, dirs: list[Path], index: int, init: dict[str, torch.Tensor] | None = None) -> None:
+    """Set `model` (built from `exp`) to its weights after stage `index` (-1: the initial weights).
+    `init` restores the initial weights where part stages build on them; None: `model` still holds them."""
     parts = stage_state(exp, index) if index >= 0 else []
-    if not parts or parts[0][1] is not None:
+    if init is not None and (not parts or parts[0][1] is not None):
         model.load_state_dict(init, strict=True)
     for i, part in parts:
         load_weights(model, dirs[i] / "final", part)
+
+
+def _composed_model(exp: ExperimentConfig, dirs: list[Path], index: int, runs_dir: Path) -> Any:
+    """A freshly built SAM of `exp` (on CPU) with its weights after stage `index`."""
+    model = build_model(exp, get_tokenizer(exp, runs_dir), torch.device("cpu"))
+    compose(model, exp, dirs, index)
+    return model
 
 
 def stage_model(run_dir: str | Path, stage: int | str, device: str | None = None) -> Any:
@@ -252,8 +260,7 @@ def stage_model(run_dir: str | Path, stage: int | str, device: str | None = None
 
         model = SAM.from_pretrained(dirs[index] / "final")
     else:
-        model = build_model(exp, get_tokenizer(exp, run_dir.parent), torch.device("cpu"))
-        compose(model, exp, dirs, index, {k: v.clone() for k, v in model.state_dict().items()})
+        model = _composed_model(exp, dirs, index, run_dir.parent)
     return model.to(device) if device else model
 
 
@@ -327,9 +334,7 @@ def _publish_run(exp: ExperimentConfig, run_dir: Path, dirs: list[Path], summari
         if stage_part(exp, len(dirs) - 1) is None:
             _link_tree(dirs[-1] / "final", tmp / "model")
         else:  # a part stage's final holds other parts of whichever config trained it first
-            composed = build_model(exp, get_tokenizer(exp, run_dir.parent), torch.device("cpu"))
-            compose(composed, exp, dirs, len(dirs) - 1, {k: v.clone() for k, v in composed.state_dict().items()})
-            composed.save_pretrained(tmp / "model")
+            _composed_model(exp, dirs, len(dirs) - 1, run_dir.parent).save_pretrained(tmp / "model")
 
     if run_dir.is_dir() and not (run_dir / "model").is_dir():
         shutil.rmtree(run_dir)  # an unfinished publish from a killed process
