@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     model, exp = load_run(args.run)
     model.eval()
-    data = _task_data(exp, args.task, get_tokenizer(exp, args.run.parent))
+    data = task_data(exp, args.task, get_tokenizer(exp, args.run.parent))
     examples = data.valid[: args.clips]
     if not examples:
         raise SystemExit(f"{args.run}: no validation examples of task {args.task!r} (data.n_valid = {exp.data.n_valid})")
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return out
 
 
-def _task_data(exp: Any, task: str, tokenizer: Any) -> Any:
-    """Validation examples of one task, with the trainer's own dataset and collate."""
+def task_data(exp: Any, task: str, tokenizer: Any) -> Any:
+    """One task's training and validation examples, with the trainer's own dataset builder and collate."""
     from sam.config import StageConfig
     from sam.runs import stage_data
 

@@ -163,3 +163,21 @@ def test_check_audio_conditioning_scores_own_vs_other_audio_on_a_smoke_run(smoke
     assert 0 < out["audio_energy_varying_across_clips"] < 1
     # rolling the audio within a batch really changes the input: the losses differ
     assert out["loss_own_audio"] != out["loss_other_audio"]
+
+
+def test_check_encoder_probe_scores_the_stage0_head_and_a_linear_probe_on_a_smoke_run(smoke_figures, tmp_path_factory):
+    import check_encoder_probe
+
+    runs = smoke_runs_dir(tmp_path_factory)
+    run = sorted(p for p in runs.iterdir() if (p / "model").is_dir())[0]
+    out = check_encoder_probe.main([str(run), "--train-clips", "32", "--batch-size", "8"])
+    assert out["stage"] == "stage0" and out["train_clips"] == 32 and out["test_clips"] > 0
+    for key in ("chance_mAP", "linear_probe_mAP", "stage_head_mAP"):
+        assert 0 < out[key] <= 100, key
+    # a stage without the encoder head (the LM pretraining before it) is probed without one
+    before = check_encoder_probe.main([str(run), "--stage", "stage_lm", "--train-clips", "32", "--batch-size", "8"])
+    assert "stage_head_mAP" not in before and before["chance_mAP"] == out["chance_mAP"]
+    # stage 0 trained the encoder: the probe sees different features than at initialization
+    assert before["linear_probe_mAP"] != out["linear_probe_mAP"]
+    with pytest.raises(SystemExit, match="not a finished run"):
+        check_encoder_probe.main([str(runs)])

@@ -1,0 +1,114 @@
+"""What does a trained audio encoder know about the scene classes? A linear-probe diagnostic, not a paper figure.
+
+For one trained run and one of its stages (default: the encoder-pretraining stage, `stage0`), on
+real rendered scenes of the classification task:
+- the stage's own multi-label head, scored on the test scenes (only the encoder-pretraining stage keeps one);
+- a linear probe: one logistic regression per class (scikit-learn, one-vs-rest) fit on the encoder's
+  mean-pooled patch grid of training scenes and scored on the test scenes;
+both as mAP (`sam.metrics.classification_metrics`: macro over classes with positives), beside its
+chance level (the mean class prevalence). `--stage stage_lm` probes the encoder as initialized (the
+stages before pretraining leave it untouched), which is the baseline a pretrained encoder must beat.
+
+    python experiments/check_encoder_probe.py runs/<hash>-cpu [--stage stage0] [--train-clips 2048]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def features(model: Any, dataset: Any, collate: Any, batch_size: int, desc: str) -> tuple[np.ndarray, list[Any]]:
+    """Mean-pooled encoder output [clips, dim] (the input of the stage-0 head) and the examples in order."""
+    rows, examples = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", leave=False):
+            batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+            rows.append(model.audio_tower(batch["fbank"]).mean(dim=(1, 2)).double().numpy())
+            examples += batch["examples"]
+    return np.concatenate(rows), examples
+
+
+def multi_hot(examples: list[Any], classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(examples), len(classes)), dtype=np.int64)
+    for row, ex in enumerate(examples):
+        for label in ex.labels:
+            if label in index:
+                y[row, index[label]] = 1
+    return y
+
+
+def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float, seed: int) -> np.ndarray:
+    """Test scores of one standardized logistic regression per class (classes without a training
+    positive score 0: they cannot be learned, and mAP leaves out test classes without positives)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scores = np.zeros((len(x_test), y_train.shape[1]))
+    learnable = (y_train.sum(0) > 0) & (y_train.sum(0) < len(y_train))
+    clf = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000, random_state=seed)))
+    clf.fit(x_train, y_train[:, learnable])
+    scores[:, learnable] = clf.decision_function(x_test)
+    return scores
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from sam.config import load_yaml
+    from sam.data import build_examples
+    from sam.metrics import classification_metrics
+    from sam.runs import get_tokenizer, stage_model
+
+    from check_audio_conditioning import task_data
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="a run directory (runs/<hash>-<device>)")
+    p.add_argument("--stage", default="stage0", help="stage whose encoder to probe (default: stage0)")
+    p.add_argument("--train-clips", type=int, default=2048, help="training scenes the probe is fit on (default: 2048)")
+    p.add_argument("--test-clips", type=int, default=None, help="test scenes to score (default: all)")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions (default: 1.0)")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args(argv)
+    if not (args.run / "run.json").is_file():
+        raise SystemExit(f"{args.run}: not a finished run (no run.json)")
+    exp = load_yaml(args.run / "config.yaml")
+    model = stage_model(args.run, args.stage).eval()
+    info = json.loads((args.run / "run.json").read_text())
+    stage_dir = next(((args.run / s["dir"]).resolve() for s in info["stages"] if s["name"] == args.stage), None)
+    head_path = stage_dir / "final" / "encoder_head.pt" if stage_dir is not None else None
+    head = torch.load(head_path, weights_only=True) if head_path is not None and head_path.is_file() else None
+    classes = list(head["classes"]) if head is not None else sorted({lab for ex in build_examples(exp.data, "train", ["classification"]) for lab in ex.labels})
+
+    data = task_data(exp, "classification", get_tokenizer(exp, args.run.parent))
+    splits = {}
+    for split, limit in (("train", args.train_clips), ("test", args.test_clips)):
+        examples = build_examples(exp.data, split, ["classification"])[:limit]
+        if not examples:
+            raise SystemExit(f"{args.run}: no {split} scenes of the classification task")
+        x, ex = features(model, data.make_dataset(examples), data.collate, args.batch_size, f"{split} features")
+        splits[split] = (x, multi_hot(ex, classes))
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+
+    probe = classification_metrics(y_test, linear_probe(x_train, y_train, x_test, args.C, exp.train.seed))
+    out: dict[str, Any] = {"run": args.run.name, "stage": args.stage, "train_clips": len(x_train), "test_clips": len(x_test),
+                           "classes": len(classes), "chance_mAP": 100 * probe["chance"]["mAP"],
+                           "linear_probe_mAP": 100 * probe["mAP"], "linear_probe_accuracy": 100 * probe["accuracy"]}
+    if head is not None:
+        lin = torch.nn.Linear(x_test.shape[1], len(classes)).double()
+        lin.load_state_dict({k: v.double() for k, v in head["head"].items()})
+        with torch.no_grad():
+            out["stage_head_mAP"] = 100 * classification_metrics(y_test, lin(torch.from_numpy(x_test)).numpy())["mAP"]
+    for k, v in out.items():
+        print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
