@@ -316,23 +316,39 @@ class MambaLM(nn.Module):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def save_pretrained(self, path: str | os.PathLike, format: str = "mamba_ssm") -> None:
-        """Write config.json + model.safetensors in the mamba_ssm or Hugging Face ('hf') layout."""
+    def save_pretrained(self, path: str | os.PathLike, format: str = "mamba_ssm", weights: str | None = None) -> None:
+        """Write config.json + weights in the mamba_ssm or Hugging Face ('hf') layout.
+
+        `weights` picks the file: "bin" (pytorch_model.bin, every key including the tied
+        lm_head.weight, as the state-spaces/mamba2 repositories ship it and mamba_ssm's
+        `MambaLMHeadModel.from_pretrained` reads it) or "safetensors" (model.safetensors without the
+        tied copy, which safetensors cannot alias). Default: each layout's published file, "bin" for
+        mamba_ssm and "safetensors" for hf."""
         from safetensors.torch import save_file
 
         if format not in ("mamba_ssm", "hf"):
             raise ValueError(f"format must be 'mamba_ssm' or 'hf', got {format!r}")
+        weights = weights or ("bin" if format == "mamba_ssm" else "safetensors")
+        if weights not in ("bin", "safetensors"):
+            raise ValueError(f"weights must be 'bin' or 'safetensors', got {weights!r}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        if self.config.tie_embeddings:
-            state.pop("lm_head.weight")  # shared with the embedding; safetensors stores no aliases
         if format == "hf":
             state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
             config = config_to_hf(self.config)
         else:
             config = config_to_mamba_ssm(self.config)
-        _atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
+        if weights == "bin":
+            if self.config.tie_embeddings:  # one storage for both keys, as torch.save of a tied model writes it
+                state["lm_head.weight"] = state["backbone.embeddings.weight" if format == "hf" else "backbone.embedding.weight"]
+            _atomic_write(path / "pytorch_model.bin", lambda f: torch.save(state, f))
+        else:
+            if self.config.tie_embeddings:
+                state.pop("lm_head.weight")  # shared with the embedding; safetensors stores no aliases
+            _atomic_write(path / "model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"}))
+        # A weights file of the other kind left by an earlier save would win (or tie) at load time.
+        (path / ("model.safetensors" if weights == "bin" else "pytorch_model.bin")).unlink(missing_ok=True)
         _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
 
 

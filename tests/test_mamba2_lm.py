@@ -54,16 +54,27 @@ def test_logits_equal_transformers_mamba2_in_both_conversion_directions(tmp_path
 def test_mamba_ssm_layout_roundtrips_through_safetensors_and_pytorch_bin(tmp_path: Path) -> None:
     ours = _model()
     ids = torch.randint(0, TINY.vocab_size, (1, 13))
-    ours.save_pretrained(tmp_path / "st")
-    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["config.json", "model.safetensors"]
-    cfg = json.loads((tmp_path / "st" / "config.json").read_text())
+    # The published layout (what mamba_ssm's from_pretrained reads): pytorch_model.bin holding every
+    # key of the module tree, lm_head.weight included, loadable strictly into a fresh model.
+    ours.save_pretrained(tmp_path / "bin")
+    assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["config.json", "pytorch_model.bin"]
+    state = torch.load(tmp_path / "bin" / "pytorch_model.bin", weights_only=True)
+    assert sorted(state) == sorted(ours.state_dict())
+    fresh = MambaLM(ours.config)
+    fresh.load_state_dict(state, strict=True)
+    cfg = json.loads((tmp_path / "bin" / "config.json").read_text())
     assert cfg["d_model"] == 32 and cfg["ssm_cfg"]["layer"] == "Mamba2" and cfg["vocab_size"] == 61
-    # The published layout: pytorch_model.bin holding lm_head.weight too (tied).
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "config.json").write_text(json.dumps(cfg))
-    torch.save(ours.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    ours.save_pretrained(tmp_path / "st", weights="safetensors")
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["config.json", "model.safetensors"]
+    # Saving the other kind into the same folder removes the stale file instead of leaving two.
+    ours.save_pretrained(tmp_path / "st", weights="bin")
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["config.json", "pytorch_model.bin"]
+    ours.save_pretrained(tmp_path / "st", weights="safetensors")
+    with pytest.raises(ValueError, match="weights must be"):
+        ours.save_pretrained(tmp_path / "x", weights="pt")
     with torch.no_grad():
         ref = ours(ids).logits
+        assert torch.equal(fresh(ids).logits, ref)
         for d in ("st", "bin"):
             loaded = MambaLM.from_pretrained(tmp_path / d)
             assert torch.equal(loaded(ids).logits, ref)
@@ -238,7 +249,7 @@ def test_bad_checkpoint_dirs_raise_errors_naming_file_or_key(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match="config.json is missing"):
         MambaLM.from_pretrained(tmp_path)
     m = _model()
-    m.save_pretrained(tmp_path / "ok")
+    m.save_pretrained(tmp_path / "ok", weights="safetensors")
     weights = tmp_path / "ok" / "model.safetensors"
     state = load_file(str(weights))
 
