@@ -69,6 +69,7 @@ class Settings:
     overrides: list[str]
     paths: dict[str, Path | None]
     argv: list[str]
+    sizes: list[str] | None = None  # LM sizes to run (None: every size of the preset)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -87,6 +88,8 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
                    help="output folder (default: figures/ for the cpu preset, figures/<preset>/ for the others)")
     p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: 1 smoke/paper, 3 cpu/gpu)")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="trained-run cache shared by all scripts (default: runs/)")
+    p.add_argument("--sizes", default=None, metavar="SIZE[,SIZE...]",
+                   help="LM sizes to run, a subset of the preset's (default: all of them, e.g. small,medium,large)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every run, e.g. --set train.stages.0.steps=50")
     for key, (what, _) in PAPER_INPUTS.items():
@@ -97,6 +100,17 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     if seeds < 1:
         p.error(f"--seeds must be at least 1, got {seeds}")
     paths = {k: getattr(args, k) for k in PAPER_INPUTS}
+    sizes = None
+    if args.sizes is not None:
+        from sam.config import LM_SIZES, PAPER_LM_NAMES
+
+        known = list(LM_SIZES.get(args.preset, PAPER_LM_NAMES))
+        sizes = [z.strip() for z in args.sizes.split(",") if z.strip()]
+        bad = [z for z in sizes if z not in known]
+        if bad or not sizes:
+            p.error(f"--sizes {args.sizes!r}: the {args.preset} preset has LM sizes {', '.join(known)}"
+                    + (f"; unknown: {', '.join(bad)}" if bad else ""))
+        sizes = [z for z in known if z in sizes]  # the preset's order, smallest first
     if args.preset == "paper":
         missing = missing_paper_inputs(paths, needs)
         if missing:
@@ -104,7 +118,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     # Each preset writes its own folder, so a quick smoke run never overwrites the committed cpu results.
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
     return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
-                    [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)])
+                    [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes)
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:
@@ -131,10 +145,11 @@ def sizes_in(data: pd.DataFrame) -> list[str]:
 
 
 def lm_sizes(s: Settings) -> list[str]:
-    """The LM sizes a preset defines (smoke has one; the others stand in for 130M / 780M / 2.7B)."""
+    """The LM sizes to run: `--sizes`, else every size the preset defines (smoke has one; the others
+    stand in for 130M / 780M / 2.7B)."""
     from sam.config import LM_SIZES, PAPER_LM_NAMES
 
-    return list(LM_SIZES.get(s.preset, PAPER_LM_NAMES))
+    return list(s.sizes) if s.sizes is not None else list(LM_SIZES.get(s.preset, PAPER_LM_NAMES))
 
 
 def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequence[str] = ()) -> ExperimentConfig:

@@ -42,6 +42,15 @@ def test_non_paper_presets_ignore_paper_inputs_and_default_seeds():
     assert s.seeds == [0, 1] and s.overrides == ["train.seed=5"]
 
 
+def test_sizes_flag_selects_a_subset_of_the_preset_sizes_in_order(capsys):
+    assert common.lm_sizes(common.parse_args("t", "doc", argv=["--preset", "cpu"])) == ["small", "medium", "large"]
+    assert common.lm_sizes(common.parse_args("t", "doc", argv=["--preset", "cpu", "--sizes", "large,small"])) == ["small", "large"]
+    with pytest.raises(SystemExit):
+        common.parse_args("t", "doc", argv=["--preset", "cpu", "--sizes", "small,huge"])
+    err = capsys.readouterr().err
+    assert "unknown: huge" in err and "small, medium, large" in err
+
+
 def test_run_config_applies_seed_changes_then_user_overrides():
     s = common.parse_args("t", "doc", argv=["--preset", "smoke", "--set", "model.lora.rank=2"])
     cfg = common.run_config(s, "small", seed=3, changes=["model.connector.layout=time_major", "model.lora.rank=16"])
