@@ -129,27 +129,28 @@ def ssm_inputs(mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dty
     if width < shape.conv_dim + shape.nheads:
         raise ValueError(f"in_proj output has {width} features, fewer than conv_dim + nheads = {shape.conv_dim + shape.nheads}")
     h, p, g, n = shape.nheads, shape.headdim, shape.ngroups, shape.d_state
-    xbc = zxbcdt[..., width - shape.conv_dim - h : width - h].to(dtype)
+    lo, used, k = width - shape.conv_dim - h, h * p + g * n, shape.d_conv  # x and B channels; C is never needed
+    # Causal depthwise conv as d_conv shifted multiply-adds over [b, T, channels], in place (float64
+    # depthwise F.conv1d takes a slow path on CPU); the cast to `dtype` is the copy into `padded`.
+    padded = torch.zeros(b, T + k - 1, used, dtype=dtype, device=zxbcdt.device)
+    padded[:, k - 1 :] = zxbcdt[..., lo : lo + used]
     dt = zxbcdt[..., width - h :].to(dtype)
     if mask is not None:
         mask = mask.to(dtype)[:, -T:, None]
         # sam's mixer zeroes padded xBC before the conv too; transformers only zeroes the mixer
         # input, so an in_proj bias still reaches its conv from padding.
         if not type(mixer).__module__.startswith("transformers."):
-            xbc = xbc * mask
-    # Causal depthwise conv as d_conv shifted multiply-adds over [b, T, channels] (float64
-    # depthwise F.conv1d takes a slow path on CPU).
-    weight = mixer.conv1d.weight.detach().to(dtype)[:, 0]  # [conv_dim, d_conv]
-    k = shape.d_conv
-    padded = F.pad(xbc, (0, 0, k - 1, 0))
+            padded[:, k - 1 :] *= mask
+    weight = mixer.conv1d.weight.detach()[:used, 0].to(dtype)  # [used, d_conv]
     out = padded[:, k - 1 :] * weight[:, k - 1]
     for j in range(k - 1):
-        out = out + padded[:, j : j + T] * weight[:, j]
+        out.addcmul_(padded[:, j : j + T], weight[:, j])
+    del padded
     if mixer.conv1d.bias is not None:
-        out = out + mixer.conv1d.bias.detach().to(dtype)
-    xbc = F.silu(out)
+        out += mixer.conv1d.bias.detach()[:used].to(dtype)
+    xbc = F.silu(out, inplace=True)
     if mask is not None:
-        xbc = xbc * mask
+        xbc *= mask
     x, B = xbc[..., : h * p], xbc[..., h * p : h * p + g * n]
     dt = F.softplus(dt + mixer.dt_bias.detach().to(dtype))
     if shape.dt_limit != (0.0, float("inf")):
