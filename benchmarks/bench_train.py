@@ -37,48 +37,26 @@ sys.path.insert(0, str(REPO))
 
 from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset  # noqa: E402
 from sam.prompt import IGNORE_INDEX  # noqa: E402
-from sam.train import CudaGraphs, Dist, is_encoder_stage, lm_tokens, make_optimizer, seed_all, train_step  # noqa: E402
+from sam.train import CudaGraphs, Dist, compile_blocks, is_encoder_stage, lm_tokens, make_optimizer, seed_all, train_step, uncompile_blocks  # noqa: E402
 
-# name -> how the step runs. compile: torch.compile mode of `compile_blocks` (None = eager);
-# kernels: Mamba-2 kernel dispatch ("" = default, "torch" = sam.ssd); traced: let Dynamo trace into
-# mamba_ssm's kernels instead of keeping them opaque; chunk: SSD chunk length at run time (0 = the
-# model's); graph: replay forward + backward as CUDA graphs (train.cuda_graphs, sam.train.CudaGraphs).
-# The compiled variants are timing experiments only: on the H100, compiled blocks gave the smoke
-# model different gradient norms than eager (same losses), so the trainer does not offer them.
+# name -> how the step runs. compile: torch.compile mode of `sam.train.compile_blocks` (None = eager;
+# "default" = the trainer's `train.compile`); kernels: Mamba-2 kernel dispatch ("" = default, "torch"
+# = sam.ssd); traced: let Dynamo trace into mamba_ssm's kernels instead of keeping them opaque;
+# chunk: SSD chunk length at run time (0 = the model's); graph: replay forward + backward as CUDA
+# graphs (train.cuda_graphs, sam.train.CudaGraphs). `compile` and `compile-graph` are what the
+# trainer offers (train.compile, + train.cuda_graphs); the others are timing experiments.
 VARIANTS: dict[str, dict[str, Any]] = {
     "eager": {},
-    "compile": {"compile": "default"},
+    "compile": {"compile": "default"},  # train.compile=true
     "compile-torchssd": {"compile": "default", "kernels": "torch"},
     "compile-ro": {"compile": "reduce-overhead"},
     "compile-traced": {"compile": "default", "traced": True},
     "compile-traced-ro": {"compile": "reduce-overhead", "traced": True},
     "compile-chunk128": {"compile": "default", "chunk": 128},
     "graph": {"graph": True},  # train.cuda_graphs=true
-    "compile-graph": {"compile": "default", "graph": True},
+    "compile-graph": {"compile": "default", "graph": True},  # train.compile=true train.cuda_graphs=true
     "compile-chunk128-graph": {"compile": "default", "chunk": 128, "graph": True},
 }
-KERNEL_FUNCTIONS = ("chunk_scan", "rmsnorm_gated", "split_conv1d_scan", "conv1d")
-
-
-def compile_blocks(module: torch.nn.Module, mode: str | None = None) -> list[torch.nn.Module]:
-    """torch.compile, in place, every encoder block, Mamba-2 block and connector (regional
-    compilation: blocks of one stack share a code object, so one compilation serves them all).
-    Only `forward` is replaced (an instance attribute); `uncompile_blocks` restores it."""
-    from sam.connector import Connector
-    from sam.encoder import Block as EncoderBlock
-    from sam.lm import Block as LMBlock
-
-    done = []
-    for m in module.modules():
-        if isinstance(m, (EncoderBlock, LMBlock, Connector)) and "forward" not in vars(m):
-            m.forward = torch.compile(m.forward, mode=mode)
-            done.append(m)
-    return done
-
-
-def uncompile_blocks(modules: list[torch.nn.Module]) -> None:
-    for m in modules:
-        vars(m).pop("forward", None)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
@@ -303,14 +281,10 @@ def main(argv: list[str] | None = None) -> int:
 
     measured: dict[str, dict[str, Any]] = {}
     profile_dir = Path(args.out) / f"{args.name or _default_name(args, device)}_profile" if args.profile else None
-    from sam.mamba2 import _kernels
+    from sam.mamba2 import opaque_kernels
 
     mixers = [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
     chunk0 = mixers[0].chunk_size
-    kern = _kernels()
-    raw = {n: getattr(kern, n) for n in KERNEL_FUNCTIONS if getattr(kern, n, None) is not None}
-    # Compiled variants run mamba_ssm's kernels between compiled regions unless "traced".
-    opaque = {n: torch.compiler.disable(fn) for n, fn in raw.items()}
     for name in names:
         spec = VARIANTS[name]
         mode = spec.get("compile")
@@ -320,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         Mamba2Mixer.kernels = spec.get("kernels", "")
         for m in mixers:
             m.chunk_size = spec.get("chunk") or chunk0
-        for n, fn in (opaque if mode and not spec.get("traced") else raw).items():
-            setattr(kern, n, fn)
-        compiled = compile_blocks(model, mode=None if mode == "default" else mode) if mode else []
+        compiled = compile_blocks(model, device, mode=None if mode == "default" else mode) if mode else []
+        # Compiled variants run mamba_ssm's kernels between compiled regions unless "traced".
+        opaque_kernels(bool(mode) and not spec.get("traced"))
         graphs = CudaGraphs(model, trainable, exp.train, device) if spec.get("graph") else None  # train.cuda_graphs
 
         def step(i: int) -> tuple[float, float, int]:
@@ -360,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             Mamba2Mixer.kernels = previous
             for m in mixers:
                 m.chunk_size = chunk0
-            for n, fn in raw.items():
-                setattr(kern, n, fn)
+            opaque_kernels(False)
             graphs = None
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache() if device.type == "cuda" else None

@@ -169,6 +169,10 @@ class TrainConfig:
     # Replay each micro-batch's forward + backward as a CUDA graph (sam.train.CudaGraphs): speed only,
     # CUDA only (ignored on CPU and under torchrun), one process, LM stages; never part of a config hash.
     cuda_graphs: bool = False
+    # torch.compile each encoder block, Mamba-2 block and connector (sam.train.compile_blocks): speed
+    # only, one CUDA process, bf16 autocast (refused on CPU, under torchrun and with precision fp32,
+    # sam.train.check_compile); never part of a config hash.
+    compile: bool = False
 
 
 @dataclass
@@ -457,7 +461,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 # Settings that change only how fast a run trains, not what it computes: left out of every hash, so
 # turning them on reuses (and names) the same cached runs.
-SPEED_ONLY = {"train": ("cuda_graphs",)}
+SPEED_ONLY = {"train": ("cuda_graphs", "compile")}
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:

@@ -94,6 +94,30 @@ def _kernels() -> _Kernels:
     return k
 
 
+_KERNEL_FUNCTIONS = ("chunk_scan", "split_conv1d_scan", "rmsnorm_gated", "conv1d")
+
+
+def opaque_kernels(on: bool = True) -> None:
+    """Hide mamba_ssm's kernels from torch.compile (on=True) or let Dynamo trace into them (False).
+
+    Opaque, each kernel call is a graph break: it runs eagerly, as its own autograd.Function,
+    between the compiled regions (`sam.train.compile_blocks` does this). Eager runs are unaffected
+    either way. The wrapped functions stay on `_kernels()`; each remembers its original.
+    """
+    k = _kernels()
+    for name in _KERNEL_FUNCTIONS:
+        fn = getattr(k, name)
+        if fn is None:
+            continue
+        raw = getattr(fn, "_sam_raw", fn)
+        if on and fn is raw:
+            wrapped = torch.compiler.disable(raw)
+            wrapped._sam_raw = raw  # type: ignore[attr-defined]
+            setattr(k, name, wrapped)
+        elif not on:
+            setattr(k, name, raw)
+
+
 def kernel_mode() -> str:
     """'torch' when forced by SAM_KERNELS=torch, else 'auto'."""
     mode = os.environ.get("SAM_KERNELS", "auto").strip().lower()

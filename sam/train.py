@@ -534,6 +534,54 @@ class CudaGraphs:
         return loss, torch.empty(shape, device="meta"), tensors
 
 
+def check_compile(train: TrainConfig, device: torch.device, world_size: int) -> None:
+    """Refuse `train.compile` where it is not known to give eager's gradients (ConfigError)."""
+    if not train.compile:
+        return
+    if device.type != "cuda" or world_size > 1:
+        raise ConfigError("train.compile needs one CUDA process (refused on CPU; compiled blocks under torchrun are not tested)")
+    if train.precision == "fp32":
+        raise ConfigError(
+            "train.compile needs bf16 autocast (train.precision=auto or bf16): in fp32 the compiled blocks gave "
+            "other gradients than eager on an H100 (cause not found; tests/test_gpu.py)"
+        )
+
+
+def compile_blocks(module: nn.Module, device: torch.device, mode: str | None = None) -> list[nn.Module]:
+    """`train.compile`: torch.compile, in place, every encoder block, Mamba-2 block and connector
+    inside `module` (regional compilation: the blocks of one stack share a code object, so one
+    compilation serves them all). mamba_ssm's Triton kernels stay opaque (`sam.mamba2.opaque_kernels`):
+    they run eagerly between the compiled regions. Only `forward` is replaced, as an instance
+    attribute; `uncompile_blocks` restores it. CUDA only (the speed it buys is fewer GPU kernels).
+
+    Compiled dropout draws its masks from Inductor's generator, not eager's: the same distribution,
+    other masks (CUDA graphs differ from eager the same way); that alone made the compiled LoRA
+    gradients differ from eager when this was first measured. Under bf16 autocast with dropout off
+    (or `torch._inductor.config.fallback_random`), compiled and eager gradients agree to bf16
+    rounding on an H100. In fp32 they did not (`check_compile` refuses it; tests/test_gpu.py).
+    """
+    if device.type != "cuda":
+        raise ConfigError("train.compile needs a CUDA device (it compiles the blocks for the GPU; on CPU leave it false)")
+    from sam.connector import Connector
+    from sam.encoder import Block as EncoderBlock
+    from sam.lm import Block as LMBlock
+    from sam.mamba2 import opaque_kernels
+
+    opaque_kernels(True)
+    done = []
+    for m in module.modules():
+        if isinstance(m, (EncoderBlock, LMBlock, Connector)) and "forward" not in vars(m):
+            m.forward = torch.compile(m.forward, mode=mode)
+            done.append(m)
+    return done
+
+
+def uncompile_blocks(modules: Sequence[nn.Module]) -> None:
+    """Undo `compile_blocks` on these modules (their plain `forward` again)."""
+    for m in modules:
+        vars(m).pop("forward", None)
+
+
 def train_step(
     net: nn.Module,
     micro: Sequence[dict[str, Any]],
@@ -601,6 +649,7 @@ def train_stage(
     train, stage = exp.train, exp.train.stages[stage_index]
     check_stages(train)
     device, precision = dist.device, train.precision
+    check_compile(train, device, dist.world_size)
     encoder_stage = is_encoder_stage(stage)
     ckpt_dir = stage_dir / "checkpoints"
     if dist.is_main:
@@ -645,6 +694,7 @@ def train_stage(
     if state is not None:
         # Last, so nothing above (probe batches, DDP setup) can shift the restored generators.
         set_rng_state(state["rng"][dist.rank])
+    compiled = compile_blocks(module, device) if train.compile else []
     # CUDA graphs: one process, and not the encoder stage (its targets are built on the host in forward).
     graphs = CudaGraphs(module, trainable, train, device) if train.cuda_graphs and device.type == "cuda" and dist.world_size == 1 and not encoder_stage else None
     bar = _progress(stage.name, start, stage.steps, progress and dist.is_main)
@@ -669,6 +719,9 @@ def train_stage(
             _checkpoint(module, opt, sched, step + 1, sampler, stage, summary, ckpt_dir, dist)
     bar.close()
     del graphs  # frees the graphs' memory pool
+    if compiled:  # the next stage trains other parameters: its blocks compile afresh
+        uncompile_blocks(compiled)
+        torch._dynamo.reset()
 
     summary["final_loss"] = loss_value
     summary["probe_loss_end"] = mean_loss(module, probe, encoder_stage, device, precision)

@@ -157,23 +157,31 @@ def test_sam_generate_on_cuda_batched_equals_single() -> None:
     assert batched == single
 
 
+def _smoke_stage4(precision: str) -> tuple:
+    """(experiment, stage 4, tokenizer): the smoke preset's encoder + connector + lora stage with a
+    small BPE and LoRA dropout off (eager and graphed/compiled runs draw dropout masks differently)."""
+    from sam.config import preset
+    from sam.tokenizer import train_bpe
+
+    exp = preset("smoke")
+    exp.model.lora.dropout = 0.0
+    exp.train.precision = precision
+    stage = next(s for s in exp.train.stages if s.name == "stage4")
+    with tempfile.TemporaryDirectory() as d:
+        tok = train_bpe(["a dog barks", "a door slams", "rain falls", "what do you hear?"] * 20, 300, d)
+    exp.model.lm.vocab_size = len(tok)
+    return exp, stage, tok
+
+
 def test_cuda_graphed_train_step_equals_eager() -> None:
     """train.cuda_graphs (forward + backward replayed as CUDA graphs over text right-padded to a
     16-token bucket) gives the eager step's losses, gradient norms and token counts."""
     _kernels_or_skip()
-    from sam.config import preset
     from sam.model import SAM
     from sam.prompt import IGNORE_INDEX
-    from sam.tokenizer import train_bpe
     from sam.train import CudaGraphs, Dist, make_optimizer, train_step
 
-    exp = preset("smoke")
-    exp.model.lora.dropout = 0.0  # the two runs draw dropout masks differently
-    exp.train.precision = "fp32"
-    stage = next(s for s in exp.train.stages if s.name == "stage4")  # encoder + connector + lora
-    with tempfile.TemporaryDirectory() as d:
-        tok = train_bpe(["a dog barks", "a door slams", "rain falls", "what do you hear?"] * 20, 300, d)
-    exp.model.lm.vocab_size = len(tok)
+    exp, stage, tok = _smoke_stage4("fp32")
     torch.manual_seed(0)
     ref = SAM(exp.model, tokenizer=tok).cuda()
     fast = copy.deepcopy(ref)
@@ -203,3 +211,71 @@ def test_cuda_graphed_train_step_equals_eager() -> None:
         assert tok_e == tok_f
         assert abs(loss_f - loss_e) <= 1e-3 * abs(loss_e)
         assert abs(norm_f - norm_e) <= 1e-3 * abs(norm_e)
+
+
+_FP32_COMPILE_BUG = pytest.mark.xfail(
+    reason="fp32 compiled blocks gave other gradients than eager on an H100 (worst relative error 1.04; "
+    "the same with the pure-PyTorch SSD path; cause not found), so sam.train.check_compile refuses fp32",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize("precision,graphed", [("bf16", False), ("bf16", True), pytest.param("fp32", False, marks=_FP32_COMPILE_BUG)])
+def test_compiled_blocks_give_eager_gradients(precision: str, graphed: bool) -> None:
+    """train.compile (torch.compile of each block, mamba_ssm's kernels opaque between them), alone
+    and under train.cuda_graphs, gives the eager loss and every trainable parameter's gradient
+    within rounding: bf16-level under autocast (TF32-level would be the bar in fp32). LoRA dropout
+    is off (compiled dropout draws other masks than eager) and LoRA B is non-zero (so every LoRA
+    matrix gets a gradient)."""
+    _kernels_or_skip()
+    from sam.model import SAM
+    from sam.prompt import IGNORE_INDEX
+    from sam.train import CudaGraphs, autocast, compile_blocks, uncompile_blocks
+
+    exp, stage, tok = _smoke_stage4(precision)
+    torch.manual_seed(0)
+    ref = SAM(exp.model, tokenizer=tok).cuda()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    fast = copy.deepcopy(ref)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, len(tok), (4, 32), generator=g)
+    labels = ids.clone()
+    labels[:, :16] = IGNORE_INDEX
+    mask = torch.ones_like(ids)
+    mask[1, 27:] = 0  # right padding, as collate makes it
+    labels[1, 27:] = IGNORE_INDEX
+    audio = exp.model.audio
+    batch = {"fbank": torch.randn(4, audio.target_frames, audio.num_mel_bins, generator=g), "input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {k: v.cuda() for k, v in batch.items()}
+
+    def grads(model: SAM, graphs: CudaGraphs | None) -> tuple[float, dict[str, torch.Tensor]]:
+        if graphs is not None:
+            loss = graphs(batch, 1.0)[0]
+        else:
+            with autocast(torch.device("cuda"), precision):
+                loss = model(batch)[0]
+            loss.backward()
+        return float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    device = torch.device("cuda")
+    ref_trainable = ref.set_trainable(list(stage.trainable))
+    fast_trainable = fast.set_trainable(list(stage.trainable))
+    ref.train()
+    fast.train()
+    loss_e, grad_e = grads(ref, None)
+    compiled = compile_blocks(fast, device)
+    try:
+        loss_c, grad_c = grads(fast, CudaGraphs(fast, fast_trainable, exp.train, device) if graphed else None)
+    finally:
+        uncompile_blocks(compiled)
+        torch._dynamo.reset()
+    assert len(ref_trainable) == len(grad_e) == len(grad_c) > 0
+    bound = 1e-3 if precision == "fp32" else 3e-2
+    assert abs(loss_c - loss_e) <= bound * abs(loss_e)
+    errors = {n: _rel(grad_c[n], grad_e[n]) for n in grad_e}
+    worst = max(errors, key=errors.get)
+    print(f"{precision} graphed={graphed}: loss {loss_e:.6f} vs {loss_c:.6f}, worst gradient {worst} rel. error {errors[worst]:.2e}")
+    assert errors[worst] < bound, (worst, errors[worst], sorted(errors.values())[-5:])

@@ -272,6 +272,29 @@ def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
         CudaGraphs(torch.nn.Linear(2, 2), [], TrainConfig(), torch.device("cpu"))
 
 
+def test_compile_setting_changes_no_run_hash_and_is_refused_on_cpu(tmp_path: Path) -> None:
+    from sam.config import ConfigError, apply_overrides, config_hash
+    from sam.runs import stage_keys
+    from sam.train import Dist, compile_blocks, train_stage
+
+    exp = preset("smoke")
+    before = (config_hash(exp), stage_keys(exp))
+    exp = apply_overrides(exp, ["train.compile=true"])  # speed only: the same cached runs
+    assert exp.train.compile is True
+    assert (config_hash(exp), stage_keys(exp)) == before
+    with pytest.raises(ConfigError, match="train.compile: expected true/false"):
+        apply_overrides(exp, ["train.compile=maybe"])
+    with pytest.raises(ConfigError, match="train.compile needs a CUDA device"):
+        compile_blocks(torch.nn.Linear(2, 2), torch.device("cpu"))
+    # The trainer refuses it on CPU, and in fp32 on CUDA, before it builds, loads or writes anything.
+    with pytest.raises(ConfigError, match="train.compile needs one CUDA process"):
+        train_stage(None, exp, 0, None, tmp_path / "stage", Dist())  # type: ignore[arg-type]
+    exp.train.precision = "fp32"
+    with pytest.raises(ConfigError, match="train.compile needs bf16 autocast"):
+        train_stage(None, exp, 0, None, tmp_path / "stage", Dist(device=torch.device("cuda")))  # type: ignore[arg-type]
+    assert not (tmp_path / "stage").exists()
+
+
 def test_train_step_rejects_a_micro_batch_without_labelled_tokens_before_running_it() -> None:
     from sam.train import Dist, train_step
 
