@@ -170,8 +170,8 @@ class TrainConfig:
     # CUDA only (ignored on CPU and under torchrun), one process, LM stages; never part of a config hash.
     cuda_graphs: bool = False
     # torch.compile each encoder block, Mamba-2 block and connector (sam.train.compile_blocks): speed
-    # only, one CUDA process, bf16 autocast (refused on CPU, under torchrun and with precision fp32,
-    # sam.train.check_compile); never part of a config hash.
+    # only, one CUDA process (refused on CPU and under torchrun, sam.train.check_compile); never part
+    # of a config hash.
     compile: bool = False
 
 

@@ -151,7 +151,9 @@ class _CausalConvSiLU(torch.autograd.Function):
             pre.addcmul_(xp[:, i : i + L], wt[i])
         ctx.save_for_backward(xp, wt, pre)
         ctx.dtypes = (x.dtype, w.dtype, bias.dtype)
-        return F.silu(pre).to(x.dtype)
+        # Always a fresh tensor: torch.compile (2.11, H100) gave this Function zero gradients in fp32,
+        # where a plain `.to(x.dtype)` returns F.silu's own output (tests/test_gpu.py).
+        return F.silu(pre).to(x.dtype, copy=True)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
