@@ -173,6 +173,11 @@ class TrainConfig:
     # only, one CUDA process (refused on CPU and under torchrun, sam.train.check_compile); never part
     # of a config hash.
     compile: bool = False
+    # Under torchrun, shard the trained module with FSDP2 (`fully_shard` per encoder block, per Mamba-2
+    # block, then the root; sam.train.fsdp_shard) instead of replicating it with DDP: parameters,
+    # gradients and AdamW states live 1/world_size on each process. Same results as one process;
+    # ignored in one process; never part of a config hash.
+    fsdp: bool = False
 
 
 @dataclass
@@ -461,7 +466,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 # Settings that change only how fast a run trains, not what it computes: left out of every hash, so
 # turning them on reuses (and names) the same cached runs.
-SPEED_ONLY = {"train": ("cuda_graphs", "compile")}
+SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp")}
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:

@@ -1,4 +1,4 @@
-"""One curriculum stage of SAM training: optimizer, schedule, loop, checkpoints, resume, DDP.
+"""One curriculum stage of SAM training: optimizer, schedule, loop, checkpoints, resume, DDP / FSDP.
 
 `train_stage` trains a `SAM` (or, for an encoder-pretraining stage, the audio tower plus a linear
 multi-label head; for an LM-pretraining stage, the language model alone as a causal LM on the
@@ -20,6 +20,7 @@ checkpoint non-atomically, and never draw from the global RNG for data order.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import math
@@ -615,6 +616,8 @@ def train_step(
         b = to_device(b, device)
         last = i == len(micro) - 1
         ctx = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
+        if _is_fsdp(net):  # reduce-scatter the gradients once, after the last micro-batch
+            net.set_requires_gradient_sync(last)
         with ctx:
             with autocast(device, train.precision):
                 loss, logits = net(b)
@@ -624,6 +627,8 @@ def train_step(
         weighted += loss.detach().double() * n
         tokens += count_tokens(b, logits, text)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip if train.grad_clip > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=graphs is None)  # graphs accumulate into the same .grad tensors
@@ -669,9 +674,11 @@ def train_stage(
     opt, sched = make_optimizer(module, stage, train, device)
     trainable = [p for p in module.parameters() if p.requires_grad]
 
+    fsdp = train.fsdp and dist.world_size > 1
     start, state = 0, load_latest(ckpt_dir, map_location="cpu")
     if state is not None:
-        _restore(module, opt, sched, state, dist)
+        # Under FSDP the optimizer is rebuilt on the shards below and restored there.
+        _restore(module, None if fsdp else opt, sched, state, dist)
         start = int(state["step"])
     log = StageLog(stage_dir, stage.name, start, dist.is_main)
 
@@ -680,7 +687,14 @@ def train_stage(
     summary["probe_loss_start"] = state["probe_loss_start"] if state else mean_loss(module, probe, encoder_stage, device, precision)
 
     net: nn.Module = module
-    if dist.world_size > 1:
+    shard: nn.Module | None = None
+    if fsdp:
+        shard = net = fsdp_shard(module, dist)
+        opt, sched = make_optimizer(shard, stage, train, device)
+        trainable = [p for p in shard.parameters() if p.requires_grad]
+        if state is not None:
+            _restore_sharded_optimizer(opt, sched, state)
+    elif dist.world_size > 1:
         net = DistributedDataParallel(
             module, device_ids=[dist.local_rank] if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True
         )
@@ -712,12 +726,16 @@ def train_stage(
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{row['lr']:.2e}")
         if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 and step + 1 < stage.steps:
-            _checkpoint(module, opt, sched, step + 1, sampler, stage, summary, ckpt_dir, dist)
+            _checkpoint(module, opt, sched, step + 1, sampler, stage, summary, ckpt_dir, dist, shard)
     bar.close()
     del graphs  # frees the graphs' memory pool
     if compiled:  # the next stage trains other parameters: its blocks compile afresh
         uncompile_blocks(compiled)
         torch._dynamo.reset()
+    if shard is not None:  # the trained weights back into `model`, on every process; the shards go
+        fsdp_unshard_into(shard, module)
+        module.to(device)
+        del net, shard, opt, trainable
 
     summary["final_loss"] = loss_value
     summary["probe_loss_end"] = mean_loss(module, probe, encoder_stage, device, precision)
@@ -750,7 +768,12 @@ def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in keep or k not in params}
 
 
-def _checkpoint(module, opt, sched, step: int, sampler: StreamSampler, stage: StageConfig, summary: dict, ckpt_dir: Path, dist: Dist) -> None:
+def _checkpoint(
+    module, opt, sched, step: int, sampler: StreamSampler, stage: StageConfig, summary: dict, ckpt_dir: Path, dist: Dist, shard: nn.Module | None = None
+) -> None:
+    if shard is not None:  # FSDP: every process gathers; rank 0 writes the same full state as one process would
+        fsdp_unshard_into(shard, module)
+        full_optimizer = _full_optimizer_state(opt)
     rngs: list[Any] = [rng_state()]
     if dist.world_size > 1:
         rngs = [None] * dist.world_size
@@ -760,7 +783,7 @@ def _checkpoint(module, opt, sched, step: int, sampler: StreamSampler, stage: St
             "step": step,
             "stage": stage.name,
             "module": _trainable_state(module),
-            "optimizer": opt.state_dict(),
+            "optimizer": full_optimizer if shard is not None else opt.state_dict(),
             "scheduler": sched.state_dict(),
             "rng": rngs,
             "data": sampler.position(step * stage.grad_accum),
@@ -775,10 +798,91 @@ def _restore(module: nn.Module, opt, sched, state: dict[str, Any], dist: Dist) -
     if missing:
         raise RuntimeError(f"checkpoint of stage {state.get('stage')} holds unknown weights, e.g. {sorted(missing)[0]}")
     module.load_state_dict(state["module"], strict=False)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
+    if opt is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
     if len(state["rng"]) != dist.world_size:
         raise RuntimeError(f"checkpoint was written by {len(state['rng'])} processes; resume it with the same number (now {dist.world_size})")
+
+
+# --------------------------------------------------------------------------------------------
+# FSDP (`train.fsdp` under torchrun)
+
+
+def _is_fsdp(net: nn.Module) -> bool:
+    if not tdist.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(net, FSDPModule)
+
+
+def fsdp_shard(module: nn.Module, dist: Dist) -> nn.Module:
+    """A copy of `module` sharded with FSDP2 over all `dist` processes: `fully_shard` on every
+    encoder block and Mamba-2 block, then on the root (embeddings, connector, norms, heads). Each
+    process keeps 1/world_size of every parameter, its gradient and (once the optimizer is built
+    on the copy) its AdamW states; a block's full parameters exist only during its forward and
+    backward. Frozen parameters and LoRA mix freely inside a block (FSDP2 reduces only parameters
+    that have gradients). Gradients are averaged over processes like DDP's, so a step equals DDP's
+    and one process's up to float summation order.
+
+    `module` itself stays whole, moved to the CPU while the copy trains (`fsdp_unshard_into` copies
+    the trained weights back into it); the sharded copy never leaves the stage, so checkpoints,
+    the run cache and `SAM.from_pretrained` see the same full state dicts as without FSDP.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from sam.encoder import Block as EncoderBlock
+    from sam.lm import Block as LMBlock
+
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    module.to("cpu")
+    shard = copy.deepcopy(module).to(dist.device)
+    for m in shard.modules():
+        if isinstance(m, (EncoderBlock, LMBlock)):
+            fully_shard(m, mesh=mesh)
+    fully_shard(shard, mesh=mesh)
+    return shard
+
+
+@torch.no_grad()
+def fsdp_unshard_into(shard: nn.Module, module: nn.Module) -> None:
+    """Copy the trainable parameters and the buffers of `fsdp_shard`'s copy into `module`, whole,
+    on every process (a collective: every process calls it). Frozen parameters never change."""
+    params, buffers = dict(module.named_parameters()), dict(module.named_buffers())
+    for name, p in shard.named_parameters():
+        if p.requires_grad:
+            params[name].copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
+    for name, b in shard.named_buffers():
+        buffers[name].copy_(b)
+
+
+def _full_optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """`opt.state_dict()` with every sharded state gathered whole, on the CPU: the dict one process
+    would save (parameters numbered in the same order). A collective."""
+    sd = opt.state_dict()
+    full = {}
+    for i in sorted(sd["state"]):  # the same order on every process
+        full[i] = {k: v.full_tensor().cpu() if hasattr(v, "full_tensor") else v for k, v in sd["state"][i].items()}
+    return {**sd, "state": full}
+
+
+def _restore_sharded_optimizer(opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
+    """Load a whole optimizer state (`_full_optimizer_state`'s, or one process's) into an optimizer
+    over FSDP shards: each process keeps its own slice of every parameter-shaped state."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    opt.load_state_dict(state["optimizer"])  # whole tensors, on each parameter's device
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not isinstance(p, DTensor):
+                continue
+            for k, v in opt.state[p].items():
+                if torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
+                    # Every process read the same file: slice locally, as fully_shard sliced `p`.
+                    opt.state[p][k] = distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
+    sched.load_state_dict(state["scheduler"])
 
 
 def _publish_final(model: nn.Module, encoder_module: nn.Module | None, stage_dir: Path, summary: dict, exp: ExperimentConfig) -> None:

@@ -1,10 +1,11 @@
 """Training on real corpus scenes (smoke sizes): the curriculum learns stage by stage (text-only LM
 pretraining first) and leaves frozen groups untouched, the run cache reuses shared stages, a SIGKILLed run resumes bit for bit,
-and two torchrun processes match one."""
+and two torchrun processes (DDP or FSDP) match one."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,24 +240,69 @@ def test_sigkilled_run_resumed_equals_uninterrupted_run_bit_for_bit(killed_and_r
     assert [row.split(",")[:4] for row in logs[0]] == [row.split(",")[:4] for row in logs[1]]  # stage, step, loss, lr
 
 
-def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(tokenizer_dir: Path, tmp_path: Path) -> None:
-    exp = short_config(tokenizer_dir, lora_dropout=0.0)  # dropout masks are per-rank random draws
+def parallel_config(tokenizer: Path) -> ExperimentConfig:
+    """`short_config` for comparing torchrun with one process: LM pretraining (whole LM), stage 0
+    (encoder + classifier), then a stage training encoder, connector and LoRA over a frozen LM."""
+    exp = short_config(tokenizer, lora_dropout=0.0)  # dropout masks are per-rank random draws
     exp.train.checkpoint_every = 0
     exp.train.stages[-1].steps = 3
-    config = tmp_path / "config.yaml"
-    save_yaml(exp, config)
-    two_dir = _finish(_train_cli(config, tmp_path / "ddp", torchrun=2))
-    two = weights(two_dir / "model")
-    one = weights(train_or_load(exp, tmp_path / "single", device="cpu", progress=False) / "model")
-    moved = 0
+    return exp
+
+
+@pytest.fixture(scope="module")
+def one_process(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The final weights of `parallel_config` trained by one process."""
+    exp = parallel_config(tokenizer_dir)
+    return weights(train_or_load(exp, tmp_path_factory.mktemp("single"), device="cpu", progress=False) / "model")
+
+
+def assert_matches_one_process(two: dict[str, torch.Tensor], one: dict[str, torch.Tensor]) -> None:
+    assert two.keys() == one.keys()
     for k in one:
         # Float sums in another order (all-reduce of two halves); AdamW's normalized update can carry
         # that to ~1e-5 on entries whose gradients are near zero, over three stages.
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5, msg=lambda m: f"{k}: {m}")
-        moved += 1
-    assert moved == len(two)
+
+
+def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(tokenizer_dir: Path, one_process, tmp_path: Path) -> None:
+    exp = parallel_config(tokenizer_dir)
+    config = tmp_path / "config.yaml"
+    save_yaml(exp, config)
+    two_dir = _finish(_train_cli(config, tmp_path / "ddp", torchrun=2))
+    assert_matches_one_process(weights(two_dir / "model"), one_process)
     info = json.loads((two_dir / "run.json").read_text())
     assert info["world_size"] == 2
+
+
+def test_fsdp_torchrun_matches_one_process_and_resumes_to_the_same_weights(tokenizer_dir: Path, one_process, tmp_path: Path) -> None:
+    """train.fsdp=true under torchrun: two processes holding half of every parameter match one
+    process; a checkpoint it writes has one process's format, and resuming from it (stage2, from
+    step 2) gives the uninterrupted FSDP run's weights bit for bit."""
+    exp = parallel_config(tokenizer_dir)
+    exp.train.fsdp = True
+    exp.train.checkpoint_every = 2  # checkpoints change no numbers
+    config, runs = tmp_path / "config.yaml", tmp_path / "fsdp"
+    save_yaml(exp, config)
+    run_dir = _finish(_train_cli(config, runs, torchrun=2))
+    uninterrupted = weights(run_dir / "model")
+    assert_matches_one_process(uninterrupted, one_process)
+
+    stage_dir = stage_dirs(exp, runs, "cpu")[2]
+    state = load_latest(stage_dir / "checkpoints")
+    assert state is not None and state["step"] == 2 and len(state["rng"]) == 2
+    # The same format as one process's: whole plain tensors, AdamW states shaped like whole weights.
+    assert all(type(v) is torch.Tensor for v in state["module"].values())
+    moments = [v["exp_avg"] for v in state["optimizer"]["state"].values()]
+    assert moments and all(type(m) is torch.Tensor for m in moments)
+    assert {m.shape for m in moments} <= {v.shape for v in state["module"].values()}
+    logged = (stage_dir / "log.jsonl").read_text().splitlines()[:2]
+    shutil.rmtree(stage_dir / "final")
+    shutil.rmtree(run_dir)
+    resumed_dir = _finish(_train_cli(config, runs, torchrun=2))
+    assert (stage_dir / "log.jsonl").read_text().splitlines()[:2] == logged, "stage2 was retrained, not resumed from step 2"
+    resumed = weights(resumed_dir / "model")
+    different = [k for k in uninterrupted if not torch.equal(resumed[k], uninterrupted[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
@@ -290,6 +336,19 @@ def test_compile_setting_changes_no_run_hash_and_is_refused_on_cpu(tmp_path: Pat
     with pytest.raises(ConfigError, match="train.compile needs one CUDA process"):
         train_stage(None, exp, 0, None, tmp_path / "stage", Dist())  # type: ignore[arg-type]
     assert not (tmp_path / "stage").exists()
+
+
+def test_fsdp_setting_changes_no_run_hash_and_names_its_key_when_invalid() -> None:
+    from sam.config import ConfigError, apply_overrides, config_hash
+    from sam.runs import stage_keys
+
+    exp = preset("smoke")
+    before = (config_hash(exp), stage_keys(exp))
+    exp = apply_overrides(exp, ["train.fsdp=true"])  # how processes share the work: the same cached runs
+    assert exp.train.fsdp is True
+    assert (config_hash(exp), stage_keys(exp)) == before
+    with pytest.raises(ConfigError, match="train.fsdp: expected true/false"):
+        apply_overrides(exp, ["train.fsdp=sharded"])
 
 
 def test_train_step_rejects_a_micro_batch_without_labelled_tokens_before_running_it() -> None:
