@@ -14,7 +14,6 @@ stages before pretraining leave it untouched), which is the baseline a pretraine
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,6 @@ def features(model: Any, dataset: Any, collate: Any, batch_size: int, desc: str)
             rows.append(model.audio_tower(batch["fbank"]).mean(dim=(1, 2)).double().numpy())
             examples += batch["examples"]
     return np.concatenate(rows), examples
-
-
-def multi_hot(examples: list[Any], classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.zeros((len(examples), len(classes)), dtype=np.int64)
-    for row, ex in enumerate(examples):
-        for label in ex.labels:
-            if label in index:
-                y[row, index[label]] = 1
-    return y
 
 
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float, seed: int) -> np.ndarray:
@@ -63,9 +52,11 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sam.config import load_yaml
     from sam.data import build_examples
+    from sam.data.types import label_matrix
     from sam.metrics import classification_metrics
     from sam.runs import get_tokenizer, stage_model
 
+    import measure
     from check_audio_conditioning import task_data
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,10 +71,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.run}: not a finished run (no run.json)")
     exp = load_yaml(args.run / "config.yaml")
     model = stage_model(args.run, args.stage).eval()
-    info = json.loads((args.run / "run.json").read_text())
-    stage_dir = next(((args.run / s["dir"]).resolve() for s in info["stages"] if s["name"] == args.stage), None)
-    head_path = stage_dir / "final" / "encoder_head.pt" if stage_dir is not None else None
-    head = torch.load(head_path, weights_only=True) if head_path is not None and head_path.is_file() else None
+    head_path = measure.stage(measure.Run(exp, args.run, {}), args.stage) / "encoder_head.pt"
+    head = torch.load(head_path, weights_only=True) if head_path.is_file() else None
     classes = list(head["classes"]) if head is not None else sorted({lab for ex in build_examples(exp.data, "train", ["classification"]) for lab in ex.labels})
 
     data = task_data(exp, "classification", get_tokenizer(exp, args.run.parent))
@@ -93,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not examples:
             raise SystemExit(f"{args.run}: no {split} scenes of the classification task")
         x, ex = features(model, data.make_dataset(examples), data.collate, args.batch_size, f"{split} features")
-        splits[split] = (x, multi_hot(ex, classes))
+        splits[split] = (x, label_matrix(ex, classes))
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
 
     probe = classification_metrics(y_test, linear_probe(x_train, y_train, x_test, args.C, exp.train.seed))

@@ -102,9 +102,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     paths = {k: getattr(args, k) for k in PAPER_INPUTS}
     sizes = None
     if args.sizes is not None:
-        from sam.config import LM_SIZES, PAPER_LM_NAMES
-
-        known = list(LM_SIZES.get(args.preset, PAPER_LM_NAMES))
+        known = preset_sizes(args.preset)
         sizes = [z.strip() for z in args.sizes.split(",") if z.strip()]
         bad = [z for z in sizes if z not in known]
         if bad or not sizes:
@@ -144,12 +142,17 @@ def sizes_in(data: pd.DataFrame) -> list[str]:
     return [z for z in PAPER_LM_NAMES if z in set(data.lm_size)]
 
 
-def lm_sizes(s: Settings) -> list[str]:
-    """The LM sizes to run: `--sizes`, else every size the preset defines (smoke has one; the others
-    stand in for 130M / 780M / 2.7B)."""
+def preset_sizes(preset_name: str) -> list[str]:
+    """Every LM size a preset defines, smallest first (smoke has one; the others stand in for
+    130M / 780M / 2.7B)."""
     from sam.config import LM_SIZES, PAPER_LM_NAMES
 
-    return list(s.sizes) if s.sizes is not None else list(LM_SIZES.get(s.preset, PAPER_LM_NAMES))
+    return list(LM_SIZES.get(preset_name, PAPER_LM_NAMES))
+
+
+def lm_sizes(s: Settings) -> list[str]:
+    """The LM sizes to run: `--sizes`, else every size the preset defines."""
+    return list(s.sizes) if s.sizes is not None else preset_sizes(s.preset)
 
 
 def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequence[str] = ()) -> ExperimentConfig:

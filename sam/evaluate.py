@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from sam.config import EvalConfig
-from sam.data.types import Example
+from sam.data.types import Example, label_matrix
 from sam.metrics import (
     caption_metrics,
     classification_metrics,
@@ -311,12 +311,11 @@ def _score_classification(
     if not names:
         raise ValueError("classification examples carry no labels and no class_names were given")
     index = {c: i for i, c in enumerate(names)}
-    y = np.zeros((len(examples), len(names)), dtype=np.int64)
-    for r, ex in enumerate(examples):
+    for ex in examples:
         for label in ex.labels:
             if label not in index:
                 raise ValueError(f"example {ex.id}: label {label!r} is not in the class list ({len(names)} classes)")
-            y[r, index[label]] = 1
+    y = label_matrix(examples, names)
     preds = [frame.at[i, "prediction"] for i in frame.index[frame["_cls"]]]
     if encoder is None:
         encoder = make_text_encoder(config.text_encoder, config.text_encoder_path)

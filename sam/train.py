@@ -193,13 +193,9 @@ class EncoderClassifier(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), target), logits
 
     def targets(self, examples: Sequence[Any]) -> torch.Tensor:
-        index = {c: i for i, c in enumerate(self.classes)}
-        y = torch.zeros(len(examples), len(self.classes))
-        for row, ex in enumerate(examples):
-            for label in ex.labels:
-                if label in index:
-                    y[row, index[label]] = 1.0
-        return y
+        from sam.data.types import label_matrix
+
+        return torch.from_numpy(label_matrix(examples, self.classes)).float()
 
 
 def is_encoder_stage(stage: StageConfig) -> bool:

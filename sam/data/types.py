@@ -5,8 +5,11 @@ that yields these and nothing else.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 TASKS = ("classification", "closed", "open", "caption", "reasoning")
 
@@ -30,3 +33,15 @@ class Example:
     labels: list[str] = field(default_factory=list)
     choices: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def label_matrix(examples: Sequence[Example], classes: Sequence[str]) -> np.ndarray:
+    """The 0/1 multi-hot matrix [examples, classes] of the examples' labels. Labels outside `classes`
+    are skipped; a caller that must refuse them checks first."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(examples), len(classes)), dtype=np.int64)
+    for row, ex in enumerate(examples):
+        for label in ex.labels:
+            if label in index:
+                y[row, index[label]] = 1
+    return y
