@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
              "Extract the embedded default corpus (ufoai, OpenSFX, Sonic Pi and Asterisk recordings installed "
              "with apt) into ROOT with a manifest of clips, labels, captions and licences.")
     p.add_argument("--root", default="data", help="output folder")
+    p.add_argument("--from-archive", default=None, metavar="TAR",
+                   help="unpack a `sam export-corpus` archive instead (for machines without the Debian packages)")
+
+    p = _add(sub, "export-corpus", "pack a built corpus into one file for another machine",
+             "Write ROOT/corpus (manifest, class map, report and every clip as lossless FLAC, about half the "
+             "size of the wavs) to one tar file. `sam prepare-data --from-archive FILE` on the other machine "
+             "restores the identical corpus, so its scene, feature and run caches match this machine's.")
+    p.add_argument("out", help="archive file to write (.tar)")
+    p.add_argument("--root", default="data", help="folder holding corpus/")
 
     p = _add(sub, "train", "train a model through the stage curriculum of a config",
              "Train the curriculum of a YAML config (e.g. configs/smoke.yaml), with dotted key=value overrides "
@@ -283,12 +292,26 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from sam.data.corpus import prepare_corpus
 
-    prepare_corpus(args.root)
+    if args.from_archive:
+        from sam.data.archive import import_corpus
+
+        print(f"[corpus] restored {import_corpus(args.from_archive, args.root)} from {args.from_archive}")
+    else:
+        prepare_corpus(args.root)
+    return 0
+
+
+def cmd_export_corpus(args: argparse.Namespace) -> int:
+    from sam.data.archive import export_corpus
+
+    out = export_corpus(args.root, args.out)
+    print(f"[corpus] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
 COMMANDS = {
     "prepare-data": cmd_prepare_data,
+    "export-corpus": cmd_export_corpus,
     "train": cmd_train,
     "eval": cmd_eval,
     "caption": cmd_caption,
@@ -305,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sam {args.command}: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except RuntimeError as e:
+        from sam.data.corpus import CorpusError
+
+        if not isinstance(e, CorpusError):
+            raise
+        print(f"sam {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

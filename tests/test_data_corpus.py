@@ -108,3 +108,30 @@ def test_summary_reports_real_numbers(corpus_root):
     s = corpus_summary(corpus_root)
     assert s["clips"] == len(read_manifest(corpus_root)) and s["classes"] >= 20
     assert "asterisk-core-sounds-en" in format_summary(corpus_root)
+
+
+def test_corpus_archive_round_trip_restores_identical_files_and_names_bad_members(corpus_root, tmp_path, capsys):
+    from sam.cli import main
+    from sam.data.archive import export_corpus, import_corpus
+
+    src = tmp_path / "src"
+    rows = read_manifest(corpus_root)[::200]  # a few clips from every source keep the test fast
+    (src / "corpus").mkdir(parents=True)
+    for name in ("classes.json", "report.json"):
+        (src / "corpus" / name).write_bytes((corpus_root / "corpus" / name).read_bytes())
+    for r in rows:
+        (src / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (src / r["path"]).write_bytes((corpus_root / r["path"]).read_bytes())
+    (src / "corpus" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    archive = export_corpus(src, tmp_path / "corpus.tar", progress=False)
+    assert main(["prepare-data", "--from-archive", str(archive), "--root", str(tmp_path / "dst")]) == 0
+    for rel in ["corpus/manifest.jsonl", "corpus/classes.json"] + [r["path"] for r in rows]:
+        assert (tmp_path / "dst" / rel).read_bytes() == (src / rel).read_bytes(), rel  # lossless, same manifest hash
+    # A truncated archive names the missing member; the CLI says so in one line.
+    data = archive.read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorpusError, match=r"cut\.tar"):
+        import_corpus(tmp_path / "cut.tar", tmp_path / "dst2", progress=False)
+    assert not (tmp_path / "dst2" / "corpus" / "manifest.jsonl").exists()  # a failed import never looks complete
+    assert main(["prepare-data", "--from-archive", str(tmp_path / "nope.tar"), "--root", str(tmp_path)]) == 1
+    assert "nope.tar" in capsys.readouterr().err.strip().splitlines()[-1]
