@@ -102,7 +102,8 @@ def opaque_kernels(on: bool = True) -> None:
 
     Opaque, each kernel call is a graph break: it runs eagerly, as its own autograd.Function,
     between the compiled regions (`sam.train.compile_blocks` does this). Eager runs are unaffected
-    either way. The wrapped functions stay on `_kernels()`; each remembers its original.
+    either way. The wrapped functions stay on `_kernels()` until `opaque_kernels(False)` puts the
+    originals back (`sam.train.uncompile_blocks` does); each remembers its original.
     """
     k = _kernels()
     for name in _KERNEL_FUNCTIONS:

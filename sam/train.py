@@ -310,14 +310,19 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
+def trainable_params(module: nn.Module, stage: StageConfig) -> list[nn.Parameter]:
+    """The parameters of `module` that train (ConfigError if the stage's groups select none)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"stage {stage.name}: trainable groups {stage.trainable} select no parameters")
+    return params
+
+
 def make_optimizer(module: nn.Module, stage: StageConfig, train: TrainConfig, device: torch.device):
     """AdamW over trainable parameters; no weight decay on vectors (norms, biases, A_log, D, dt)."""
     decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
-        raise ConfigError(f"stage {stage.name}: trainable groups {stage.trainable} select no parameters")
+    for p in trainable_params(module, stage):
+        (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), fused=fused)
@@ -555,24 +560,38 @@ def compile_blocks(module: nn.Module, device: torch.device, mode: str | None = N
     """
     if device.type != "cuda":
         raise ConfigError("train.compile needs a CUDA device (it compiles the blocks for the GPU; on CPU leave it false)")
-    from sam.connector import Connector
-    from sam.encoder import Block as EncoderBlock
-    from sam.lm import Block as LMBlock
     from sam.mamba2 import opaque_kernels
 
     opaque_kernels(True)
     done = []
-    for m in module.modules():
-        if isinstance(m, (EncoderBlock, LMBlock, Connector)) and "forward" not in vars(m):
+    for m in blocks(module, connector=True):
+        if "forward" not in vars(m):
             m.forward = torch.compile(m.forward, mode=mode)
             done.append(m)
     return done
 
 
 def uncompile_blocks(modules: Sequence[nn.Module]) -> None:
-    """Undo `compile_blocks` on these modules (their plain `forward` again)."""
+    """Undo `compile_blocks` on these modules (their plain `forward` again) and hand mamba_ssm's
+    kernels back unwrapped (`sam.mamba2.opaque_kernels(False)`): the model runs as before it was
+    compiled."""
+    from sam.mamba2 import opaque_kernels
+
     for m in modules:
         vars(m).pop("forward", None)
+    opaque_kernels(False)
+
+
+def blocks(module: nn.Module, connector: bool = False) -> Iterator[nn.Module]:
+    """Every encoder block and Mamba-2 block inside `module` (and each connector, if asked), in
+    `module.modules()` order: the repeated units that `compile_blocks` compiles and `fsdp_shard`
+    shards one by one."""
+    from sam.connector import Connector
+    from sam.encoder import Block as EncoderBlock
+    from sam.lm import Block as LMBlock
+
+    kinds: tuple[type, ...] = (EncoderBlock, LMBlock, Connector) if connector else (EncoderBlock, LMBlock)
+    return (m for m in module.modules() if isinstance(m, kinds))
 
 
 def train_step(
@@ -667,14 +686,12 @@ def train_stage(
         module = model
     module.train()
     count_tokens = patch_tokens(model.audio_tower) if encoder_stage else lm_tokens
-    opt, sched = make_optimizer(module, stage, train, device)
-    trainable = [p for p in module.parameters() if p.requires_grad]
+    trainable_params(module, stage)  # refuse a stage that trains nothing before any work
 
-    fsdp = train.fsdp and dist.world_size > 1
     start, state = 0, load_latest(ckpt_dir, map_location="cpu")
     if state is not None:
-        # Under FSDP the optimizer is rebuilt on the shards below and restored there.
-        _restore(module, None if fsdp else opt, sched, state, dist)
+        # The weights now; the optimizer once it is built, over what trains (below).
+        _restore(module, state, dist)
         start = int(state["step"])
     log = StageLog(stage_dir, stage.name, start, dist.is_main)
 
@@ -684,16 +701,22 @@ def train_stage(
 
     net: nn.Module = module
     shard: nn.Module | None = None
-    if fsdp:
+    if train.fsdp and dist.world_size > 1:
         shard = net = fsdp_shard(module, dist)
-        opt, sched = make_optimizer(shard, stage, train, device)
-        trainable = [p for p in shard.parameters() if p.requires_grad]
-        if state is not None:
-            _restore_sharded_optimizer(opt, sched, state)
     elif dist.world_size > 1:
         net = DistributedDataParallel(
             module, device_ids=[dist.local_rank] if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True
         )
+    # One optimizer, over the parameters that train: FSDP's shards, else the module's own (DDP's).
+    trains = module if shard is None else shard
+    opt, sched = make_optimizer(trains, stage, train, device)
+    trainable = trainable_params(trains, stage)
+    if state is not None:
+        if shard is None:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        else:
+            _restore_sharded_optimizer(opt, sched, state)
     sampler = StreamSampler(len(data.train), stage.batch_size, stage_seed(train, stage_index), start * stage.grad_accum, dist.rank, dist.world_size)
     loader = iter(_loader(data, data.train, sampler, exp.data.num_workers, stage_seed(train, stage_index), pin=device.type == "cuda"))
 
@@ -789,14 +812,12 @@ def _checkpoint(
     dist.barrier()
 
 
-def _restore(module: nn.Module, opt, sched, state: dict[str, Any], dist: Dist) -> None:
+def _restore(module: nn.Module, state: dict[str, Any], dist: Dist) -> None:
+    """A checkpoint's weights into `module` (its optimizer and schedule are restored by the caller)."""
     missing = set(state["module"]) - set(module.state_dict())
     if missing:
         raise RuntimeError(f"checkpoint of stage {state.get('stage')} holds unknown weights, e.g. {sorted(missing)[0]}")
     module.load_state_dict(state["module"], strict=False)
-    if opt is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
     if len(state["rng"]) != dist.world_size:
         raise RuntimeError(f"checkpoint was written by {len(state['rng'])} processes; resume it with the same number (now {dist.world_size})")
 
@@ -829,15 +850,11 @@ def fsdp_shard(module: nn.Module, dist: Dist) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from sam.encoder import Block as EncoderBlock
-    from sam.lm import Block as LMBlock
-
     mesh = init_device_mesh(dist.device.type, (dist.world_size,))
     module.to("cpu")
     shard = copy.deepcopy(module).to(dist.device)
-    for m in shard.modules():
-        if isinstance(m, (EncoderBlock, LMBlock)):
-            fully_shard(m, mesh=mesh)
+    for m in blocks(shard):
+        fully_shard(m, mesh=mesh)
     fully_shard(shard, mesh=mesh)
     return shard
 

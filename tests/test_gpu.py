@@ -290,6 +290,9 @@ def test_compiled_blocks_give_eager_gradients(precision: str, graphed: bool) -> 
     finally:
         uncompile_blocks(compiled)
         torch._dynamo.reset()
+    from sam.mamba2 import _KERNEL_FUNCTIONS, _kernels
+
+    assert not any(hasattr(getattr(_kernels(), f), "_sam_raw") for f in _KERNEL_FUNCTIONS), "kernels left wrapped as opaque"
     assert len(ref_trainable) == len(grad_e) == len(grad_c) > 0
     bound = 1e-3 if precision == "fp32" else 3e-2
     assert abs(loss_c - loss_e) <= bound * abs(loss_e)

@@ -357,3 +357,24 @@ def test_train_step_rejects_a_micro_batch_without_labelled_tokens_before_running
     batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "labels": torch.full((1, 3), -100), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     with pytest.raises(ValueError, match="no labelled tokens"):
         train_step(torch.nn.Identity(), [batch], None, None, [], ExperimentConfig().train, Dist(), False)
+
+
+def test_uncompile_blocks_hands_back_the_unwrapped_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile_blocks wraps mamba_ssm's kernels as opaque to torch.compile; uncompile_blocks puts the
+    originals back, so an uncompiled model runs exactly as before. mamba_ssm is absent on CPU, so a
+    stand-in function plays its chunk scan (compile_blocks itself is refused on CPU)."""
+    import sam.mamba2 as mamba2
+    from sam.train import uncompile_blocks
+
+    def scan(*args: object) -> str:
+        return "scan"
+
+    monkeypatch.setattr(mamba2, "_KERNELS", mamba2._Kernels(chunk_scan=scan))
+    block = torch.nn.Linear(2, 2)
+    block.forward = torch.compile(block.forward)  # as compile_blocks does, lazily (nothing compiles here)
+    mamba2.opaque_kernels(True)  # as compile_blocks does
+    wrapped = mamba2._kernels().chunk_scan
+    assert wrapped is not scan and wrapped._sam_raw is scan and wrapped() == "scan"
+    uncompile_blocks([block])
+    assert mamba2._kernels().chunk_scan is scan
+    assert "forward" not in vars(block)
