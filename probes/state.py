@@ -8,8 +8,9 @@ We report d_t = ||h_t - h_{t-1}||_F, ||h_{t-1}||_F and their ratio without ever 
 with c_t = x_t^T h_{t-1} B_t, an SSD read-out of the previous state with C replaced by B. `update_stats`
 computes c_t in chunks (a masked quadratic form inside a chunk plus one state per chunk, as in the
 Mamba-2 SSD algorithm) and the scalar norm recurrence the same way, so extra memory is one layer's
-chunk states; `update_stats_ref` steps the recurrence token by token and is what the tests compare
-against.
+chunk states; on float32 CUDA tensors it runs fused Triton kernels instead (`probes.triton_state`,
+the same closed form with the chunk states kept on chip) when triton is installed.
+`update_stats_ref` steps the recurrence token by token and is what the tests compare against.
 
 x, B, dt come from the model itself: a forward hook on each mixer's `in_proj` (its output, so a
 peft LoRA wrapper at that path is included) recomputes the causal conv1d, SiLU, the split into
@@ -49,9 +50,12 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float64 if torch.device(device).type == "cpu" else torch.float32
 
 
-def default_chunk_size(device: torch.device | str) -> int:
-    """Probe chunk length when none is given: 32 on CPU, 64 on accelerators (fastest measured on an H100)."""
-    return 32 if torch.device(device).type == "cpu" else 64
+def default_chunk_size(device: torch.device | str, backend: str = "torch") -> int:
+    """Probe chunk length when none is given: 32 on CPU, 64 on accelerators (fastest measured on an H100).
+
+    The Triton kernels take 32 (up to 32, ptxas fits them in sm_90 registers without spilling).
+    """
+    return 32 if torch.device(device).type == "cpu" or backend == "triton" else 64
 
 
 @contextlib.contextmanager
@@ -219,15 +223,45 @@ def _scan_chunks(log_decay: Tensor, values: Tensor, block: int) -> Tensor:
     return starts
 
 
-def update_stats(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None) -> tuple[Tensor, Tensor]:
+BACKENDS = ("auto", "torch", "triton")
+
+
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    """'torch' or 'triton' for tensors of this device and dtype.
+
+    'auto' is the fused Triton kernels (`probes.triton_state`) for float32 CUDA tensors when triton
+    imports, else PyTorch; 'triton' refuses, with the reason, what the kernels cannot run.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "torch" or (backend == "auto" and (device.type != "cuda" or dtype != torch.float32)):
+        return "torch"
+    from .triton_state import unavailable_reason
+
+    reason = unavailable_reason(device, dtype)
+    if reason and backend == "triton":
+        raise RuntimeError(f"backend='triton': {reason}")
+    return "torch" if reason else "triton"
+
+
+def update_stats(
+    x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """Exact (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], in chunks of `chunk_size` tokens.
 
-    Work is about one SSD pass (batched matmuls over chunks); memory is O(b T H chunk_size) plus
-    one [headdim, d_state] state per head and chunk. The states carried between chunks are solved
-    `scan_block` chunks per step (default: 64 on GPUs, where each step's launches dominate; 8 on
-    CPU, where the block's matmul work does).
+    `backend` (see `resolve_backend`): 'triton' runs the fused kernels of `probes.triton_state`
+    (float32; the per-chunk states stay on chip), 'torch' the PyTorch code below. On the PyTorch
+    path work is about one SSD pass (batched matmuls over chunks); memory is O(b T H chunk_size)
+    plus one [headdim, d_state] state per head and chunk. The states carried between chunks are
+    solved `scan_block` chunks per step (default: 64 on GPUs, where each step's launches dominate;
+    8 on CPU, where the block's matmul work does).
     """
     b, T, H, P, G, N = _check(x, B, dt, A)
+    if resolve_backend(backend, x.device, x.dtype) == "triton":
+        from .triton_state import update_stats_triton
+
+        return update_stats_triton(x, B, dt, A, chunk_size)
     scan_block = int(scan_block or (8 if x.device.type == "cpu" else 64))
     if scan_block < 1:
         raise ValueError(f"scan_block must be >= 1, got {scan_block}")
@@ -347,15 +381,20 @@ def state_updates(
     dtype: torch.dtype | None = None,
     chunk_size: int | None = None,
     reference: bool = False,
+    backend: str = "auto",
 ) -> StateUpdates:
     """Run `model` once on `inputs` and compute per-layer state-update tensors inside the hooks.
 
     Each layer's numbers are computed as its in_proj fires, so only [batch, T, heads] results are
     kept. `dtype` is the probe's arithmetic and `chunk_size` its chunk length; None means
-    `default_dtype` / `default_chunk_size` of the layer's device (float64 and 32 tokens on CPU,
-    float32 and 64 tokens on GPUs). `reference=True` uses the token-by-token recurrence (slow; for
-    tests).
+    `default_dtype` / `default_chunk_size` of the layer's device and backend (float64 and 32 tokens
+    on CPU, float32 and 64 tokens on GPUs, 32 through the Triton kernels). `backend` picks the
+    closed form's implementation (`resolve_backend`: by default the fused Triton kernels for float32
+    on CUDA when triton imports, else PyTorch). `reference=True` uses the token-by-token recurrence
+    (slow; for tests).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     mixers = mamba2_mixers(model, layers)
     masks: dict[int, Tensor | None] = {}
     distance: dict[int, Tensor] = {}
@@ -379,8 +418,11 @@ def state_updates(
                 raise RuntimeError(f"layer {layer}'s in_proj ran twice in one forward; state distances need one full-sequence forward (no step decoding)")
             with torch.no_grad(), torch.autocast(output.device.type, enabled=False), _ieee_matmul():
                 x, B, dt, A = ssm_inputs(mixer, output.detach(), masks.get(layer), dtype or default_dtype(output.device))
-                fn = update_stats_ref if reference else update_stats
-                d, s = fn(x, B, dt, A) if reference else fn(x, B, dt, A, chunk_size or default_chunk_size(output.device))
+                if reference:
+                    d, s = update_stats_ref(x, B, dt, A)
+                else:
+                    use = resolve_backend(backend, x.device, x.dtype)
+                    d, s = update_stats(x, B, dt, A, chunk_size or default_chunk_size(x.device, use), backend=use)
             distance[layer], state_norm[layer] = d, s
             seq["batch"], seq["length"] = output.shape[0], output.shape[1]
 
@@ -403,7 +445,8 @@ def state_updates(
 
 
 def state_update_distance(
-    model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *, dtype: torch.dtype | None = None, chunk_size: int | None = None
+    model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *,
+    dtype: torch.dtype | None = None, chunk_size: int | None = None, backend: str = "auto",
 ) -> pd.DataFrame:
     """Exact state-update distances of every (selected) Mamba-2 layer, head and audio token, tidy.
 
@@ -412,9 +455,9 @@ def state_update_distance(
     each sequence's span (`span`, else `model.audio_span(inputs)`, else the attention mask's
     non-padding region, else the whole sequence); `position` counts from the span start.
     Arithmetic: `dtype`, else float64 on CPU and float32 on GPUs (`default_dtype`; float32 stays
-    within ~3e-5 relative error of float64, measured).
+    within ~3e-5 relative error of float64, measured). `backend`: see `state_updates`.
     """
-    return state_updates(model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size).to_frame()
+    return state_updates(model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size, backend=backend).to_frame()
 
 
 def state_update_distance_ref(model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None) -> pd.DataFrame:

@@ -1,0 +1,222 @@
+"""Fused Triton kernels for `probes.state.update_stats`: the same exact closed form, without the per-chunk state tensors.
+
+The quantities are those of `probes.state` (per layer, head and token t, h_t = a_t h_{t-1} + dt_t x_t B_t^T):
+    c_t       = x_t^T h_{t-1} B_t
+    ||h_{t-1}||^2 = exp(2 L_{t-1}) ||S||^2 + sum_{s<t} exp(2 (L_{t-1} - L_s)) beta_s,
+                beta_s = 2 a_s dt_s c_s + dt_s^2 ||x_s||^2 ||B_s||^2
+    ||dh_t||^2 = (a_t - 1)^2 ||h_{t-1}||^2 + 2 (a_t - 1) dt_t c_t + dt_t^2 ||x_t||^2 ||B_t||^2
+where S is the state entering t's chunk and L the log-decay summed inside the chunk (L_{-1} = 0).
+Two kernels compute them, every matmul in IEEE float32 (`tl.dot(..., input_precision="ieee")`,
+never TF32), so the error stays that of the PyTorch float32 path:
+
+1. `_carry_kernel`, one program per (batch, head, [BP x BN] tile of the [headdim, d_state] state),
+   walks the chunks in order holding its state tile in registers. Per chunk it writes the tile's
+   share of the read-out of the incoming state, exp(L_{t-1}) x_t^T S B_t, and of ||S||^2, then
+   advances S = exp(L_end) S + sum_s exp(L_end - L_s) dt_s x_s B_s^T. Both shares are sums over the
+   state's entries, so the tiles split them exactly and the states never go to global memory.
+2. `_chunk_kernel`, one program per (batch, head, chunk), adds the intra-chunk part of c_t,
+   sum_{s<t} exp(L_{t-1} - L_s) dt_s (x_t . x_s)(B_t . B_s), sums the tiles' shares, runs the norm
+   recurrence of its chunk from ||S||^2 (a [Q, Q] matrix-vector product, so no error accumulates
+   from chunk to chunk) and writes ||dh_t||_F and ||h_{t-1}||_F.
+
+B_t . B_s is shared by the heads of a group and comes from one batched PyTorch matmul (TF32 off);
+a_t - 1 is torch.expm1 of dt_t A (the kernels' exp would lose its low digits for small dt_t A).
+
+Triton is optional: `available()` says whether it imports. On CPU tensors the kernels run only
+under Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which the tests use.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as exc:  # the library works without triton: update_stats falls back to PyTorch
+    triton = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    _IMPORT_ERROR = ""
+
+# Tile of the [headdim, d_state] state each `_carry_kernel` program keeps, and the warps of each
+# kernel. More tiles give more programs to fill the GPU (one per batch x head x tile); the tiles
+# split the work without repeating any. With 32 x 32 tiles, chunks of up to 32 tokens and 8 warps
+# neither kernel spills registers on sm_90 (ptxas; their speed is what the benchmark measures).
+BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 8, 8
+
+
+def available() -> bool:
+    """Whether triton imports (the kernels then run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
+    return triton is not None
+
+
+def interpreted() -> bool:
+    """Whether Triton's interpreter is on (kernels on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str:
+    """Why the Triton path cannot run on tensors of this device and dtype ('' when it can)."""
+    if triton is None:
+        return f"triton is not importable ({_IMPORT_ERROR}); install triton or use backend='torch'"
+    if dtype != torch.float32:
+        return f"the Triton path computes in float32 only, got {dtype}; use backend='torch' for other dtypes"
+    if device.type != "cuda" and not interpreted():
+        return f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported), got {device.type}"
+    return ""
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    """tl.arange needs powers of two and tl.dot sides of at least 16."""
+    return max(least, 1 << max(0, int(n) - 1).bit_length())
+
+
+if triton is not None:
+
+    @triton.jit
+    def _shift(v, offs):
+        """[v_{-1} = 0, v_0, ..., v_{n-2}]: an exact copy (L_{t-1} - L_{t-1} must be exactly 0, which L_t - la_t is not)."""
+        return tl.sum(tl.where(offs[:, None] - 1 == offs[None, :], v[None, :], 0.0), 1)
+
+    @triton.jit
+    def _carry_kernel(
+        x_ptr, b_ptr, dt_ptr, la_ptr, cin_ptr, snorm_ptr,
+        T, Q, nchunks, P, N, heads_per_group, n_tiles_n, n_tiles, padded_T,
+        sxb, sxt, sxh, sxp, sbb, sbt, sbg, sbn, sdb, sdt, sdh,
+        BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, STATIC_CHUNKS: tl.constexpr,
+    ):
+        tile, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        g = h // heads_per_group
+        offs_p = (tile // n_tiles_n) * BP + tl.arange(0, BP)
+        offs_n = (tile % n_tiles_n) * BN + tl.arange(0, BN)
+        offs_q = tl.arange(0, BQ)
+        x_base = x_ptr + bi * sxb + h * sxh + offs_p[:, None] * sxp
+        b_base = b_ptr + bi * sbb + g * sbg + offs_n[None, :] * sbn
+        d_off = bi * sdb + h * sdh
+        out = (bi * tl.num_programs(1) + h) * n_tiles + tile  # row of this (batch, head, tile)
+        state = tl.zeros((BP, BN), dtype=tl.float32)
+        # STATIC_CHUNKS > 0 only under the interpreter, whose range() cannot take a runtime bound (numpy >= 2.4).
+        for ci in range(0, STATIC_CHUNKS if STATIC_CHUNKS > 0 else nchunks):
+            t = ci * Q + offs_q
+            valid = (offs_q < Q) & (t < T)
+            la = tl.load(la_ptr + d_off + t * sdt, mask=valid, other=0.0)  # log a_t = dt_t A
+            dt = tl.load(dt_ptr + d_off + t * sdt, mask=valid, other=0.0)
+            xt = tl.load(x_base + t[None, :] * sxt, mask=(offs_p[:, None] < P) & valid[None, :], other=0.0)  # [BP, BQ]
+            bt = tl.load(b_base + t[:, None] * sbt, mask=valid[:, None] & (offs_n[None, :] < N), other=0.0)  # [BQ, BN]
+            lam = tl.cumsum(la, 0)  # L_t; padding adds 0, so the last entry is the chunk's total
+            lam_prev = _shift(lam, offs_q)
+            lam_end = tl.sum(tl.where(offs_q == BQ - 1, lam, 0.0), 0)
+            tl.store(snorm_ptr + out * nchunks + ci, tl.sum(tl.sum(state * state, 1), 0))
+            read = tl.dot(state, tl.trans(bt), input_precision="ieee")  # [BP, BQ]: S B_t
+            tl.store(cin_ptr + out * padded_T + t, tl.sum(xt * read, 0) * tl.exp(lam_prev), mask=valid)
+            w = tl.exp(lam_end - lam) * dt
+            state = state * tl.exp(lam_end) + tl.dot(xt * w[None, :], bt, input_precision="ieee")
+
+    @triton.jit
+    def _chunk_kernel(
+        x_ptr, dt_ptr, la_ptr, am1_ptr, gram_ptr, cin_ptr, snorm_ptr, dist_ptr, norm_ptr,
+        T, Q, nchunks, P, heads_per_group, n_groups, n_tiles, padded_T,
+        sxb, sxt, sxh, sxp, sdb, sdt, sdh,
+        BQ: tl.constexpr, BPF: tl.constexpr, BT: tl.constexpr,
+    ):
+        ci, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        g = h // heads_per_group
+        offs_q = tl.arange(0, BQ)
+        offs_p = tl.arange(0, BPF)
+        offs_k = tl.arange(0, BT)
+        t = ci * Q + offs_q
+        valid = (offs_q < Q) & (t < T)
+        d_off = bi * sdb + h * sdh + t * sdt
+        la = tl.load(la_ptr + d_off, mask=valid, other=0.0)
+        dt = tl.load(dt_ptr + d_off, mask=valid, other=0.0)
+        am1 = tl.load(am1_ptr + d_off, mask=valid, other=0.0)  # a_t - 1
+        x = tl.load(
+            x_ptr + bi * sxb + h * sxh + t[:, None] * sxt + offs_p[None, :] * sxp,
+            mask=valid[:, None] & (offs_p[None, :] < P), other=0.0,
+        )  # [BQ, BPF]
+        gram_x = tl.dot(x, tl.trans(x), input_precision="ieee")  # x_t . x_s
+        in_q = offs_q < Q
+        gram_b = tl.load(
+            gram_ptr + ((bi * n_groups + g) * nchunks + ci) * Q * Q + offs_q[:, None] * Q + offs_q[None, :],
+            mask=in_q[:, None] & in_q[None, :], other=0.0,
+        )  # B_t . B_s
+        lam = tl.cumsum(la, 0)
+        lam_prev = _shift(lam, offs_q)
+        strict = offs_q[:, None] > offs_q[None, :]  # s < t
+        decay = tl.where(strict, tl.exp(tl.where(strict, lam_prev[:, None] - lam[None, :], 0.0)), 0.0)
+        cross = tl.sum(decay * gram_x * gram_b * dt[None, :], 1)
+        rows = (bi * tl.num_programs(1) + h) * n_tiles + offs_k  # this head's tiles
+        in_k = offs_k < n_tiles
+        cross += tl.sum(tl.load(cin_ptr + rows[None, :] * padded_T + t[:, None], mask=valid[:, None] & in_k[None, :], other=0.0), 1)
+        start_norm2 = tl.sum(tl.load(snorm_ptr + rows * nchunks + ci, mask=in_k, other=0.0), 0)
+        diag = offs_q[:, None] == offs_q[None, :]
+        sq = dt * dt * tl.sum(x * x, 1) * tl.sum(tl.where(diag, gram_b, 0.0), 1)  # dt^2 ||x||^2 ||B||^2
+        beta = 2.0 * tl.exp(la) * dt * cross + sq
+        prev2 = tl.exp(2.0 * lam_prev) * start_norm2 + tl.sum(decay * decay * beta[None, :], 1)
+        dist2 = am1 * am1 * prev2 + 2.0 * am1 * dt * cross + sq
+        # Round-off can push an exact-zero square a few ulps below 0.
+        tl.store(dist_ptr + d_off, tl.sqrt(tl.maximum(dist2, 0.0)), mask=valid)
+        tl.store(norm_ptr + d_off, tl.sqrt(tl.maximum(prev2, 0.0)), mask=valid)
+
+
+def update_stats_triton(
+    x: Tensor,
+    B: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    chunk_size: int = 32,
+    block_p: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`probes.state.update_stats` through the fused kernels: (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], float32.
+
+    x [b,T,H,P], B [b,T,G,N], dt [b,T,H], A [H], all float32 on one CUDA device (or CPU under the
+    interpreter); x and B may be strided views. `block_p` x `block_n` is the state tile of one carry
+    program and `num_warps` its warps (defaults: the module's BLOCK_P, BLOCK_N, CARRY_WARPS; tiles
+    are clipped to the state and must be powers of two >= 16).
+    """
+    from .state import _check, _ieee_matmul
+
+    b, T, H, P, G, N = _check(x, B, dt, A)
+    reason = unavailable_reason(x.device, x.dtype)
+    if reason:
+        raise RuntimeError(reason)
+    if not (B.dtype == dt.dtype == A.dtype == x.dtype) or len({x.device, B.device, dt.device, A.device}) != 1:
+        raise ValueError("x, B, dt and A must share one dtype and device")
+    Q = int(chunk_size)
+    if Q < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    bp, bn = _pow2(min(block_p or BLOCK_P, P)), _pow2(min(block_n or BLOCK_N, N))
+    if bp != (block_p or bp) or bn != (block_n or bn):
+        raise ValueError(f"block_p and block_n must be powers of two >= 16, got {block_p}, {block_n}")
+    c = -(-T // Q)
+    padded_T = c * Q
+    la = (dt * A).contiguous()  # log a_t
+    am1 = torch.expm1(la)
+    dt = dt.contiguous()
+    with _ieee_matmul():  # B_t . B_s per group and chunk: [b, G, c, Q, Q]
+        bc = F.pad(B, (0, 0, 0, 0, 0, padded_T - T)).reshape(b, c, Q, G, N).permute(0, 3, 1, 2, 4)
+        gram_b = (bc @ bc.transpose(-1, -2)).contiguous()
+    n_tiles_n = -(-N // bn)
+    n_tiles = -(-P // bp) * n_tiles_n
+    cin = torch.empty(b, H, n_tiles, padded_T, dtype=x.dtype, device=x.device)
+    snorm = torch.empty(b, H, n_tiles, c, dtype=x.dtype, device=x.device)
+    dist, norm = torch.empty_like(dt), torch.empty_like(dt)
+    BQ, R = _pow2(Q), H // G
+    _carry_kernel[(n_tiles, H, b)](
+        x, B, dt, la, cin, snorm,
+        T, Q, c, P, N, R, n_tiles_n, n_tiles, padded_T,
+        *x.stride(), *B.stride(), *dt.stride(),
+        BQ=BQ, BP=bp, BN=bn, STATIC_CHUNKS=c if interpreted() else 0, num_warps=num_warps or CARRY_WARPS,
+    )
+    _chunk_kernel[(c, H, b)](
+        x, dt, la, am1, gram_b, cin, snorm, dist, norm,
+        T, Q, c, P, R, G, n_tiles, padded_T,
+        *x.stride(), *dt.stride(),
+        BQ=BQ, BPF=_pow2(P), BT=_pow2(n_tiles, 1), num_warps=CHUNK_WARPS,
+    )
+    return dist, norm
