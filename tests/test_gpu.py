@@ -137,6 +137,45 @@ def test_state_update_distance_on_kernel_model_equals_recurrence() -> None:
         assert err < bound, (dtype, err)
 
 
+@pytest.mark.parametrize("ngroups", [1, 4])
+def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int) -> None:
+    """probes.triton_state (float32, IEEE dots) against the PyTorch closed form in float64, on strided
+    x/B views as ssm_inputs makes them, T not a multiple of any chunk, and through a kernel-path model."""
+    pytest.importorskip("triton")
+    import torch.nn.functional as F
+
+    import probes
+    from probes.state import state_update_distance_ref, update_stats
+
+    g = torch.Generator(device="cuda").manual_seed(ngroups)
+    b, T, H, P, N = 2, 3001, 16, 64, 128
+    xb = torch.randn(b, T, H * P + ngroups * N, device="cuda", dtype=torch.float64, generator=g)
+    x, B = xb[..., : H * P].view(b, T, H, P), xb[..., H * P :].view(b, T, ngroups, N)
+    dt = F.softplus(torch.randn(b, T, H, device="cuda", dtype=torch.float64, generator=g) - 3)
+    A = -torch.rand(H, device="cuda", dtype=torch.float64, generator=g) * 16
+    want_d, want_n = update_stats(x, B, dt, A, 32, backend="torch")
+    x32, B32 = xb.float()[..., : H * P].view(b, T, H, P), xb.float()[..., H * P :].view(b, T, ngroups, N)
+    for chunk in (16, 32, 64):
+        d, n = update_stats(x32, B32, dt.float(), A.float(), chunk, backend="triton")
+        assert d.dtype == torch.float32 and (n[:, 0] == 0).all()
+        assert float(((d.double() - want_d).abs() / want_d).max()) < 1e-4, chunk
+        assert float(((n[:, 1:].double() - want_n[:, 1:]).abs() / want_n[:, 1:]).max()) < 1e-4, chunk
+
+    _kernels_or_skip()
+    from sam.lm import MambaLM
+
+    torch.manual_seed(5)
+    lm = MambaLM(_cfg(n_layer=2, ngroups=ngroups, headdim=64, d_state=128)).cuda().eval()
+    ids = torch.randint(0, 512, (2, 300), device="cuda")
+    span = torch.tensor([[10, 290], [30, 300]], device="cuda")
+    keys = ["clip", "layer", "head", "position"]
+    ref = state_update_distance_ref(lm, {"input_ids": ids}, span=span).sort_values(keys).reset_index(drop=True)
+    fast = probes.state_update_distance(lm, {"input_ids": ids}, span=span, backend="triton").sort_values(keys).reset_index(drop=True)
+    assert len(fast) == len(ref) > 0
+    for col in ("distance", "state_norm"):
+        assert ((fast[col] - ref[col]).abs() / ref[col].abs().clip(lower=1e-30)).max() < 1e-4, col
+
+
 def test_sam_generate_on_cuda_batched_equals_single() -> None:
     from sam.config import preset
     from sam.model import SAM
