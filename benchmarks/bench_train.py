@@ -3,12 +3,15 @@
 Times `sam.train.train_step` (the trainer's own step: autocast, loss weighting, clipping, AdamW)
 on real corpus batches collated once up front, so data loading is not measured. FLOPs per step are
 counted with `torch.utils.flop_counter.FlopCounterMode` on the pure-PyTorch kernel path (the
-Triton SSD kernels are custom ops the counter cannot see); the same step is then timed on the
-fastest path. The peak is a large bf16 matmul (fp32 on CPU) measured in the same process.
+Triton SSD kernels are custom ops the counter cannot see), with the LM head on the labelled
+positions only, the FLOPs a step needs (`count_flops`; the count with the head on every position is
+reported beside it); the same step is then timed on the fastest path. The peak is a large bf16
+matmul (fp32 on CPU) measured in the same process.
 
     python benchmarks/bench_train.py                                   # cpu preset, 2 cores
     python benchmarks/bench_train.py --device cuda --lm 780m --encoder base --preset gpu
     python benchmarks/bench_train.py --device cuda ... --variants eager,graph --profile
+    python benchmarks/bench_train.py --device cuda ... --variants compile-graph,compile-chunk128-graph,compile-chunk64-graph,compile-graph-labelhead,compile-chunk128-graph-labelhead
 
 `--variants` times several ways of running the same step one after another on the same model and
 batches (eager; `graph` = the trainer's `train.cuda_graphs`; torch.compile experiments), so their
@@ -37,16 +40,21 @@ sys.path.insert(0, str(REPO))
 
 from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset  # noqa: E402
 from sam.prompt import IGNORE_INDEX  # noqa: E402
-from sam.train import CudaGraphs, Dist, compile_blocks, is_encoder_stage, lm_tokens, make_optimizer, seed_all, train_step, uncompile_blocks  # noqa: E402
+from sam.mamba2 import set_ssd_chunk_size  # noqa: E402
+from sam.model import label_positions  # noqa: E402
+from sam.train import CudaGraphs, Dist, audio_lm_tokens, compile_blocks, is_encoder_stage, make_optimizer, seed_all, train_step, uncompile_blocks  # noqa: E402
 
 # name -> how the step runs. compile: torch.compile mode of `sam.train.compile_blocks` (None = eager;
 # "default" = the trainer's `train.compile`); kernels: Mamba-2 kernel dispatch ("" = default, "torch"
 # = sam.ssd); traced: let Dynamo trace into mamba_ssm's kernels instead of keeping them opaque;
-# chunk: SSD chunk length at run time (0 = the model's); graph: replay forward + backward as CUDA
-# graphs (train.cuda_graphs, sam.train.CudaGraphs). `compile` and `compile-graph` are what the
-# trainer offers (train.compile, + train.cuda_graphs); the others are timing experiments.
+# chunk: SSD chunk length at run time (train.ssd_chunk_size; 0 = the model's); graph: replay forward
+# + backward as CUDA graphs (train.cuda_graphs, sam.train.CudaGraphs); labelhead: batches carry
+# label_positions, so the LM head and loss run on the labelled positions only (what the trainer's
+# SAM stages do; without it, the head runs on every position). `compile`, `compile-graph`, the
+# chunk and labelhead variants are what the trainer offers; the others are timing experiments.
 VARIANTS: dict[str, dict[str, Any]] = {
     "eager": {},
+    "labelhead": {"labelhead": True},
     "compile": {"compile": "default"},  # train.compile=true
     "compile-torchssd": {"compile": "default", "kernels": "torch"},
     "compile-ro": {"compile": "reduce-overhead"},
@@ -55,7 +63,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile-chunk128": {"compile": "default", "chunk": 128},
     "graph": {"graph": True},  # train.cuda_graphs=true
     "compile-graph": {"compile": "default", "graph": True},  # train.compile=true train.cuda_graphs=true
-    "compile-chunk128-graph": {"compile": "default", "chunk": 128, "graph": True},
+    "compile-chunk128-graph": {"compile": "default", "chunk": 128, "graph": True},  # + train.ssd_chunk_size=128
+    "compile-chunk64-graph": {"compile": "default", "chunk": 64, "graph": True},
+    "compile-graph-labelhead": {"compile": "default", "graph": True, "labelhead": True},
+    "compile-chunk128-graph-labelhead": {"compile": "default", "chunk": 128, "graph": True, "labelhead": True},
+    "compile-chunk64-graph-labelhead": {"compile": "default", "chunk": 64, "graph": True, "labelhead": True},
 }
 
 
@@ -121,6 +133,40 @@ def step_flops(step: Any) -> int:
     finally:
         Mamba2Mixer.kernels = previous
     return int(counter.get_total_flops())
+
+
+def count_flops(model: Any, batch: dict[str, torch.Tensor], step: Any) -> dict[str, int]:
+    """FLOPs of one training step on `batch` (`step(batch)` runs it): `needed`, with the LM head on
+    the labelled positions only (what a labelhead variant and the trainer compute), and `full_head`,
+    with the head on every position of the [audio][text] sequence (what the other variants compute,
+    and what results before the labelhead path counted); `labelled` and `positions` say how many
+    positions the head covers in each.
+
+    Counted on the PyTorch path, whose quadratic chunk tensors would not fit at full batch on big
+    shapes: one clip of the (equal-length, padded) batch, scaled by the batch size. The head's cost
+    per position is the difference between that clip's step with the head everywhere and with the
+    head on its labelled positions only, so `needed` = `full_head` - that cost x the unlabelled
+    positions of the whole batch. The SSD is counted at its default chunk size for every variant
+    (smaller chunks do somewhat fewer intra-chunk FLOPs; one count keeps MFU proportional to speed)."""
+    b = int(batch["fbank"].shape[0])
+    one = {k: v[:1] for k, v in batch.items()}
+    per_clip = model.num_audio_tokens(int(batch["fbank"].shape[1])) + int(batch["input_ids"].shape[1])
+    labelled_one = int((one["labels"] != IGNORE_INDEX).sum())
+    full = step_flops(lambda: step(one))
+    head_only = step_flops(lambda: step({**one, "label_positions": label_positions(one["labels"], bucket=1)}))
+    per_position = (full - head_only) / (per_clip - labelled_one)
+    labelled = int((batch["labels"] != IGNORE_INDEX).sum())
+    return {"full_head": b * full, "needed": int(b * full - per_position * (b * per_clip - labelled)), "labelled": labelled, "positions": b * per_clip}
+
+
+def _flops_text(r: dict[str, Any]) -> str:
+    if "flops_per_step_full_head" not in r:  # a result written before the labelhead path
+        return f"{r['flops_per_step'] / 1e12:.3f} TFLOP (FlopCounterMode, PyTorch path)"
+    pos = r["head_positions"]
+    return (f"{r['flops_per_step'] / 1e12:.3f} TFLOP needed: FlopCounterMode on the PyTorch path (SSD at its default chunk size), "
+            f"LM head on the {pos['labelled']} labelled positions only; MFU counts these for every variant. "
+            f"{r['flops_per_step_full_head'] / 1e12:.3f} TFLOP with the head on all {pos['all']} positions, as variants "
+            "without labelhead compute it and earlier results counted ('full-head count')")
 
 
 def regroup(host: list[dict[str, torch.Tensor]], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
@@ -269,22 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     batches = [{k: v.pin_memory() if device.type == "cuda" else v for k, v in b.items()} for b in host]
     batch_size = int(batches[0]["fbank"].shape[0])
     dist = Dist(device=device)
-    counted: list[int] = []
-
-    # FLOPs are counted on the PyTorch path, whose quadratic chunk tensors would not fit at full
-    # batch on big shapes: count one clip of the (equal-length, padded) batch and scale.
-    one = [{k: v[:1] for k, v in batches[0].items()}]
-    flops = batch_size * step_flops(lambda: counted.append(
-        train_step(model, one, opt, sched, trainable, exp.train, dist, False, lm_tokens)[2]))
-
-    from sam.mamba2 import Mamba2Mixer
+    count_tokens = audio_lm_tokens(model)
+    counts = count_flops(model, batches[0], lambda b: train_step(model, [b], opt, sched, trainable, exp.train, dist, False, count_tokens))
+    flops = counts["needed"]
+    # The labelhead variants' batches: label_positions as the trainer's collate adds them.
+    labelled = [{**b, "label_positions": label_positions(b["labels"])} for b in host]
+    labelled = [{k: v.pin_memory() if device.type == "cuda" else v for k, v in b.items()} for b in labelled]
 
     measured: dict[str, dict[str, Any]] = {}
     profile_dir = Path(args.out) / f"{args.name or _default_name(args, device)}_profile" if args.profile else None
-    from sam.mamba2 import opaque_kernels
+    from sam.mamba2 import Mamba2Mixer, opaque_kernels
 
-    mixers = [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
-    chunk0 = mixers[0].chunk_size
     for name in names:
         spec = VARIANTS[name]
         mode = spec.get("compile")
@@ -292,15 +333,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--variants {name}: compiled and graphed variants are for CUDA")
         previous = getattr(Mamba2Mixer, "kernels", "")
         Mamba2Mixer.kernels = spec.get("kernels", "")
-        for m in mixers:
-            m.chunk_size = spec.get("chunk") or chunk0
+        set_ssd_chunk_size(model, spec.get("chunk", 0))  # train.ssd_chunk_size
+        steps = labelled if spec.get("labelhead") else batches
         compiled = compile_blocks(model, device, mode=None if mode == "default" else mode) if mode else []
         # Compiled variants run mamba_ssm's kernels between compiled regions unless "traced".
         opaque_kernels(bool(mode) and not spec.get("traced"))
         graphs = CudaGraphs(model, trainable, exp.train, device) if spec.get("graph") else None  # train.cuda_graphs
 
         def step(i: int) -> tuple[float, float, int]:
-            return train_step(model, [batches[i % len(batches)]], opt, sched, trainable, exp.train, dist, False, lm_tokens, graphs)
+            return train_step(model, [steps[i % len(steps)]], opt, sched, trainable, exp.train, dist, False, count_tokens, graphs)
 
         try:
             t_warm = time.perf_counter()
@@ -332,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             uncompile_blocks(compiled)
             Mamba2Mixer.kernels = previous
-            for m in mixers:
-                m.chunk_size = chunk0
+            set_ssd_chunk_size(model, 0)
             opaque_kernels(False)
             graphs = None
             opt.zero_grad(set_to_none=True)
@@ -366,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": tokens_per_step / seconds,
         "tokens_per_step": tokens_per_step,
         "flops_per_step": flops,
+        "flops_per_step_full_head": counts["full_head"],
+        "head_positions": {"labelled": counts["labelled"], "all": counts["positions"]},
         "achieved_tflops": flops / seconds / 1e12,
         "peak_tflops": peak / 1e12,
         "peak_kind": f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul, measured here",
@@ -378,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {
             v: m if "error" in m else {
                 **m, "clips_per_s": batch_size / m["seconds_per_step"], "mfu": flops / m["seconds_per_step"] / peak,
+                "mfu_full_head_count": counts["full_head"] / m["seconds_per_step"] / peak,
                 "speedup_vs": first, "speedup": ok[first]["seconds_per_step"] / m["seconds_per_step"]}
             for v, m in measured.items()
         },
@@ -437,7 +480,7 @@ def _markdown(r: dict[str, Any]) -> str:
         ("batch", f"{r['batch_size']} clips, {r['tokens_per_step']:.0f} LM tokens"),
         ("step time (fastest / median)", f"{r['seconds_per_step'] * 1e3:.1f} / {r['seconds_per_step_median'] * 1e3:.1f} ms"),
         ("throughput (fastest step)", f"{r['clips_per_s']:.2f} clips/s, {r['tokens_per_s']:.0f} tokens/s"),
-        ("FLOPs per step", f"{r['flops_per_step'] / 1e12:.3f} TFLOP (FlopCounterMode, PyTorch path)"),
+        ("FLOPs per step", _flops_text(r)),
         ("achieved / peak", f"{r['achieved_tflops']:.2f} / {r['peak_tflops']:.1f} TFLOP/s ({r['peak_kind']})"),
         ("MFU", f"{100 * r['mfu']:.1f} % ({r['variant']})"),
     ]
@@ -445,8 +488,9 @@ def _markdown(r: dict[str, Any]) -> str:
         if "error" in m:
             rows.append((f"variant {v}", f"failed: {_cell(m['error'], 200)}"))
             continue
+        full = f" ({100 * m['mfu_full_head_count']:.1f} % by the full-head count)" if "mfu_full_head_count" in m else ""
         rows.append((f"variant {v}", f"{m['seconds_per_step'] * 1e3:.1f} / {m['seconds_per_step_median'] * 1e3:.1f} ms, "
-                     f"{m['clips_per_s']:.1f} clips/s, MFU {100 * m['mfu']:.1f} %, {m['speedup']:.2f}x vs {m['speedup_vs']} "
+                     f"{m['clips_per_s']:.1f} clips/s, MFU {100 * m['mfu']:.1f} %{full}, {m['speedup']:.2f}x vs {m['speedup_vs']} "
                      f"(warmup incl. compilation {m['warmup_seconds']:.0f} s)"))
         p = m.get("profile")
         if p:

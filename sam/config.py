@@ -178,6 +178,11 @@ class TrainConfig:
     # gradients and AdamW states live 1/world_size on each process. Same results as one process;
     # ignored in one process; never part of a config hash.
     fsdp: bool = False
+    # SSD chunk length of every Mamba-2 mixer while training (sam.mamba2.set_ssd_chunk_size): 0 = the
+    # model's own (lm.chunk_size on CUDA); else a power of two >= 16. The scan is exact for any chunk
+    # length, so this is speed only (sequences much shorter than lm.chunk_size waste most of each
+    # chunk); never part of a config hash.
+    ssd_chunk_size: int = 0
 
 
 @dataclass
@@ -478,7 +483,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 # Settings that change only how fast a run trains, not what it computes: left out of every hash, so
 # turning them on reuses (and names) the same cached runs.
-SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp")}
+SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp", "ssd_chunk_size")}
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:

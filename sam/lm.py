@@ -192,15 +192,22 @@ class MambaLM(nn.Module):
         attention_mask: Tensor | None = None,
         cache: MambaCache | None = None,
         num_last_tokens: int = 0,
+        logits_at: Tensor | None = None,
     ) -> LMOutput:
-        """Parallel forward over [B, L]. With `cache`, continues from it and advances it by L tokens."""
+        """Parallel forward over [B, L]. With `cache`, continues from it and advances it by L tokens.
+
+        `logits_at` [B, K] (positions in each row): the head runs only there, logits [B, K, vocab].
+        """
         h = self._embed(input_ids, inputs_embeds)
         if h.dim() != 3:
             raise ValueError(f"expected [batch, length] ids or [batch, length, d_model] embeddings, got shape {tuple(h.shape)}")
         hidden = self.backbone(h, attention_mask=attention_mask, cache=cache)
         if cache is not None:
             cache.seqlen_offset += h.shape[1]
-        head_in = hidden[:, -num_last_tokens:] if num_last_tokens > 0 else hidden
+        if logits_at is not None:
+            head_in = hidden.gather(1, logits_at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        else:
+            head_in = hidden[:, -num_last_tokens:] if num_last_tokens > 0 else hidden
         logits = self.lm_head(head_in.to(self.lm_head.weight.dtype))
         return LMOutput(logits=logits, hidden_states=hidden, cache=cache)
 

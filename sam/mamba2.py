@@ -119,6 +119,18 @@ def opaque_kernels(on: bool = True) -> None:
             setattr(k, name, raw)
 
 
+def set_ssd_chunk_size(module: nn.Module, chunk: int) -> None:
+    """Run every Mamba-2 mixer inside `module` with SSD chunks of `chunk` tokens (0: each mixer's
+    default again). A speed setting: the chunked scan is exact for any chunk length, and the
+    mixers' `chunk_size` (their config, saved with the model) is left alone."""
+    for m in module.modules():
+        if isinstance(m, Mamba2Mixer):
+            if chunk:
+                m.ssd_chunk_size = chunk
+            else:
+                vars(m).pop("ssd_chunk_size", None)
+
+
 def kernel_mode() -> str:
     """'torch' when forced by SAM_KERNELS=torch, else 'auto'."""
     mode = os.environ.get("SAM_KERNELS", "auto").strip().lower()
@@ -233,6 +245,10 @@ class Mamba2Mixer(nn.Module):
     """Mamba-2 SSM layer: in_proj -> causal depthwise conv + SiLU on xBC -> SSD scan -> gated RMSNorm -> out_proj."""
 
     kernels: str = ""  # "" -> SAM_KERNELS env; "torch" forces the PyTorch path on this instance
+    # SSD chunk length at run time, on every path (`set_ssd_chunk_size`; the trainer's
+    # train.ssd_chunk_size). 0: `chunk_size` on CUDA, CPU_CHUNK_SIZE on the CPU PyTorch path. The
+    # scan is exact for any chunk length, so this changes speed and float rounding only.
+    ssd_chunk_size: int = 0
 
     def __init__(self, config: MambaConfig, layer_idx: int = 0) -> None:
         super().__init__()
@@ -309,7 +325,7 @@ class Mamba2Mixer(nn.Module):
         if k is not None and k.split_conv1d_scan is not None and mask is None and cache is None:
             y = k.split_conv1d_scan(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self.D,
-                chunk_size=self.chunk_size, activation="silu", rmsnorm_weight=self.norm.weight,
+                chunk_size=self.ssd_chunk_size or self.chunk_size, activation="silu", rmsnorm_weight=self.norm.weight,
                 rmsnorm_eps=self.norm.eps, outproj_weight=None, outproj_bias=None, headdim=self.headdim,
                 ngroups=self.ngroups, norm_before_gate=False,
             )
@@ -335,10 +351,10 @@ class Mamba2Mixer(nn.Module):
         init = cache.ssm_states[self.layer_idx] if cache is not None and cache.seqlen_offset > 0 else None
         want_state = cache is not None
         if k is not None:
-            res = k.chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
+            res = k.chunk_scan(x, dt, A, B, C, self.ssd_chunk_size or self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
                                initial_states=init, dt_softplus=True, return_final_states=want_state)
         else:
-            chunk = self.chunk_size if x.is_cuda else CPU_CHUNK_SIZE
+            chunk = self.ssd_chunk_size or (self.chunk_size if x.is_cuda else CPU_CHUNK_SIZE)
             res = ssd_chunked(x, dt, A, B, C, chunk, D=self.D, dt_bias=self.dt_bias,
                               initial_state=init, dt_softplus=True, return_final_state=want_state)
         if want_state:

@@ -48,6 +48,23 @@ def _part_seed(base: int, part: int) -> Iterator[None]:
         yield
 
 
+def label_positions(labels: Tensor, bucket: int = 16) -> Tensor:
+    """[B, K] text positions for `SAM.forward`'s head: each row's labelled positions first, in order,
+    then unlabelled ones as filler (their labels are IGNORE_INDEX, so they add nothing to the loss;
+    the last one repeats when K exceeds the text length). K is the most labelled positions of any
+    row rounded up to a multiple of `bucket`, which bounds the number of shapes (CUDA graphs);
+    call it on host tensors, since K is a shape."""
+    ignored = labels == IGNORE_INDEX
+    width = labels.shape[1]
+    most = int((~ignored).sum(1).max()) if labels.numel() else 0
+    k = max(bucket, -(-most // bucket) * bucket)
+    if not bool(ignored.any(1).all()):  # a row without filler: no more positions than it has
+        k = min(k, width)
+    # A stable sort of the 0/1 flags keeps the positions in order within each of the two groups.
+    order = torch.argsort(ignored.to(torch.int8), dim=1, stable=True)
+    return order[:, torch.arange(k).clamp(max=width - 1)]
+
+
 class SAM(nn.Module):
     """The composite model; `audio_tower`, `connector` and `language_model` are its three parts."""
 
@@ -172,6 +189,11 @@ class SAM(nn.Module):
 
         batch: fbank [B, frames, mel], input_ids [B, L], attention_mask [B, L], labels [B, L]
         (IGNORE_INDEX on prompt and padding; omitted -> loss is None).
+
+        With labels and label_positions [B, K] (`label_positions(labels)`, as the trainer's batches
+        carry them), the LM head runs only on the hidden states that predict those text positions:
+        the same loss (up to float summation order) without the head and cross-entropy over every
+        audio, prompt and padding position, and logits [B, K, vocab] for those positions only.
         """
         for key in ("fbank", "input_ids"):
             if key not in batch:
@@ -184,16 +206,22 @@ class SAM(nn.Module):
         if mask is None:
             mask = torch.ones_like(ids)
         full_mask = torch.cat([mask.new_ones(ids.shape[0], n), mask], dim=1)
-        logits = self.language_model(inputs_embeds=torch.cat([audio.to(text.dtype), text], dim=1), attention_mask=full_mask).logits
-        labels = batch.get("labels")
+        labels, positions = batch.get("labels"), batch.get("label_positions")
+        if labels is None:
+            positions = None
+        # position n - 1 + j predicts text token j: the last audio token predicts the first prompt token
+        head = {} if positions is None else {"logits_at": positions + (n - 1)}
+        logits = self.language_model(inputs_embeds=torch.cat([audio.to(text.dtype), text], dim=1), attention_mask=full_mask, **head).logits
         if labels is None:
             return None, logits
-        # position n - 1 + j predicts text token j: the last audio token predicts the first prompt token
-        pred = logits[:, n - 1 : n - 1 + ids.shape[1]]
         # Checked only for host tensors: on CUDA the check would stall the host mid-step until the
         # forward pass finished (the trainer checks its host copy of the batch before the copy).
         if not labels.is_cuda and not bool((labels != IGNORE_INDEX).any()):
             raise ValueError("batch has no labelled tokens (all labels are IGNORE_INDEX)")
+        if positions is None:
+            pred = logits[:, n - 1 : n - 1 + ids.shape[1]]
+        else:
+            pred, labels = logits, labels.gather(1, positions)
         loss = F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return loss, logits
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
+from sam.mamba2 import set_ssd_chunk_size
 from sam.prompt import IGNORE_INDEX, encode_example
 
 # `classifier` is the stage-0 multi-label head on the encoder; the others are `SAM.set_trainable` groups
@@ -285,6 +287,9 @@ def check_stages(train: TrainConfig) -> None:
             raise ConfigError(f"{key}: lr must be positive and warmup_steps non-negative (got {stage.lr}, {stage.warmup_steps})")
     if train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision: expected auto, fp32 or bf16, got {train.precision!r}")
+    n = train.ssd_chunk_size
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or (n and (n < 16 or n & (n - 1))):
+        raise ConfigError(f"train.ssd_chunk_size must be 0 (the model's own chunk size) or a power of two >= 16, got {n!r}")
 
 
 def class_vocabulary(examples: Sequence[Any]) -> list[str]:
@@ -449,6 +454,33 @@ def lm_tokens(batch: dict[str, Any], logits: torch.Tensor, text_tokens: int) -> 
     """LM positions a batch fed through the model: audio tokens + `text_tokens` (padding excluded)."""
     audio = int(logits.shape[1]) - int(batch["input_ids"].shape[1])
     return text_tokens + int(logits.shape[0]) * audio
+
+
+def audio_lm_tokens(model: nn.Module) -> Callable[[dict[str, Any], torch.Tensor, int], int]:
+    """Counter of LM positions per SAM batch (each clip's audio tokens + `text_tokens`) that does not
+    read the logits (which cover only the labelled positions when the batch has label_positions)."""
+
+    def count(batch: dict[str, Any], _logits: torch.Tensor, text_tokens: int) -> int:
+        return text_tokens + int(batch["fbank"].shape[0]) * model.num_audio_tokens(int(batch["fbank"].shape[1]))
+
+    return count
+
+
+class WithLabelPositions:
+    """A collate function that adds `label_positions` (sam.model.label_positions of the labels) to
+    each batch, so that SAM.forward applies its LM head and loss only there. Computed on the host,
+    where the loader builds the batch: the number of positions is a shape (CUDA graphs capture one
+    per shape), which the device must not have to report back."""
+
+    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]]):
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        from sam.model import label_positions
+
+        batch = self.collate(items)
+        batch["label_positions"] = label_positions(batch["labels"])
+        return batch
 
 
 def patch_tokens(audio_tower: nn.Module) -> Callable[[dict[str, Any], torch.Tensor, int], int]:
@@ -684,8 +716,11 @@ def train_stage(
     else:
         model.set_trainable(list(stage.trainable))
         module = model
+        # The LM head and loss only where labels count (SAM.forward with label_positions).
+        data = dataclasses.replace(data, collate=WithLabelPositions(data.collate))
     module.train()
-    count_tokens = patch_tokens(model.audio_tower) if encoder_stage else lm_tokens
+    set_ssd_chunk_size(module, train.ssd_chunk_size)
+    count_tokens = patch_tokens(model.audio_tower) if encoder_stage else lm_tokens if is_lm_stage(stage) else audio_lm_tokens(model)
     trainable_params(module, stage)  # refuse a stage that trains nothing before any work
 
     start, state = 0, load_latest(ckpt_dir, map_location="cpu")
@@ -762,6 +797,7 @@ def train_stage(
         # A fixed slice of the validation split keeps this cheap at every stage end.
         valid = _fixed_batches(data, data.valid, train.eval_batch_size, VALID_BATCHES * train.eval_batch_size)
         summary["valid_loss"] = mean_loss(module, valid, encoder_stage, device, precision)
+    set_ssd_chunk_size(module, 0)
     if encoder_stage:
         summary["classes"] = module.classes
     log.write({"step": stage.steps, **{k: v for k, v in summary.items() if k not in ("classes", "steps")}})

@@ -214,11 +214,12 @@ def _smoke_stage4(precision: str) -> tuple:
 
 def test_cuda_graphed_train_step_equals_eager() -> None:
     """train.cuda_graphs (forward + backward replayed as CUDA graphs over text right-padded to a
-    16-token bucket) gives the eager step's losses, gradient norms and token counts."""
+    16-token bucket), on batches with label_positions as the trainer's carry them (LM head on the
+    labelled positions only), gives the eager full-head step's losses, gradient norms and token counts."""
     _kernels_or_skip()
-    from sam.model import SAM
+    from sam.model import SAM, label_positions
     from sam.prompt import IGNORE_INDEX
-    from sam.train import CudaGraphs, Dist, make_optimizer, train_step
+    from sam.train import CudaGraphs, Dist, audio_lm_tokens, make_optimizer, train_step
 
     exp, stage, tok = _smoke_stage4("fp32")
     torch.manual_seed(0)
@@ -244,8 +245,9 @@ def test_cuda_graphed_train_step_equals_eager() -> None:
         model.train()
         opt, sched = make_optimizer(model, stage, exp.train, dist.device)
         graphs = CudaGraphs(model, trainable, exp.train, dist.device) if fast_path else None
-        runs.append([train_step(model, [b], opt, sched, trainable, exp.train, dist, False, None, graphs) for b in batches])
-    assert graphs is not None and len(graphs.graphs) == 1  # widths 9 and 13 share the 16-token bucket
+        steps = [{**b, "label_positions": label_positions(b["labels"])} if fast_path else b for b in batches]
+        runs.append([train_step(model, [b], opt, sched, trainable, exp.train, dist, False, audio_lm_tokens(model), graphs) for b in steps])
+    assert graphs is not None and len(graphs.graphs) == 1  # widths 9 and 13 share the 16-token bucket (and 16 label positions)
     for (loss_e, norm_e, tok_e), (loss_f, norm_f, tok_f) in zip(*runs):
         assert tok_e == tok_f
         assert abs(loss_f - loss_e) <= 1e-3 * abs(loss_e)

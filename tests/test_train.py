@@ -3,6 +3,7 @@ pretraining first) and leaves frozen groups untouched, the run cache reuses shar
 and two torchrun processes (DDP or FSDP) match one."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -357,6 +358,119 @@ def test_train_step_rejects_a_micro_batch_without_labelled_tokens_before_running
     batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "labels": torch.full((1, 3), -100), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     with pytest.raises(ValueError, match="no labelled tokens"):
         train_step(torch.nn.Identity(), [batch], None, None, [], ExperimentConfig().train, Dist(), False)
+
+
+def _tiny_sam_batch() -> tuple:
+    """A smoke-preset SAM in float64 (no tokenizer, no LoRA dropout) and a right-padded random
+    batch of 3 clips whose labelled spans differ per row; the stage-4 trainable groups."""
+    from sam.model import SAM
+    from sam.prompt import IGNORE_INDEX
+
+    exp = preset("smoke")
+    exp.model.lm.vocab_size, exp.model.lora.dropout = 300, 0.0
+    torch.manual_seed(0)
+    model = SAM(exp.model).double().train()
+    with torch.no_grad():  # non-zero LoRA B, so every LoRA matrix gets a gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (3, 20), generator=g)
+    labels = ids.clone()
+    labels[:, :8] = IGNORE_INDEX
+    labels[0, 8:16] = IGNORE_INDEX  # row 0: 4 labelled tokens, row 2: 12
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0  # right padding, as collate makes it
+    labels[1, 15:] = IGNORE_INDEX
+    audio = exp.model.audio
+    fbank = torch.randn(3, audio.target_frames, audio.num_mel_bins, generator=g, dtype=torch.float64)
+    stage = next(s for s in exp.train.stages if s.name == "stage4")
+    return exp, stage, model, {"fbank": fbank, "input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple:
+    model.zero_grad(set_to_none=True)
+    loss, logits = model(batch)
+    loss.backward()
+    return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_head_on_labelled_positions_only_gives_the_full_loss_and_gradients() -> None:
+    """SAM.forward with label_positions (what the trainer's batches carry) applies the LM head only
+    where labels count: the loss, every trainable gradient and the logits there equal the full
+    computation's; the positions cover every labelled token, in order, padded to a 16 bucket."""
+    from sam.model import label_positions
+    from sam.prompt import IGNORE_INDEX
+    from sam.train import WithLabelPositions, audio_lm_tokens, lm_tokens
+
+    exp, stage, model, batch = _tiny_sam_batch()
+    trainable = model.set_trainable(list(stage.trainable))
+    assert trainable
+    positions = label_positions(batch["labels"])
+    assert positions.shape == (3, 16)  # 12 labelled tokens at most -> one bucket of 16
+    labels = batch["labels"]
+    for row, pos in zip(labels, positions):
+        labelled = (row != IGNORE_INDEX).nonzero().flatten()
+        assert pos[: len(labelled)].tolist() == labelled.tolist()
+        assert bool((row[pos[len(labelled) :]] == IGNORE_INDEX).all())
+    short = label_positions(labels[:, :10])  # K = 16 > 10 text tokens: the last filler repeats
+    assert short.shape == (3, 16) and int(short.max()) < 10
+    assert (labels[:, :10].gather(1, short) != IGNORE_INDEX).sum(1).tolist() == [0, 2, 2]
+    loss, logits, grads = _loss_and_grads(model, batch)
+    head_loss, head_logits, head_grads = _loss_and_grads(model, {**batch, "label_positions": positions})
+    n = model.num_audio_tokens()
+    assert head_logits.shape == (3, 16, logits.shape[-1])
+    torch.testing.assert_close(head_logits, logits.gather(1, (positions + n - 1)[..., None].expand(-1, -1, logits.shape[-1])), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(head_loss, loss, rtol=1e-6, atol=0)  # the cross-entropy runs in float32
+    assert grads.keys() == head_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(head_grads[k], grads[k], rtol=1e-6, atol=1e-12, msg=lambda m: f"{k}: {m}")
+    # The trainer's collate adds the positions; its token counter does not read the (partial) logits.
+    collated = WithLabelPositions(lambda items: dict(items[0]))([batch])
+    assert torch.equal(collated["label_positions"], positions)
+    text = int(batch["attention_mask"].sum())
+    assert audio_lm_tokens(model)(batch, head_logits, text) == lm_tokens(batch, logits, text) == text + 3 * n
+
+
+def test_ssd_chunk_size_setting_is_speed_only_and_names_its_key_when_invalid(tmp_path: Path) -> None:
+    """train.ssd_chunk_size: no config hash or run-cache change; a training step with 16-token SSD
+    chunks (the CPU default is 32; these sequences are 52 tokens) gives the default step's loss,
+    gradient norm and updated weights within float64 rounding; bad values name the key."""
+    from sam.config import ConfigError, apply_overrides, config_hash
+    from sam.mamba2 import Mamba2Mixer, set_ssd_chunk_size
+    from sam.runs import stage_keys
+    from sam.train import Dist, check_stages, make_optimizer, train_stage, train_step
+
+    exp = preset("smoke")
+    before = (config_hash(exp), stage_keys(exp))
+    exp = apply_overrides(exp, ["train.ssd_chunk_size=128"])
+    assert exp.train.ssd_chunk_size == 128
+    assert (config_hash(exp), stage_keys(exp)) == before
+    check_stages(exp.train)
+    for bad in (-1, 8, 48):
+        exp.train.ssd_chunk_size = bad
+        with pytest.raises(ConfigError, match="train.ssd_chunk_size"):
+            check_stages(exp.train)
+    # The trainer refuses it before it builds, loads or writes anything.
+    with pytest.raises(ConfigError, match="train.ssd_chunk_size"):
+        train_stage(None, exp, 0, None, tmp_path / "stage", Dist())  # type: ignore[arg-type]
+    assert not (tmp_path / "stage").exists()
+
+    exp, stage, model, batch = _tiny_sam_batch()
+    base = copy.deepcopy(model)
+    results = []
+    for m, chunk in ((base, 0), (model, 16)):
+        set_ssd_chunk_size(m, chunk)
+        trainable = m.set_trainable(list(stage.trainable))
+        opt, sched = make_optimizer(m, stage, exp.train, torch.device("cpu"))
+        results.append(train_step(m, [batch], opt, sched, trainable, exp.train, Dist(), False))
+    assert {mx.ssd_chunk_size for mx in model.modules() if isinstance(mx, Mamba2Mixer)} == {16}
+    (loss0, norm0, tok0), (loss1, norm1, tok1) = results
+    assert tok0 == tok1 and loss1 == pytest.approx(loss0, rel=1e-6) and norm1 == pytest.approx(norm0, rel=1e-9)
+    for (name, p0), p1 in zip(base.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p1, p0, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    set_ssd_chunk_size(model, 0)  # back to each mixer's default
+    assert all("ssd_chunk_size" not in vars(mx) for mx in model.modules() if isinstance(mx, Mamba2Mixer))
 
 
 def test_uncompile_blocks_hands_back_the_unwrapped_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
