@@ -10,29 +10,36 @@ Measures, side by side in one process, on one random-weight `sam.lm.MambaLM` of 
 - accuracy: each probe variant's relative error against the reference (on the layers it ran) and,
   for float32 or a longer chunk, against the float64 closed form on every layer, head and token.
 
-Every `--dtype` x `--chunk-size` pair is a variant, timed interleaved with the plain forward.
+Every `--backends` x `--dtype` x `--chunk-size` (x `--triton-tiles` for the Triton backend) is a
+variant, timed interleaved with the plain forward; the Triton backend runs float32 only.
 
     python benchmarks/bench_state_update.py                                        # CPU, cpu-small, 2,048 tokens
     python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192 \
         --dtype float64 float32 --chunk-size 32 64 128 --ref-layers 2            # kernel path on a GPU
+    python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192 \
+        --backends torch triton --dtype float64 float32 --chunk-size 16 32 64 \
+        --triton-tiles 32x32x8 32x64x8 --ref-layers 2                              # PyTorch vs fused Triton kernels
 
 On CUDA the forward takes mamba_ssm's Triton kernels when it is installed (sam.mamba2 dispatch);
-the probe math is PyTorch on the same device. Writes benchmarks/results/state_update_<device>_<shape>[_<dtypes>].json
+the probe math is PyTorch (`--backends torch`) or probes.triton_state's kernels (`triton`). Writes benchmarks/results/state_update_<device>_<shape>[_<dtypes>].json
 (or --name) and .md. It must never report a number it did not measure.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -58,12 +65,66 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--dtype", nargs="+", default=[], choices=["float32", "float64"],
                    help="probe arithmetic (one or more); default: the probe's own default for the device")
+    p.add_argument("--backends", nargs="+", type=_words, default=[["torch"]], metavar="BACKEND",
+                   help="probe implementation(s), space- or comma-separated: torch, triton (probes.state.update_stats backend)")
+    p.add_argument("--triton-tiles", nargs="+", default=[""], metavar="PxNxWARPS",
+                   help="Triton carry-kernel state tile and warps, e.g. 32x32x8 (default: probes.triton_state's)")
     p.add_argument("--model-dtype", default="", choices=["", *DTYPES], help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--ref-layers", type=int, default=0, help="time the reference on this many layers and scale (0 = all)")
     p.add_argument("--name", default="", help="result file name (default: state_update_<device>_<shape>[_<dtype>])")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--worker", default="", choices=["", "plain", "state"], help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.backends = list(dict.fromkeys(b for group in args.backends for b in group))
+    bad = [b for b in args.backends if b not in ("torch", "triton")]
+    if bad:
+        p.error(f"--backends: unknown {bad}; choose from torch, triton")
+    for tile in args.triton_tiles:
+        if tile and not re.fullmatch(r"\d+x\d+x\d+", tile):
+            p.error(f"--triton-tiles: {tile!r} is not PxNxWARPS (e.g. 32x32x8)")
+    return args
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in text.split(",") if w]
+
+
+class Variant(NamedTuple):
+    backend: str
+    dtype: str
+    chunk: int
+    tile: str = ""  # Triton carry tile PxNxWARPS; "" = the module's default
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.dtype}, chunk {self.chunk}" + (f", tile {self.tile}" if self.tile else "")
+
+
+@contextlib.contextmanager
+def triton_tile(tile: str) -> Iterator[None]:
+    """probes.triton_state's carry tile and warps set to `tile` (PxNxWARPS) inside the block."""
+    if not tile:
+        yield
+        return
+    from probes import triton_state
+
+    saved = triton_state.BLOCK_P, triton_state.BLOCK_N, triton_state.CARRY_WARPS
+    triton_state.BLOCK_P, triton_state.BLOCK_N, triton_state.CARRY_WARPS = (int(v) for v in tile.split("x"))
+    try:
+        yield
+    finally:
+        triton_state.BLOCK_P, triton_state.BLOCK_N, triton_state.CARRY_WARPS = saved
+
+
+def triton_default_tile() -> str:
+    from probes import triton_state
+
+    return f"{triton_state.BLOCK_P}x{triton_state.BLOCK_N}x{triton_state.CARRY_WARPS}"
+
+
+def run_variant(model: MambaLM, inputs: dict[str, Any], v: Variant) -> Any:
+    with triton_tile(v.tile):
+        return probes.state_updates(model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend)
 
 
 def build(args: argparse.Namespace) -> tuple[MambaLM, torch.Tensor, torch.device]:
@@ -102,7 +163,7 @@ def worker(args: argparse.Namespace) -> int:
         if args.worker == "plain":
             model(input_ids=ids)
         else:
-            probes.state_updates(model, {"input_ids": ids}, dtype=DTYPES[probe_dtypes(args, device)[0]], chunk_size=args.chunk_size[0])
+            run_variant(model, {"input_ids": ids}, Variant(args.backends[0], probe_dtypes(args, device)[0], args.chunk_size[0], args.triton_tiles[0]))
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     return 0
 
@@ -134,15 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     model, ids, device = build(args)
     cfg = model.config
     inputs = {"input_ids": ids}
-    variants = [(d, c) for d in probe_dtypes(args, device) for c in args.chunk_size]
-    label = lambda v: f"{v[0]}, chunk {v[1]}"  # noqa: E731
+    variants = [
+        Variant(b, d, c, tile)
+        for b in args.backends
+        for d in probe_dtypes(args, device)
+        for c in args.chunk_size
+        for tile in (args.triton_tiles if b == "triton" else [""])
+        if b == "torch" or d == "float32"  # the kernels compute in float32 only
+    ]
+    if not variants:
+        raise SystemExit("no variant to run: the Triton backend computes in float32 only (add --dtype float32)")
+    for v in variants:  # refuse, with the reason, a backend this machine cannot run
+        probes.state.resolve_backend(v.backend, device, DTYPES[v.dtype])
+    label = lambda v: v.label  # noqa: E731
 
     def plain() -> None:
         with torch.no_grad():
             model(input_ids=ids)
 
-    def state(v: tuple[str, int]) -> Any:
-        return probes.state_updates(model, inputs, dtype=DTYPES[v[0]], chunk_size=v[1])
+    def state(v: Variant) -> Any:
+        return run_variant(model, inputs, v)
 
     plain()
     for v in variants:  # warm-up (kernel compilation, allocator)
@@ -162,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         memory["kind"] = "peak RSS of a fresh process"
         memory["plain_bytes"] = cpu_peak_rss(argv, ["--worker", "plain"])
         for v in variants:
-            memory[label(v)] = cpu_peak_rss(argv, ["--worker", "state", "--dtype", v[0], "--chunk-size", str(v[1])])
+            extra = ["--backends", v.backend, "--dtype", v.dtype, "--chunk-size", str(v.chunk), "--triton-tiles", v.tile]
+            memory[label(v)] = cpu_peak_rss(argv, ["--worker", "state", *extra])
 
     t_plain: list[float] = []
     t_state: dict[str, list[float]] = {label(v): [] for v in variants}
@@ -180,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # Accuracy: every variant against the float64 reference on the layers it ran, and against the
     # float64 closed form (smallest chunk) on every layer, head and token.
-    exact = next(((d, c) for d, c in sorted(variants, key=lambda v: v[1]) if d == "float64"), None)
+    exact = next((v for v in sorted(variants, key=lambda v: v.chunk) if v.dtype == "float64" and v.backend == "torch"), None)
     outs = {label(v): state(v) for v in variants}
     base_out = outs[label(exact)] if exact else None
 
     nheads = cfg.expand * cfg.d_model // cfg.headdim
     per_variant = {}
     for v in variants:
-        key, bits = label(v), torch.finfo(DTYPES[v[0]]).bits
+        key, bits = label(v), torch.finfo(DTYPES[v.dtype]).bits
         med = statistics.median(t_state[key])
         out = outs[key]
         acc: dict[str, Any] = {
@@ -205,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                 "state_norm": relative_error(out.state_norm, base_out.state_norm),
             }
         per_variant[key] = {
-            "dtype": v[0],
-            "chunk_size": v[1],
+            "backend": v.backend,
+            "dtype": v.dtype,
+            "chunk_size": v.chunk,
+            "triton_tile": v.tile or None,
             "seconds": t_state[key],
             "median_s": med,
             "state_over_plain": med / t_plain_med,
@@ -214,16 +289,18 @@ def main(argv: list[str] | None = None) -> int:
             # The probe's own work (everything beyond the forward) against the reference's own work.
             "reference_extra_over_state_extra": (t_ref_all - t_plain_med) / max(med - t_plain_med, 1e-9),
             "extra_memory_bytes": memory[key] - memory["plain_bytes"],
-            "largest_transient_bytes_estimate": args.batch * args.tokens * nheads * v[1] * bits // 8,
+            "largest_transient_bytes_estimate": args.batch * args.tokens * nheads * v.chunk * bits // 8,
             "output_bytes": 2 * cfg.n_layer * args.batch * args.tokens * nheads * bits // 8,
             "relative_error": acc,
         }
-    name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if [d for d, _ in variants] == ["float64"] * len(variants) else "_" + "_".join(dict.fromkeys(d for d, _ in variants)))
+    dtypes = list(dict.fromkeys(v.dtype for v in variants))
+    name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if dtypes == ["float64"] else "_" + "_".join(dtypes)) + ("_triton" if "triton" in args.backends else "")
     result = {
         "name": name,
         "command": portable_command("bench_state_update.py", argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
+        "triton_default_tile": triton_default_tile() if "triton" in args.backends else None,
         "shape": args.shape,
         "lm": {k: getattr(cfg, k) for k in ("d_model", "n_layer", "d_state", "headdim", "ngroups", "chunk_size")} | {"nheads": nheads},
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -260,6 +337,7 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [
         ("device", r["device"]),
         ("forward kernels", r["kernels"]),
+        *([("Triton carry tile PxNxWARPS when not named", r["triton_default_tile"])] if r.get("triton_default_tile") else []),
         ("model", f"MambaLM {r['shape']} ({r['lm']['n_layer']} layers x {r['lm']['nheads']} heads, headdim {r['lm']['headdim']}, d_state {r['lm']['d_state']}), {r['model_dtype']}"),
         ("input", f"{r['batch']} x {r['tokens']} tokens"),
         ("CPU threads / 1-min load average at the end", f"{r['threads']} / {r['load_average_1m']:.1f}"),
