@@ -100,7 +100,7 @@ if triton is not None:
         state = tl.zeros((BP, BN), dtype=tl.float32)
         # STATIC_CHUNKS > 0 only under the interpreter, whose range() cannot take a runtime bound (numpy >= 2.4).
         for ci in range(0, STATIC_CHUNKS if STATIC_CHUNKS > 0 else nchunks):
-            t = ci * Q + offs_q
+            t = (ci * Q + offs_q).to(tl.int64)  # addresses: t * stride can pass 2**31 on long inputs
             valid = (offs_q < Q) & (t < T)
             la = tl.load(la_ptr + d_off + t * sdt, mask=valid, other=0.0)  # log a_t = dt_t A
             dt = tl.load(dt_ptr + d_off + t * sdt, mask=valid, other=0.0)
@@ -127,7 +127,7 @@ if triton is not None:
         offs_q = tl.arange(0, BQ)
         offs_p = tl.arange(0, BPF)
         offs_k = tl.arange(0, BT)
-        t = ci * Q + offs_q
+        t = (ci * Q + offs_q).to(tl.int64)
         valid = (offs_q < Q) & (t < T)
         d_off = bi * sdb + h * sdh + t * sdt
         la = tl.load(la_ptr + d_off, mask=valid, other=0.0)
