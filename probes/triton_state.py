@@ -43,9 +43,11 @@ else:
 
 # Tile of the [headdim, d_state] state each `_carry_kernel` program keeps, and the warps of each
 # kernel. More tiles give more programs to fill the GPU (one per batch x head x tile); the tiles
-# split the work without repeating any. With 32 x 32 tiles, chunks of up to 32 tokens and 8 warps
-# neither kernel spills registers on sm_90 (ptxas; their speed is what the benchmark measures).
-BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 8, 8
+# split the work without repeating any. Measured on an H100 (780m shape, 8,192 tokens, 32-token
+# chunks, 32 x 32 tiles; forward + probe; benchmarks/results/state_update_cuda_780m_triton*.md): 4 carry
+# warps 242 ms vs 8 warps 293 ms in one run, 2 warps 227 ms vs 4 warps 241 ms in another; 64 x 32 and
+# 32 x 64 tiles were no faster.
+BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 8
 
 
 def available() -> bool:
