@@ -61,11 +61,13 @@ def interpreted() -> bool:
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str:
-    """Why the Triton path cannot run on tensors of this device and dtype ('' when it can)."""
-    if triton is None:
-        return f"triton is not importable ({_IMPORT_ERROR}); install triton or use backend='torch'"
+    """Why the Triton path cannot run on tensors of this device and dtype ('' when it can).
+
+    The dtype is checked first: it is the caller's choice, whatever is installed."""
     if dtype != torch.float32:
         return f"the Triton path computes in float32 only, got {dtype}; use backend='torch' for other dtypes"
+    if triton is None:
+        return f"triton is not importable ({_IMPORT_ERROR}); install triton or use backend='torch'"
     if device.type != "cuda" and not interpreted():
         return f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported), got {device.type}"
     return ""
