@@ -224,6 +224,16 @@ def _scan_chunks(log_decay: Tensor, values: Tensor, block: int) -> Tensor:
 
 
 BACKENDS = ("auto", "torch", "triton")
+# tl.dot input precisions of the Triton kernels: IEEE float32 (the default) or Triton's 3-pass TF32
+# emulation of float32 on tensor cores (`probes.triton_state`). The PyTorch path ignores the choice.
+TRITON_PRECISIONS = ("ieee", "tf32x3")
+
+
+def check_triton_precision(precision: str) -> str:
+    """`precision` if it is one of TRITON_PRECISIONS, else a ValueError naming the choices."""
+    if precision not in TRITON_PRECISIONS:
+        raise ValueError(f"triton_precision must be one of {TRITON_PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype) -> str:
@@ -246,22 +256,25 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
 
 
 def update_stats(
-    x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None, backend: str = "auto"
+    x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None, backend: str = "auto",
+    triton_precision: str = "ieee",
 ) -> tuple[Tensor, Tensor]:
     """Exact (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], in chunks of `chunk_size` tokens.
 
     `backend` (see `resolve_backend`): 'triton' runs the fused kernels of `probes.triton_state`
-    (float32; the per-chunk states stay on chip), 'torch' the PyTorch code below. On the PyTorch
-    path work is about one SSD pass (batched matmuls over chunks); memory is O(b T H chunk_size)
+    (float32; the per-chunk states stay on chip; `triton_precision`, one of TRITON_PRECISIONS and
+    checked whatever the backend, is their matmuls' precision), 'torch' the PyTorch code below. On
+    the PyTorch path work is about one SSD pass (batched matmuls over chunks); memory is O(b T H chunk_size)
     plus one [headdim, d_state] state per head and chunk. The states carried between chunks are
     solved `scan_block` chunks per step (default: 64 on GPUs, where each step's launches dominate;
     8 on CPU, where the block's matmul work does).
     """
     b, T, H, P, G, N = _check(x, B, dt, A)
+    check_triton_precision(triton_precision)
     if resolve_backend(backend, x.device, x.dtype) == "triton":
         from .triton_state import update_stats_triton
 
-        return update_stats_triton(x, B, dt, A, chunk_size)
+        return update_stats_triton(x, B, dt, A, chunk_size, precision=triton_precision)
     scan_block = int(scan_block or (8 if x.device.type == "cpu" else 64))
     if scan_block < 1:
         raise ValueError(f"scan_block must be >= 1, got {scan_block}")
@@ -382,6 +395,7 @@ def state_updates(
     chunk_size: int | None = None,
     reference: bool = False,
     backend: str = "auto",
+    triton_precision: str = "ieee",
 ) -> StateUpdates:
     """Run `model` once on `inputs` and compute per-layer state-update tensors inside the hooks.
 
@@ -390,11 +404,13 @@ def state_updates(
     `default_dtype` / `default_chunk_size` of the layer's device and backend (float64 and 32 tokens
     on CPU, float32 and 64 tokens on GPUs, 32 through the Triton kernels). `backend` picks the
     closed form's implementation (`resolve_backend`: by default the fused Triton kernels for float32
-    on CUDA when triton imports, else PyTorch). `reference=True` uses the token-by-token recurrence
-    (slow; for tests).
+    on CUDA when triton imports, else PyTorch); `triton_precision` is the kernels' matmul precision
+    ("ieee" float32, or "tf32x3": 3-pass TF32 on tensor cores; see `update_stats`). `reference=True`
+    uses the token-by-token recurrence (slow; for tests).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_triton_precision(triton_precision)
     mixers = mamba2_mixers(model, layers)
     masks: dict[int, Tensor | None] = {}
     distance: dict[int, Tensor] = {}
@@ -422,7 +438,9 @@ def state_updates(
                     d, s = update_stats_ref(x, B, dt, A)
                 else:
                     use = resolve_backend(backend, x.device, x.dtype)
-                    d, s = update_stats(x, B, dt, A, chunk_size or default_chunk_size(x.device, use), backend=use)
+                    d, s = update_stats(
+                        x, B, dt, A, chunk_size or default_chunk_size(x.device, use), backend=use, triton_precision=triton_precision
+                    )
             distance[layer], state_norm[layer] = d, s
             seq["batch"], seq["length"] = output.shape[0], output.shape[1]
 
@@ -446,7 +464,7 @@ def state_updates(
 
 def state_update_distance(
     model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *,
-    dtype: torch.dtype | None = None, chunk_size: int | None = None, backend: str = "auto",
+    dtype: torch.dtype | None = None, chunk_size: int | None = None, backend: str = "auto", triton_precision: str = "ieee",
 ) -> pd.DataFrame:
     """Exact state-update distances of every (selected) Mamba-2 layer, head and audio token, tidy.
 
@@ -455,9 +473,11 @@ def state_update_distance(
     each sequence's span (`span`, else `model.audio_span(inputs)`, else the attention mask's
     non-padding region, else the whole sequence); `position` counts from the span start.
     Arithmetic: `dtype`, else float64 on CPU and float32 on GPUs (`default_dtype`; float32 stays
-    within ~3e-5 relative error of float64, measured). `backend`: see `state_updates`.
+    within ~3e-5 relative error of float64, measured). `backend`, `triton_precision`: see `state_updates`.
     """
-    return state_updates(model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size, backend=backend).to_frame()
+    return state_updates(
+        model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size, backend=backend, triton_precision=triton_precision
+    ).to_frame()
 
 
 def state_update_distance_ref(model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None) -> pd.DataFrame:

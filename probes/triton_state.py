@@ -6,8 +6,12 @@ The quantities are those of `probes.state` (per layer, head and token t, h_t = a
                 beta_s = 2 a_s dt_s c_s + dt_s^2 ||x_s||^2 ||B_s||^2
     ||dh_t||^2 = (a_t - 1)^2 ||h_{t-1}||^2 + 2 (a_t - 1) dt_t c_t + dt_t^2 ||x_t||^2 ||B_t||^2
 where S is the state entering t's chunk and L the log-decay summed inside the chunk (L_{-1} = 0).
-Two kernels compute them, every matmul in IEEE float32 (`tl.dot(..., input_precision="ieee")`,
-never TF32), so the error stays that of the PyTorch float32 path:
+Two kernels compute them, by default every matmul in IEEE float32 (`tl.dot(..., input_precision="ieee")`,
+never TF32), so the error stays that of the PyTorch float32 path. `precision="tf32x3"` runs the
+kernels' dots as Triton's 3-pass TF32 emulation of float32 instead (tensor cores on GPUs that have
+them; each operand split into a high and a low TF32 part, the low x low product dropped: close to,
+not exactly, float32); everything outside the dots is the same. Triton's interpreter multiplies in
+float32 whatever precision is named, so only a GPU run tests "tf32x3"'s accuracy:
 
 1. `_carry_kernel`, one program per (batch, head, [BP x BN] tile of the [headdim, d_state] state),
    walks the chunks in order holding its state tile in registers. Per chunk it writes the tile's
@@ -90,7 +94,7 @@ if triton is not None:
         x_ptr, b_ptr, dt_ptr, la_ptr, cin_ptr, snorm_ptr,
         T, Q, nchunks, P, N, heads_per_group, n_tiles_n, n_tiles, padded_T,
         sxb, sxt, sxh, sxp, sbb, sbt, sbg, sbn, sdb, sdt, sdh,
-        BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, STATIC_CHUNKS: tl.constexpr,
+        BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, STATIC_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
     ):
         tile, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         g = h // heads_per_group
@@ -114,17 +118,17 @@ if triton is not None:
             lam_prev = _shift(lam, offs_q)
             lam_end = tl.sum(tl.where(offs_q == BQ - 1, lam, 0.0), 0)
             tl.store(snorm_ptr + out * nchunks + ci, tl.sum(tl.sum(state * state, 1), 0))
-            read = tl.dot(state, tl.trans(bt), input_precision="ieee")  # [BP, BQ]: S B_t
+            read = tl.dot(state, tl.trans(bt), input_precision=PRECISION)  # [BP, BQ]: S B_t
             tl.store(cin_ptr + out * padded_T + t, tl.sum(xt * read, 0) * tl.exp(lam_prev), mask=valid)
             w = tl.exp(lam_end - lam) * dt
-            state = state * tl.exp(lam_end) + tl.dot(xt * w[None, :], bt, input_precision="ieee")
+            state = state * tl.exp(lam_end) + tl.dot(xt * w[None, :], bt, input_precision=PRECISION)
 
     @triton.jit
     def _chunk_kernel(
         x_ptr, dt_ptr, la_ptr, am1_ptr, gram_ptr, cin_ptr, snorm_ptr, dist_ptr, norm_ptr,
         T, Q, nchunks, P, heads_per_group, n_groups, n_tiles, padded_T,
         sxb, sxt, sxh, sxp, sdb, sdt, sdh,
-        BQ: tl.constexpr, BPF: tl.constexpr, BT: tl.constexpr,
+        BQ: tl.constexpr, BPF: tl.constexpr, BT: tl.constexpr, PRECISION: tl.constexpr,
     ):
         ci, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         g = h // heads_per_group
@@ -141,7 +145,7 @@ if triton is not None:
             x_ptr + bi * sxb + h * sxh + t[:, None] * sxt + offs_p[None, :] * sxp,
             mask=valid[:, None] & (offs_p[None, :] < P), other=0.0,
         )  # [BQ, BPF]
-        gram_x = tl.dot(x, tl.trans(x), input_precision="ieee")  # x_t . x_s
+        gram_x = tl.dot(x, tl.trans(x), input_precision=PRECISION)  # x_t . x_s
         in_q = offs_q < Q
         gram_b = tl.load(
             gram_ptr + ((bi * n_groups + g) * nchunks + ci) * Q * Q + offs_q[:, None] * Q + offs_q[None, :],
@@ -175,17 +179,21 @@ def update_stats_triton(
     block_p: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
+    precision: str = "ieee",
 ) -> tuple[Tensor, Tensor]:
     """`probes.state.update_stats` through the fused kernels: (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], float32.
 
     x [b,T,H,P], B [b,T,G,N], dt [b,T,H], A [H], all float32 on one CUDA device (or CPU under the
     interpreter); x and B may be strided views. `block_p` x `block_n` is the state tile of one carry
     program and `num_warps` its warps (defaults: the module's BLOCK_P, BLOCK_N, CARRY_WARPS; tiles
-    are clipped to the state and must be powers of two >= 16).
+    are clipped to the state and must be powers of two >= 16). `precision` is the kernels' tl.dot
+    input precision, one of `probes.state.TRITON_PRECISIONS`: "ieee" (float32) or "tf32x3" (3-pass
+    TF32 on tensor cores).
     """
-    from .state import _check, _ieee_matmul
+    from .state import _check, _ieee_matmul, check_triton_precision
 
     b, T, H, P, G, N = _check(x, B, dt, A)
+    check_triton_precision(precision)
     reason = unavailable_reason(x.device, x.dtype)
     if reason:
         raise RuntimeError(reason)
@@ -215,12 +223,13 @@ def update_stats_triton(
         x, B, dt, la, cin, snorm,
         T, Q, c, P, N, R, n_tiles_n, n_tiles, padded_T,
         *x.stride(), *B.stride(), *dt.stride(),
-        BQ=BQ, BP=bp, BN=bn, STATIC_CHUNKS=c if interpreted() else 0, num_warps=num_warps or CARRY_WARPS,
+        BQ=BQ, BP=bp, BN=bn, STATIC_CHUNKS=c if interpreted() else 0, PRECISION=precision,
+        num_warps=num_warps or CARRY_WARPS,
     )
     _chunk_kernel[(c, H, b)](
         x, dt, la, am1, gram_b, cin, snorm, dist, norm,
         T, Q, c, P, R, G, n_tiles, padded_T,
         *x.stride(), *dt.stride(),
-        BQ=BQ, BPF=_pow2(P), BT=_pow2(n_tiles, 1), num_warps=CHUNK_WARPS,
+        BQ=BQ, BPF=_pow2(P), BT=_pow2(n_tiles, 1), PRECISION=precision, num_warps=CHUNK_WARPS,
     )
     return dist, norm

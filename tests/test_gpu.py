@@ -137,10 +137,12 @@ def test_state_update_distance_on_kernel_model_equals_recurrence() -> None:
         assert err < bound, (dtype, err)
 
 
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
 @pytest.mark.parametrize("ngroups", [1, 4])
-def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int) -> None:
-    """probes.triton_state (float32, IEEE dots) against the PyTorch closed form in float64, on strided
-    x/B views as ssm_inputs makes them, T not a multiple of any chunk, and through a kernel-path model."""
+def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int, precision: str) -> None:
+    """probes.triton_state (float32; IEEE dots, or 3-pass TF32 dots on tensor cores) against the PyTorch
+    closed form in float64, on strided x/B views as ssm_inputs makes them, T not a multiple of any
+    chunk, and through a kernel-path model. Both precisions are held to the same bound."""
     pytest.importorskip("triton")
     import torch.nn.functional as F
 
@@ -156,7 +158,7 @@ def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int) -> Non
     want_d, want_n = update_stats(x, B, dt, A, 32, backend="torch")
     x32, B32 = xb.float()[..., : H * P].view(b, T, H, P), xb.float()[..., H * P :].view(b, T, ngroups, N)
     for chunk in (16, 32, 64):
-        d, n = update_stats(x32, B32, dt.float(), A.float(), chunk, backend="triton")
+        d, n = update_stats(x32, B32, dt.float(), A.float(), chunk, backend="triton", triton_precision=precision)
         assert d.dtype == torch.float32 and (n[:, 0] == 0).all()
         assert float(((d.double() - want_d).abs() / want_d).max()) < 1e-4, chunk
         assert float(((n[:, 1:].double() - want_n[:, 1:]).abs() / want_n[:, 1:]).max()) < 1e-4, chunk
@@ -170,7 +172,8 @@ def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int) -> Non
     span = torch.tensor([[10, 290], [30, 300]], device="cuda")
     keys = ["clip", "layer", "head", "position"]
     ref = state_update_distance_ref(lm, {"input_ids": ids}, span=span).sort_values(keys).reset_index(drop=True)
-    fast = probes.state_update_distance(lm, {"input_ids": ids}, span=span, backend="triton").sort_values(keys).reset_index(drop=True)
+    fast = probes.state_update_distance(lm, {"input_ids": ids}, span=span, backend="triton", triton_precision=precision)
+    fast = fast.sort_values(keys).reset_index(drop=True)
     assert len(fast) == len(ref) > 0
     for col in ("distance", "state_norm"):
         assert ((fast[col] - ref[col]).abs() / ref[col].abs().clip(lower=1e-30)).max() < 1e-4, col

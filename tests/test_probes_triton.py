@@ -6,6 +6,9 @@ case is compared with the float64 token recurrence (float32 tolerance) and with 
 path: on the math alone (ngroups 1 and > 1, chunk sizes that do and do not divide T, several state
 tiles per head, a decay strong enough to underflow), and through models (left padding, spans that
 start mid-sequence). Skipped when triton is not installed; the backend choice is tested without it.
+The interpreter multiplies in float32 whatever tl.dot input precision is named, so "tf32x3" runs
+here only to show the option reaches the kernels and is accepted (its accuracy is a CUDA test, in
+tests/test_gpu.py); its validation is tested without triton.
 """
 import importlib.util
 import json
@@ -22,13 +25,14 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 REPO = Path(__file__).resolve().parents[1]
 # float32 arithmetic: the PyTorch float32 path stays below ~2e-5 against float64 on these cases.
 REL32 = 1e-4
-# (name, b, T, H, P, G, N, chunk, decay, block_p x block_n tile or None)
+# (name, b, T, H, P, G, N, chunk, decay, block_p x block_n tile or None[, triton precision])
 MATH_CASES = [
     ("groups3-chunk5", 2, 37, 6, 4, 3, 5, 5, 8, None),
     ("group1-chunk16", 2, 37, 4, 8, 1, 8, 16, 8, None),
     ("tiles6-chunk16", 1, 40, 2, 32, 1, 40, 16, 8, (16, 16)),
     ("groups2-chunk32", 1, 70, 4, 16, 2, 16, 32, 8, None),
     ("underflow-chunk16", 2, 37, 6, 4, 3, 5, 16, 400, None),
+    ("tiles6-chunk16-tf32x3", 1, 40, 2, 32, 1, 40, 16, 8, (16, 16), "tf32x3"),
 ]
 
 
@@ -63,7 +67,8 @@ def run_checks() -> dict:
 
     assert triton_state.interpreted() and triton_state.available()
     results: dict = {}
-    for name, b, T, H, P, G, N, chunk, decay, tile in MATH_CASES:
+    for name, b, T, H, P, G, N, chunk, decay, tile, *precision in MATH_CASES:
+        precision = precision[0] if precision else "ieee"
         g = torch.Generator().manual_seed(len(name))
         x = torch.randn(b, T, H, P, generator=g, dtype=torch.float64)
         B = torch.randn(b, T, G, N, generator=g, dtype=torch.float64)
@@ -72,9 +77,9 @@ def run_checks() -> dict:
         ref_d, ref_n = update_stats_ref(x, B, dt, A)
         f32 = [v.float() for v in (x, B, dt, A)]
         if tile is None:
-            d, n = update_stats(*f32, chunk, backend="triton")
+            d, n = update_stats(*f32, chunk, backend="triton", triton_precision=precision)
         else:
-            d, n = triton_state.update_stats_triton(*f32, chunk, block_p=tile[0], block_n=tile[1])
+            d, n = triton_state.update_stats_triton(*f32, chunk, block_p=tile[0], block_n=tile[1], precision=precision)
         td, tn = update_stats(*f32, chunk, backend="torch")
         results[name] = {
             "distance_vs_ref": _rel(d, ref_d),
@@ -91,15 +96,18 @@ def run_checks() -> dict:
     mask = torch.ones(3, 50, dtype=torch.long)
     mask[1, :9] = 0  # left padding
     spans = torch.tensor([[0, 50], [11, 50], [4, 20]])
-    models = {  # name: (model, inputs, span, chunk, layer); one layer each keeps the interpreter quick
-        "mamba_lm-groups2-left-padding-spans": (tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}, spans, 16, 1),
-        "mamba_lm-group1-chunk12": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0),
-        "hf-mamba2-left-padding-mid-span": (tiny_hf(n_groups=1), {"input_ids": ids[:2], "attention_mask": mask[:2]}, (12, 47), 8, 1),
+    models = {  # name: (model, inputs, span, chunk, layer, precision); one layer each keeps the interpreter quick
+        "mamba_lm-groups2-left-padding-spans": (tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}, spans, 16, 1, "ieee"),
+        "mamba_lm-group1-chunk12": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "ieee"),
+        "hf-mamba2-left-padding-mid-span": (tiny_hf(n_groups=1), {"input_ids": ids[:2], "attention_mask": mask[:2]}, (12, 47), 8, 1, "ieee"),
+        "mamba_lm-group1-chunk12-tf32x3": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "tf32x3"),
     }
-    for name, (model, inputs, span, chunk, layer) in models.items():
+    for name, (model, inputs, span, chunk, layer, precision) in models.items():
         kw = dict(layers=[layer], span=span)
         ref = probes.state_update_distance_ref(model, inputs, **kw)
-        got = probes.state_update_distance(model, inputs, **kw, dtype=torch.float32, chunk_size=chunk, backend="triton")
+        got = probes.state_update_distance(
+            model, inputs, **kw, dtype=torch.float32, chunk_size=chunk, backend="triton", triton_precision=precision
+        )
         torch32 = probes.state_update_distance(model, inputs, **kw, dtype=torch.float32, chunk_size=chunk, backend="torch")
         results[name] = {f"{k}_vs_ref": v for k, v in _frame_rel(got, ref).items()}
         results[name] |= {f"{k}_vs_torch32": v for k, v in _frame_rel(got, torch32).items()}
@@ -124,7 +132,9 @@ def test_triton_kernels_equal_the_token_recurrence(interpreted_results, case):
 
 
 @needs_triton
-@pytest.mark.parametrize("case", ["mamba_lm-groups2-left-padding-spans", "mamba_lm-group1-chunk12", "hf-mamba2-left-padding-mid-span"])
+@pytest.mark.parametrize(
+    "case", ["mamba_lm-groups2-left-padding-spans", "mamba_lm-group1-chunk12", "hf-mamba2-left-padding-mid-span", "mamba_lm-group1-chunk12-tf32x3"]
+)
 def test_triton_backend_through_models_equals_the_recurrence(interpreted_results, case):
     for key, err in interpreted_results[case].items():
         assert err < REL32, (key, err)
@@ -150,6 +160,32 @@ def test_backend_choice_and_refusals_name_the_reason(monkeypatch):
     assert resolve_backend("auto", "cuda", torch.float32) == "torch"
     with pytest.raises(RuntimeError, match="triton is not importable"):
         resolve_backend("triton", "cuda", torch.float32)
+
+
+@pytest.mark.parametrize("bad", ["tf32", "IEEE", "fp32", ""])
+def test_triton_precision_is_checked_whatever_the_backend(bad):
+    """A wrong `triton_precision` is refused up front, naming the choices, on every entry point (no triton needed)."""
+    import torch
+
+    from probes import triton_state
+    from probes.state import TRITON_PRECISIONS, state_updates, update_stats
+
+    from tests.test_probes_state import tiny_lm
+
+    assert TRITON_PRECISIONS == ("ieee", "tf32x3")
+    args = torch.zeros(1, 4, 2, 16), torch.zeros(1, 4, 1, 16), torch.zeros(1, 4, 2), torch.zeros(2)
+    for backend in ("torch", "auto", "triton"):
+        with pytest.raises(ValueError, match=r"triton_precision must be one of \('ieee', 'tf32x3'\)"):
+            update_stats(*args, backend=backend, triton_precision=bad)
+    with pytest.raises(ValueError, match="triton_precision must be one of"):
+        triton_state.update_stats_triton(*args, precision=bad)
+    with pytest.raises(ValueError, match="triton_precision must be one of"):
+        state_updates(tiny_lm(ngroups=1), {"input_ids": torch.zeros(1, 8, dtype=torch.long)}, backend="torch", triton_precision=bad)
+    # the PyTorch path takes either valid precision and ignores it
+    want = update_stats(*args, backend="torch")
+    for precision in TRITON_PRECISIONS:
+        got = update_stats(*args, backend="torch", triton_precision=precision)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 if __name__ == "__main__":
