@@ -8,10 +8,15 @@ Measures, side by side in one process, on one random-weight `sam.lm.MambaLM` of 
 - extra memory: on CUDA the peak allocated over the plain forward's; on CPU the peak RSS of a fresh
   worker process doing the same work (run once per variant), against the bytes every h_t would take;
 - accuracy: each probe variant's relative error against the reference (on the layers it ran) and,
-  for float32 or a longer chunk, against the float64 closed form on every layer, head and token.
+  for float32 or a longer chunk, against the float64 closed form on every layer, head and token;
+- where each probe variant's time goes (`--phase-repeats` extra runs, after the timed ones): the
+  forward with its hooks, `ssm_inputs` over all layers, `update_stats` over all layers and, on the
+  Triton backend, its carry and chunk kernels. CUDA events around each call on CUDA (the GPU
+  stream's time between them), perf_counter on CPU; the forward is the run's wall time less the rest.
 
-Every `--backends` x `--dtype` x `--chunk-size` (x `--triton-tiles` for the Triton backend) is a
-variant, timed interleaved with the plain forward; the Triton backend runs float32 only.
+Every `--backends` x `--dtype` x `--chunk-size` (`--torch-chunk-size` for the torch backend when
+given; x `--triton-tiles` x `--triton-precision` for the Triton backend) is a variant, timed interleaved with the plain forward; the Triton backend runs
+float32 only.
 
     python benchmarks/bench_state_update.py                                        # CPU, cpu-small, 2,048 tokens
     python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192 \
@@ -19,6 +24,8 @@ variant, timed interleaved with the plain forward; the Triton backend runs float
     python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192 \
         --backends torch triton --dtype float64 float32 --chunk-size 16 32 64 \
         --triton-tiles 32x32x8 32x64x8 --ref-layers 2                              # PyTorch vs fused Triton kernels
+    python benchmarks/bench_state_update.py --device cuda --shape 780m --tokens 8192 \
+        --backends triton --dtype float32 --triton-precision ieee tf32x3 --ref-layers 1  # IEEE vs 3-pass TF32 dots
 
 On CUDA the forward takes mamba_ssm's Triton kernels when it is installed (sam.mamba2 dispatch);
 the probe math is PyTorch (`--backends torch`) or probes.triton_state's kernels (`triton`). Writes benchmarks/results/state_update_<device>_<shape>[_<dtypes>].json
@@ -62,6 +69,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--chunk-size", type=int, nargs="+", default=[32], help="probe chunk length(s); every dtype x chunk pair is timed")
+    p.add_argument("--torch-chunk-size", type=int, nargs="+", default=[],
+                   help="chunk length(s) of the torch backend only (default: --chunk-size), e.g. its fastest 64 beside Triton's 32")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--dtype", nargs="+", default=[], choices=["float32", "float64"],
                    help="probe arithmetic (one or more); default: the probe's own default for the device")
@@ -69,6 +78,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="probe implementation(s), space- or comma-separated: torch, triton (probes.state.update_stats backend)")
     p.add_argument("--triton-tiles", nargs="+", default=[""], metavar="PxNxWARPS",
                    help="Triton carry-kernel state tile and warps, e.g. 32x32x8 (default: probes.triton_state's)")
+    p.add_argument("--triton-precision", nargs="+", default=["ieee"], choices=list(probes.state.TRITON_PRECISIONS),
+                   help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)")
+    p.add_argument("--phase-repeats", type=int, default=3,
+                   help="extra runs per variant timing its phases (forward, ssm_inputs, update_stats, kernels); 0 = skip")
     p.add_argument("--model-dtype", default="", choices=["", *DTYPES], help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--ref-layers", type=int, default=0, help="time the reference on this many layers and scale (0 = all)")
     p.add_argument("--name", default="", help="result file name (default: state_update_<device>_<shape>[_<dtype>])")
@@ -94,10 +107,12 @@ class Variant(NamedTuple):
     dtype: str
     chunk: int
     tile: str = ""  # Triton carry tile PxNxWARPS; "" = the module's default
+    precision: str = ""  # Triton tl.dot input precision; "" on the torch backend
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.dtype}, chunk {self.chunk}" + (f", tile {self.tile}" if self.tile else "")
+        return (f"{self.backend} {self.dtype}, chunk {self.chunk}" + (f", tile {self.tile}" if self.tile else "")
+                + (f", {self.precision} dots" if self.precision else ""))
 
 
 @contextlib.contextmanager
@@ -124,7 +139,93 @@ def triton_default_tile() -> str:
 
 def run_variant(model: MambaLM, inputs: dict[str, Any], v: Variant) -> Any:
     with triton_tile(v.tile):
-        return probes.state_updates(model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend)
+        return probes.state_updates(
+            model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend, triton_precision=v.precision or "ieee"
+        )
+
+
+class PhaseClock:
+    """Time spent inside wrapped calls, summed per name: CUDA events on CUDA (the stream's time
+    between them, read after one synchronize), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, list[tuple[Any, Any]]] = {}
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def wrap(self, name: str, fn: Any) -> Any:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = self._mark()
+            out = fn(*args, **kwargs)
+            self.marks.setdefault(name, []).append((start, self._mark()))
+            return out
+
+        return timed_call
+
+    def seconds(self) -> dict[str, float]:
+        """Summed seconds per name (call after the device is synchronized)."""
+        span = (lambda a, b: a.elapsed_time(b) / 1e3) if self.cuda else (lambda a, b: b - a)
+        return {name: sum(span(a, b) for a, b in marks) for name, marks in self.marks.items()}
+
+    def calls(self) -> dict[str, int]:
+        return {name: len(marks) for name, marks in self.marks.items()}
+
+
+class _TimedLaunch:
+    """A Triton kernel whose `kernel[grid](...)` launches go through a PhaseClock."""
+
+    def __init__(self, kernel: Any, clock: PhaseClock, name: str) -> None:
+        self.kernel, self.clock, self.name = kernel, clock, name
+
+    def __getitem__(self, grid: Any) -> Any:
+        return self.clock.wrap(self.name, self.kernel[grid])
+
+
+@contextlib.contextmanager
+def phase_clock(device: torch.device, backend: str) -> Iterator[PhaseClock]:
+    """probes.state's `ssm_inputs` and `update_stats` (and, on the Triton backend, the carry and
+    chunk kernels) timed by one PhaseClock inside the block; the originals restored afterwards."""
+    clock = PhaseClock(device)
+    state = probes.state
+    patched: list[tuple[Any, str, Any]] = [(state, "ssm_inputs", state.ssm_inputs), (state, "update_stats", state.update_stats)]
+    if backend == "triton":
+        from probes import triton_state
+
+        patched += [(triton_state, "_carry_kernel", triton_state._carry_kernel), (triton_state, "_chunk_kernel", triton_state._chunk_kernel)]
+    try:
+        for module, attr, orig in patched:
+            name = attr.strip("_")
+            setattr(module, attr, _TimedLaunch(orig, clock, name) if attr.endswith("_kernel") else clock.wrap(name, orig))
+        yield clock
+    finally:
+        for module, attr, orig in patched:
+            setattr(module, attr, orig)
+
+
+def phase_times(model: MambaLM, inputs: dict[str, Any], v: Variant, device: torch.device, repeats: int) -> dict[str, Any]:
+    """Median seconds per phase of `repeats` probe runs: the forward with hooks (wall time less the
+    timed calls), ssm_inputs and update_stats summed over layers, and the Triton kernels within."""
+    runs: list[dict[str, float]] = []
+    calls: dict[str, int] = {}
+    for _ in range(repeats):
+        with phase_clock(device, v.backend) as clock:
+            total = timed(lambda: run_variant(model, inputs, v), device)
+        got = clock.seconds()
+        calls = clock.calls()
+        row = {"total": total, **got}
+        row["forward_with_hooks"] = total - got.get("ssm_inputs", 0.0) - got.get("update_stats", 0.0)
+        if v.backend == "triton":  # update_stats less its two kernel launches: gram_b, expm1, buffers
+            row["triton_outside_kernels"] = got.get("update_stats", 0.0) - got.get("carry_kernel", 0.0) - got.get("chunk_kernel", 0.0)
+        runs.append(row)
+    timer = "CUDA events (stream time between them)" if device.type == "cuda" else "perf_counter"
+    return {"runs": repeats, "timer": timer, "calls_per_run": calls,
+            "median_s": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
 
 
 def build(args: argparse.Namespace) -> tuple[MambaLM, torch.Tensor, torch.device]:
@@ -163,7 +264,9 @@ def worker(args: argparse.Namespace) -> int:
         if args.worker == "plain":
             model(input_ids=ids)
         else:
-            run_variant(model, {"input_ids": ids}, Variant(args.backends[0], probe_dtypes(args, device)[0], args.chunk_size[0], args.triton_tiles[0]))
+            backend = args.backends[0]
+            precision = args.triton_precision[0] if backend == "triton" else ""
+            run_variant(model, {"input_ids": ids}, Variant(backend, probe_dtypes(args, device)[0], args.chunk_size[0], args.triton_tiles[0], precision))
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     return 0
 
@@ -196,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model.config
     inputs = {"input_ids": ids}
     variants = [
-        Variant(b, d, c, tile)
+        Variant(b, d, c, tile, precision)
         for b in args.backends
         for d in probe_dtypes(args, device)
-        for c in args.chunk_size
+        for c in (args.torch_chunk_size or args.chunk_size if b == "torch" else args.chunk_size)
         for tile in (args.triton_tiles if b == "triton" else [""])
+        for precision in (args.triton_precision if b == "triton" else [""])
         if b == "torch" or d == "float32"  # the kernels compute in float32 only
     ]
     if not variants:
@@ -234,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         memory["kind"] = "peak RSS of a fresh process"
         memory["plain_bytes"] = cpu_peak_rss(argv, ["--worker", "plain"])
         for v in variants:
-            extra = ["--backends", v.backend, "--dtype", v.dtype, "--chunk-size", str(v.chunk), "--triton-tiles", v.tile]
+            extra = ["--backends", v.backend, "--dtype", v.dtype, "--chunk-size", str(v.chunk), "--triton-tiles", v.tile,
+                     "--triton-precision", v.precision or "ieee"]
             memory[label(v)] = cpu_peak_rss(argv, ["--worker", "state", *extra])
 
     t_plain: list[float] = []
@@ -243,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         t_plain.append(timed(plain, device))
         for v in variants:
             t_state[label(v)].append(timed(lambda: state(v), device))
+    phases = {label(v): phase_times(model, inputs, v, device, args.phase_repeats) for v in variants} if args.phase_repeats > 0 else {}
     layers = list(range(cfg.n_layer)) if not args.ref_layers else list(range(min(args.ref_layers, cfg.n_layer)))
     ref: dict[str, Any] = {}
     t_ref = timed(lambda: ref.setdefault("out", probes.state_updates(model, inputs, layers=layers, dtype=torch.float64, reference=True)), device)
@@ -282,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": v.dtype,
             "chunk_size": v.chunk,
             "triton_tile": v.tile or None,
+            "triton_precision": v.precision or None,
             "seconds": t_state[key],
             "median_s": med,
             "state_over_plain": med / t_plain_med,
@@ -292,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             "largest_transient_bytes_estimate": args.batch * args.tokens * nheads * v.chunk * bits // 8,
             "output_bytes": 2 * cfg.n_layer * args.batch * args.tokens * nheads * bits // 8,
             "relative_error": acc,
+            "phases": phases.get(key),
         }
     dtypes = list(dict.fromkeys(v.dtype for v in variants))
     name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if dtypes == ["float64"] else "_" + "_".join(dtypes)) + ("_triton" if "triton" in args.backends else "")
@@ -330,6 +438,18 @@ def _err(e: dict[str, Any]) -> str:
     return "n/a" if not e.get("count") else f"max {e['max']:.1e}, median {e['median']:.1e}, 99.9% {e['p99_9']:.1e}"
 
 
+def _phases(ph: dict[str, Any], plain_s: float, n_layer: int) -> str:
+    m, ms = ph["median_s"], lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
+    calls = ph["calls_per_run"].get("update_stats", n_layer)
+    text = (f"median of {ph['runs']} runs ({ph['timer']}): total {ms(m['total'])} = forward with hooks {ms(m['forward_with_hooks'])} "
+            f"(the wall time less the calls below; plain forward {ms(plain_s)}) + ssm_inputs {ms(m.get('ssm_inputs', 0.0))} + update_stats {ms(m.get('update_stats', 0.0))} "
+            f"over {calls} layers ({ms(m.get('update_stats', 0.0) / max(calls, 1))} a layer)")
+    if "carry_kernel" in m:
+        text += (f"; inside update_stats: carry kernel {ms(m['carry_kernel'])}, chunk kernel {ms(m.get('chunk_kernel', 0.0))}, "
+                 f"the rest (gram_b matmul, expm1, buffers) {ms(m['triton_outside_kernels'])}")
+    return text
+
+
 def markdown(r: dict[str, Any]) -> str:
     mib = 1024**2
     ok = lambda good: "meets" if good else "MISSES"  # noqa: E731
@@ -355,6 +475,8 @@ def markdown(r: dict[str, Any]) -> str:
             (f"probe {key}: extra memory", f"{v['extra_memory_bytes'] / mib:.1f} MiB measured ({r['memory']['kind']}); "
              f"largest per-layer transient [b, T, heads, chunk] about {v['largest_transient_bytes_estimate'] / mib:.1f} MiB; results kept {v['output_bytes'] / mib:.2f} MiB"),
         ]
+        if v.get("phases"):
+            rows.append((f"probe {key}: where the time goes", _phases(v["phases"], r["median_plain_s"], r["lm"]["n_layer"])))
         for against, e in v["relative_error"].items():
             what = "the float64 reference" if against == "vs_reference" else f"the float64 closed form ({e['against']})"
             rows.append((f"probe {key}: relative error vs {what}, {e['layers']} layers",
