@@ -236,14 +236,20 @@ def check_triton_precision(precision: str) -> str:
     return precision
 
 
+def check_backend(backend: str) -> str:
+    """`backend` if it is one of BACKENDS, else a ValueError naming the choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype) -> str:
     """'torch' or 'triton' for tensors of this device and dtype.
 
     'auto' is the fused Triton kernels (`probes.triton_state`) for float32 CUDA tensors when triton
     imports, else PyTorch; 'triton' refuses, with the reason, what the kernels cannot run.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     device = torch.device(device)
     if backend == "torch" or (backend == "auto" and (device.type != "cuda" or dtype != torch.float32)):
         return "torch"
@@ -408,8 +414,7 @@ def state_updates(
     ("ieee" float32, or "tf32x3": 3-pass TF32 on tensor cores; see `update_stats`). `reference=True`
     uses the token-by-token recurrence (slow; for tests).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)  # before the forward, not inside its first hook
     check_triton_precision(triton_precision)
     mixers = mamba2_mixers(model, layers)
     masks: dict[int, Tensor | None] = {}
