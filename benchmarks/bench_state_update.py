@@ -76,8 +76,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="probe arithmetic (one or more); default: the probe's own default for the device")
     p.add_argument("--backends", nargs="+", type=_words, default=[["torch"]], metavar="BACKEND",
                    help="probe implementation(s), space- or comma-separated: torch, triton (probes.state.update_stats backend)")
-    p.add_argument("--triton-tiles", nargs="+", default=[""], metavar="PxNxWARPS",
-                   help="Triton carry-kernel state tile and warps, e.g. 32x32x8 (default: probes.triton_state's)")
+    p.add_argument("--triton-tiles", nargs="+", default=[""], metavar="PxNxWARPS[xSEG[xCHUNKWARPS]]",
+                   help="Triton carry-kernel state tile and warps, optionally the chunks per carry segment and the "
+                        "chunk kernel's warps, e.g. 32x32x8 or 32x32x2x16x4 (default: probes.triton_state's)")
     p.add_argument("--triton-precision", nargs="+", default=["ieee"], choices=list(probes.state.TRITON_PRECISIONS),
                    help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)")
     p.add_argument("--phase-repeats", type=int, default=3,
@@ -93,8 +94,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         p.error(f"--backends: unknown {bad}; choose from torch, triton")
     for tile in args.triton_tiles:
-        if tile and not re.fullmatch(r"\d+x\d+x\d+", tile):
-            p.error(f"--triton-tiles: {tile!r} is not PxNxWARPS (e.g. 32x32x8)")
+        if tile and not re.fullmatch(r"\d+x\d+x\d+(x\d+){0,2}", tile):
+            p.error(f"--triton-tiles: {tile!r} is not PxNxWARPS[xSEG[xCHUNKWARPS]] (e.g. 32x32x8 or 32x32x2x16x4)")
     return args
 
 
@@ -106,7 +107,7 @@ class Variant(NamedTuple):
     backend: str
     dtype: str
     chunk: int
-    tile: str = ""  # Triton carry tile PxNxWARPS; "" = the module's default
+    tile: str = ""  # Triton carry tile PxNxWARPS[xSEG[xCHUNKWARPS]]; "" = the module's default
     precision: str = ""  # Triton tl.dot input precision; "" on the torch backend
 
     @property
@@ -117,24 +118,28 @@ class Variant(NamedTuple):
 
 @contextlib.contextmanager
 def triton_tile(tile: str) -> Iterator[None]:
-    """probes.triton_state's carry tile and warps set to `tile` (PxNxWARPS) inside the block."""
+    """probes.triton_state's carry tile and warps (and chunks per carry segment, chunk-kernel warps) set to `tile` inside the block."""
     if not tile:
         yield
         return
     from probes import triton_state
 
-    saved = triton_state.BLOCK_P, triton_state.BLOCK_N, triton_state.CARRY_WARPS
-    triton_state.BLOCK_P, triton_state.BLOCK_N, triton_state.CARRY_WARPS = (int(v) for v in tile.split("x"))
+    names = ["BLOCK_P", "BLOCK_N", "CARRY_WARPS", "SEGMENT_CHUNKS", "CHUNK_WARPS"]
+    saved = {n: getattr(triton_state, n) for n in names}
+    for n, v in zip(names, tile.split("x")):
+        setattr(triton_state, n, int(v))
     try:
         yield
     finally:
-        triton_state.BLOCK_P, triton_state.BLOCK_N, triton_state.CARRY_WARPS = saved
+        for n, v in saved.items():
+            setattr(triton_state, n, v)
 
 
 def triton_default_tile() -> str:
     from probes import triton_state
 
-    return f"{triton_state.BLOCK_P}x{triton_state.BLOCK_N}x{triton_state.CARRY_WARPS}"
+    t = triton_state
+    return f"{t.BLOCK_P}x{t.BLOCK_N}x{t.CARRY_WARPS}x{t.SEGMENT_CHUNKS}x{t.CHUNK_WARPS}"
 
 
 def run_variant(model: MambaLM, inputs: dict[str, Any], v: Variant) -> Any:
@@ -197,7 +202,7 @@ def phase_clock(device: torch.device, backend: str) -> Iterator[PhaseClock]:
     if backend == "triton":
         from probes import triton_state
 
-        patched += [(triton_state, "_carry_kernel", triton_state._carry_kernel), (triton_state, "_chunk_kernel", triton_state._chunk_kernel)]
+        patched += [(triton_state, k, getattr(triton_state, k)) for k in ("_carry_kernel", "_chunk_kernel", "_conv_kernel")]
     try:
         for module, attr, orig in patched:
             name = attr.strip("_")
@@ -220,7 +225,7 @@ def phase_times(model: MambaLM, inputs: dict[str, Any], v: Variant, device: torc
         calls = clock.calls()
         row = {"total": total, **got}
         row["forward_with_hooks"] = total - got.get("ssm_inputs", 0.0) - got.get("update_stats", 0.0)
-        if v.backend == "triton":  # update_stats less its two kernel launches: gram_b, expm1, buffers
+        if v.backend == "triton":  # update_stats less its kernel launches: gram_b, expm1, segment scan, buffers
             row["triton_outside_kernels"] = got.get("update_stats", 0.0) - got.get("carry_kernel", 0.0) - got.get("chunk_kernel", 0.0)
         runs.append(row)
     timer = "CUDA events (stream time between them)" if device.type == "cuda" else "perf_counter"
@@ -444,9 +449,12 @@ def _phases(ph: dict[str, Any], plain_s: float, n_layer: int) -> str:
     text = (f"median of {ph['runs']} runs ({ph['timer']}): total {ms(m['total'])} = forward with hooks {ms(m['forward_with_hooks'])} "
             f"(the wall time less the calls below; plain forward {ms(plain_s)}) + ssm_inputs {ms(m.get('ssm_inputs', 0.0))} + update_stats {ms(m.get('update_stats', 0.0))} "
             f"over {calls} layers ({ms(m.get('update_stats', 0.0) / max(calls, 1))} a layer)")
+    if "conv_kernel" in m:
+        text += f"; inside ssm_inputs: fused conv kernel {ms(m['conv_kernel'])}"
     if "carry_kernel" in m:
-        text += (f"; inside update_stats: carry kernel {ms(m['carry_kernel'])}, chunk kernel {ms(m.get('chunk_kernel', 0.0))}, "
-                 f"the rest (gram_b matmul, expm1, buffers) {ms(m['triton_outside_kernels'])}")
+        text += (f"; inside update_stats: carry kernel {ms(m['carry_kernel'])} ({ph['calls_per_run'].get('carry_kernel', 0)} launches), "
+                 f"chunk kernel {ms(m.get('chunk_kernel', 0.0))}, "
+                 f"the rest (gram_b matmul, expm1, segment scan, buffers) {ms(m['triton_outside_kernels'])}")
     return text
 
 
@@ -457,7 +465,7 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [
         ("device", r["device"]),
         ("forward kernels", r["kernels"]),
-        *([("Triton carry tile PxNxWARPS when not named", r["triton_default_tile"])] if r.get("triton_default_tile") else []),
+        *([("Triton carry tile PxNxWARPSxSEGxCHUNKWARPS when not named", r["triton_default_tile"])] if r.get("triton_default_tile") else []),
         ("model", f"MambaLM {r['shape']} ({r['lm']['n_layer']} layers x {r['lm']['nheads']} heads, headdim {r['lm']['headdim']}, d_state {r['lm']['d_state']}), {r['model_dtype']}"),
         ("input", f"{r['batch']} x {r['tokens']} tokens"),
         ("CPU threads / 1-min load average at the end", f"{r['threads']} / {r['load_average_1m']:.1f}"),

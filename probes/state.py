@@ -120,11 +120,15 @@ def mixer_shape(mixer: nn.Module) -> MixerShape:
     return MixerShape(nheads, headdim, ngroups, d_state, int(d_conv), int(conv_dim), (limit[0], limit[1]), activation)
 
 
-def ssm_inputs(mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def ssm_inputs(
+    mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dtype: torch.dtype = torch.float64, backend: str = "torch"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """x [b,T,H,P], B [b,T,G,N], dt [b,T,H], A [H] from a mixer's in_proj output [b, T, d_in_proj].
 
     The in_proj output is [z0, x0, z, xBC, dt] (mamba_ssm; the first three may be empty) or
     [gate, xBC, dt] (transformers): xBC and dt are always its last conv_dim + nheads columns.
+    `backend` as in `resolve_backend`: "triton" (float32 only) runs the conv and SiLU as one Triton
+    kernel (`probes.triton_state.conv_silu_triton`) reading the in_proj output in place; "torch" as below.
     """
     shape = mixer_shape(mixer)
     if zxbcdt.dim() != 3:
@@ -133,34 +137,53 @@ def ssm_inputs(mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dty
     if width < shape.conv_dim + shape.nheads:
         raise ValueError(f"in_proj output has {width} features, fewer than conv_dim + nheads = {shape.conv_dim + shape.nheads}")
     h, p, g, n = shape.nheads, shape.headdim, shape.ngroups, shape.d_state
-    lo, used, k = width - shape.conv_dim - h, h * p + g * n, shape.d_conv  # x and B channels; C is never needed
-    # Causal depthwise conv as d_conv shifted multiply-adds over [b, T, channels], in place (float64
-    # depthwise F.conv1d takes a slow path on CPU); the cast to `dtype` is the copy into `padded`.
-    padded = torch.zeros(b, T + k - 1, used, dtype=dtype, device=zxbcdt.device)
-    padded[:, k - 1 :] = zxbcdt[..., lo : lo + used]
+    lo, used = width - shape.conv_dim - h, h * p + g * n  # x and B channels; C is never needed
     dt = zxbcdt[..., width - h :].to(dtype)
     if mask is not None:
-        mask = mask.to(dtype)[:, -T:, None]
-        # sam's mixer zeroes padded xBC before the conv too; transformers only zeroes the mixer
-        # input, so an in_proj bias still reaches its conv from padding.
-        if not type(mixer).__module__.startswith("transformers."):
-            padded[:, k - 1 :] *= mask
-    weight = mixer.conv1d.weight.detach()[:used, 0].to(dtype)  # [used, d_conv]
-    out = padded[:, k - 1 :] * weight[:, k - 1]
-    for j in range(k - 1):
-        out.addcmul_(padded[:, j : j + T], weight[:, j])
-    del padded
-    if mixer.conv1d.bias is not None:
-        out += mixer.conv1d.bias.detach()[:used].to(dtype)
-    xbc = F.silu(out, inplace=True)
-    if mask is not None:
-        xbc *= mask
+        mask = mask.to(dtype)[:, -T:]
+    # sam's mixer zeroes padded xBC before the conv too; transformers only zeroes the mixer input,
+    # so an in_proj bias still reaches its conv from padding.
+    mask_input = not type(mixer).__module__.startswith("transformers.")
+    weight = mixer.conv1d.weight.detach()[:used, 0]  # [used, d_conv]
+    bias = mixer.conv1d.bias.detach()[:used] if mixer.conv1d.bias is not None else None
+    if resolve_backend(backend, zxbcdt.device, dtype) == "triton":
+        from .triton_state import conv_silu_triton
+
+        xbc = conv_silu_triton(zxbcdt, lo, used, weight, bias, mask, mask_input)
+    else:
+        xbc = _conv_silu_torch(zxbcdt[..., lo : lo + used], weight.to(dtype), None if bias is None else bias.to(dtype), mask, mask_input, dtype)
     x, B = xbc[..., : h * p], xbc[..., h * p : h * p + g * n]
     dt = F.softplus(dt + mixer.dt_bias.detach().to(dtype))
     if shape.dt_limit != (0.0, float("inf")):
         dt = dt.clamp(min=shape.dt_limit[0], max=shape.dt_limit[1])
     A = -torch.exp(mixer.A_log.detach().to(dtype))
     return x.reshape(b, T, h, p), B.reshape(b, T, g, n), dt, A
+
+
+def _conv_silu_torch(
+    xbc_in: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None, mask_input: bool, dtype: torch.dtype
+) -> Tensor:
+    """Causal depthwise conv + SiLU of xbc_in [b, T, C] (weight [C, d_conv]) in `dtype`, masked like the mixer.
+
+    Written as d_conv shifted multiply-adds over [b, T, channels], in place (float64 depthwise
+    F.conv1d takes a slow path on CPU); the cast to `dtype` is the copy into `padded`.
+    """
+    b, T, used = xbc_in.shape
+    k = weight.shape[-1]
+    padded = torch.zeros(b, T + k - 1, used, dtype=dtype, device=xbc_in.device)
+    padded[:, k - 1 :] = xbc_in
+    if mask is not None and mask_input:
+        padded[:, k - 1 :] *= mask[..., None]
+    out = padded[:, k - 1 :] * weight[:, k - 1]
+    for j in range(k - 1):
+        out.addcmul_(padded[:, j : j + T], weight[:, j])
+    del padded
+    if bias is not None:
+        out += bias
+    xbc = F.silu(out, inplace=True)
+    if mask is not None:
+        xbc *= mask[..., None]
+    return xbc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,11 +461,12 @@ def state_updates(
             if layer in distance:
                 raise RuntimeError(f"layer {layer}'s in_proj ran twice in one forward; state distances need one full-sequence forward (no step decoding)")
             with torch.no_grad(), torch.autocast(output.device.type, enabled=False), _ieee_matmul():
-                x, B, dt, A = ssm_inputs(mixer, output.detach(), masks.get(layer), dtype or default_dtype(output.device))
+                dt_probe = dtype or default_dtype(output.device)
+                use = "torch" if reference else resolve_backend(backend, output.device, dt_probe)
+                x, B, dt, A = ssm_inputs(mixer, output.detach(), masks.get(layer), dt_probe, backend=use)
                 if reference:
                     d, s = update_stats_ref(x, B, dt, A)
                 else:
-                    use = resolve_backend(backend, x.device, x.dtype)
                     d, s = update_stats(
                         x, B, dt, A, chunk_size or default_chunk_size(x.device, use), backend=use, triton_precision=triton_precision
                     )

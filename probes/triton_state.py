@@ -52,6 +52,10 @@ else:
 # warps 242 ms vs 8 warps 293 ms in one run, 2 warps 227 ms vs 4 warps 241 ms in another; 64 x 32 and
 # 32 x 64 tiles were no faster.
 BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 8
+# Chunks one carry program walks in order. Inputs longer than this many chunks are cut into
+# segments walked in parallel (their entering states from one extra pass and a small scan), so
+# the carry kernel's sequential loop is this long rather than T / chunk.
+SEGMENT_CHUNKS = 8
 
 
 def available() -> bool:
@@ -91,12 +95,15 @@ if triton is not None:
 
     @triton.jit
     def _carry_kernel(
-        x_ptr, b_ptr, dt_ptr, la_ptr, cin_ptr, snorm_ptr,
-        T, Q, nchunks, P, N, heads_per_group, n_tiles_n, n_tiles, padded_T,
+        x_ptr, b_ptr, dt_ptr, la_ptr, cin_ptr, snorm_ptr, start_ptr, end_ptr,
+        T, Q, nchunks, seg_chunks, P, N, heads_per_group, n_tiles_n, n_tiles, padded_T,
         sxb, sxt, sxh, sxp, sbb, sbt, sbg, sbn, sdb, sdt, sdh,
         BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, STATIC_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
+        READOUT: tl.constexpr, HAS_START: tl.constexpr, STORE_END: tl.constexpr,
     ):
-        tile, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        pid, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        tile, seg = pid % n_tiles, pid // n_tiles
+        nseg = tl.num_programs(0) // n_tiles
         g = h // heads_per_group
         offs_p = (tile // n_tiles_n) * BP + tl.arange(0, BP)
         offs_n = (tile % n_tiles_n) * BN + tl.arange(0, BN)
@@ -105,9 +112,16 @@ if triton is not None:
         b_base = b_ptr + bi * sbb + g * sbg + offs_n[None, :] * sbn
         d_off = bi * sdb + h * sdh
         out = (bi * tl.num_programs(1) + h) * n_tiles + tile  # row of this (batch, head, tile)
-        state = tl.zeros((BP, BN), dtype=tl.float32)
+        # this (batch, head, segment)'s [P, N] state in start_ptr / end_ptr ([b, H, segments, P, N], contiguous)
+        s_off = ((bi * tl.num_programs(1) + h) * nseg + seg) * P * N + offs_p[:, None] * N + offs_n[None, :]
+        s_mask = (offs_p[:, None] < P) & (offs_n[None, :] < N)
+        if HAS_START:
+            state = tl.load(start_ptr + s_off, mask=s_mask, other=0.0)
+        else:
+            state = tl.zeros((BP, BN), dtype=tl.float32)
         # STATIC_CHUNKS > 0 only under the interpreter, whose range() cannot take a runtime bound (numpy >= 2.4).
-        for ci in range(0, STATIC_CHUNKS if STATIC_CHUNKS > 0 else nchunks):
+        for j in range(0, STATIC_CHUNKS if STATIC_CHUNKS > 0 else seg_chunks):
+            ci = seg * seg_chunks + j
             t = (ci * Q + offs_q).to(tl.int64)  # addresses: t * stride can pass 2**31 on long inputs
             valid = (offs_q < Q) & (t < T)
             la = tl.load(la_ptr + d_off + t * sdt, mask=valid, other=0.0)  # log a_t = dt_t A
@@ -115,13 +129,16 @@ if triton is not None:
             xt = tl.load(x_base + t[None, :] * sxt, mask=(offs_p[:, None] < P) & valid[None, :], other=0.0)  # [BP, BQ]
             bt = tl.load(b_base + t[:, None] * sbt, mask=valid[:, None] & (offs_n[None, :] < N), other=0.0)  # [BQ, BN]
             lam = tl.cumsum(la, 0)  # L_t; padding adds 0, so the last entry is the chunk's total
-            lam_prev = _shift(lam, offs_q)
             lam_end = tl.sum(tl.where(offs_q == BQ - 1, lam, 0.0), 0)
-            tl.store(snorm_ptr + out * nchunks + ci, tl.sum(tl.sum(state * state, 1), 0))
-            read = tl.dot(state, tl.trans(bt), input_precision=PRECISION)  # [BP, BQ]: S B_t
-            tl.store(cin_ptr + out * padded_T + t, tl.sum(xt * read, 0) * tl.exp(lam_prev), mask=valid)
+            if READOUT:
+                lam_prev = _shift(lam, offs_q)
+                tl.store(snorm_ptr + out * nchunks + ci, tl.sum(tl.sum(state * state, 1), 0))
+                read = tl.dot(state, tl.trans(bt), input_precision=PRECISION)  # [BP, BQ]: S B_t
+                tl.store(cin_ptr + out * padded_T + t, tl.sum(xt * read, 0) * tl.exp(lam_prev), mask=valid)
             w = tl.exp(lam_end - lam) * dt
             state = state * tl.exp(lam_end) + tl.dot(xt * w[None, :], bt, input_precision=PRECISION)
+        if STORE_END:
+            tl.store(end_ptr + s_off, state, mask=s_mask)
 
     @triton.jit
     def _chunk_kernel(
@@ -169,6 +186,62 @@ if triton is not None:
         tl.store(dist_ptr + d_off, tl.sqrt(tl.maximum(dist2, 0.0)), mask=valid)
         tl.store(norm_ptr + d_off, tl.sqrt(tl.maximum(prev2, 0.0)), mask=valid)
 
+    @triton.jit
+    def _conv_kernel(
+        z_ptr, w_ptr, bias_ptr, mask_ptr, out_ptr, T, C, lo, szb, szt, szc, smb, smt,
+        K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+        MASK_INPUT: tl.constexpr,
+    ):
+        # out[b, t, c] = silu(bias_c + sum_j w[c, j] z[b, t - K + 1 + j, lo + c]) (x mask), in float32
+        bi = tl.program_id(2).to(tl.int64)
+        t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+        c = tl.program_id(1) * BC + tl.arange(0, BC)
+        in_c = c < C
+        acc = tl.zeros((BT, BC), dtype=tl.float32)
+        for j in tl.static_range(K):
+            ts = t - (K - 1) + j
+            ok = (ts >= 0) & (ts < T)
+            v = tl.load(z_ptr + bi * szb + ts[:, None] * szt + (lo + c)[None, :] * szc, mask=ok[:, None] & in_c[None, :], other=0.0)
+            v = v.to(tl.float32)
+            if HAS_MASK and MASK_INPUT:
+                v *= tl.load(mask_ptr + bi * smb + ts * smt, mask=ok, other=0.0)[:, None]
+            acc += v * tl.load(w_ptr + c * K + j, mask=in_c, other=0.0)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + c, mask=in_c, other=0.0)[None, :]
+        acc = acc * tl.sigmoid(acc)
+        in_t = t < T
+        if HAS_MASK:
+            acc *= tl.load(mask_ptr + bi * smb + t * smt, mask=in_t, other=0.0)[:, None]
+        tl.store(out_ptr + (bi * T + t[:, None]) * C + c[None, :], acc, mask=in_t[:, None] & in_c[None, :])
+
+
+def conv_silu_triton(zxbcdt: Tensor, lo: int, channels: int, weight: Tensor, bias: Tensor | None,
+                     mask: Tensor | None = None, mask_input: bool = True) -> Tensor:
+    """The mixer's causal depthwise conv + SiLU on zxbcdt[..., lo : lo + channels], fused, as float32 [b, T, channels].
+
+    `weight` [channels, d_conv] and `bias` [channels] are the conv's (cast to float32 here); `mask`
+    [b, T] zeroes padded tokens after the SiLU and, with `mask_input`, also before the conv (as
+    sam / mamba_ssm mixers do; transformers' mixer does not). zxbcdt may be any float dtype and a
+    strided view; the conv is read straight from it, so x and B never exist in the model's dtype.
+    Same arithmetic as `probes.state.ssm_inputs`' PyTorch conv in float32, up to summation order.
+    """
+    reason = unavailable_reason(zxbcdt.device, torch.float32)
+    if reason:
+        raise RuntimeError(reason)
+    b, T, _ = zxbcdt.shape
+    K = int(weight.shape[-1])
+    out = torch.empty(b, T, channels, dtype=torch.float32, device=zxbcdt.device)
+    w = weight.detach().reshape(channels, K).float().contiguous()
+    bias_f = bias.detach().float().contiguous() if bias is not None else w
+    mask_f = mask.float() if mask is not None else w
+    smb, smt = mask_f.stride() if mask is not None else (0, 0)
+    BT, BC = 32, 128
+    _conv_kernel[(triton.cdiv(T, BT), triton.cdiv(channels, BC), b)](
+        zxbcdt, w, bias_f, mask_f, out, T, channels, lo, *zxbcdt.stride(), smb, smt,
+        K=K, BT=BT, BC=BC, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, MASK_INPUT=mask_input, num_warps=4,
+    )
+    return out
+
 
 def update_stats_triton(
     x: Tensor,
@@ -180,6 +253,7 @@ def update_stats_triton(
     block_n: int | None = None,
     num_warps: int | None = None,
     precision: str = "ieee",
+    segment_chunks: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`probes.state.update_stats` through the fused kernels: (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], float32.
 
@@ -188,9 +262,11 @@ def update_stats_triton(
     program and `num_warps` its warps (defaults: the module's BLOCK_P, BLOCK_N, CARRY_WARPS; tiles
     are clipped to the state and must be powers of two >= 16). `precision` is the kernels' tl.dot
     input precision, one of `probes.state.TRITON_PRECISIONS`: "ieee" (float32) or "tf32x3" (3-pass
-    TF32 on tensor cores).
+    TF32 on tensor cores). `segment_chunks` (default SEGMENT_CHUNKS) is how many chunks one carry
+    program walks; longer inputs are cut into segments of that many chunks whose entering states
+    come from a pass that sums each segment's update and a [segments x segments] scan.
     """
-    from .state import _check, _ieee_matmul, check_triton_precision
+    from .state import _check, _ieee_matmul, _scan_chunks, check_triton_precision
 
     b, T, H, P, G, N = _check(x, B, dt, A)
     check_triton_precision(precision)
@@ -205,30 +281,50 @@ def update_stats_triton(
     bp, bn = _pow2(min(block_p or BLOCK_P, P)), _pow2(min(block_n or BLOCK_N, N))
     if bp != (block_p or bp) or bn != (block_n or bn):
         raise ValueError(f"block_p and block_n must be powers of two >= 16, got {block_p}, {block_n}")
-    c = -(-T // Q)
-    padded_T = c * Q
+    seg = int(segment_chunks or SEGMENT_CHUNKS)
+    if seg < 1:
+        raise ValueError(f"segment_chunks must be >= 1, got {segment_chunks}")
+    c = -(-T // Q)  # chunks holding tokens
+    seg = min(seg, c)
+    nseg = -(-c // seg)
+    nc = nseg * seg  # chunks the carry kernel walks (the last segment padded with empty chunks)
+    padded_T = nc * Q
     la = (dt * A).contiguous()  # log a_t
     am1 = torch.expm1(la)
     dt = dt.contiguous()
-    with _ieee_matmul():  # B_t . B_s per group and chunk: [b, G, c, Q, Q]
-        bc = F.pad(B, (0, 0, 0, 0, 0, padded_T - T)).reshape(b, c, Q, G, N).permute(0, 3, 1, 2, 4)
+    with _ieee_matmul():  # B_t . B_s per group and chunk: [b, G, nc, Q, Q]
+        bc = F.pad(B, (0, 0, 0, 0, 0, padded_T - T)).reshape(b, nc, Q, G, N).permute(0, 3, 1, 2, 4)
         gram_b = (bc @ bc.transpose(-1, -2)).contiguous()
     n_tiles_n = -(-N // bn)
     n_tiles = -(-P // bp) * n_tiles_n
     cin = torch.empty(b, H, n_tiles, padded_T, dtype=x.dtype, device=x.device)
-    snorm = torch.empty(b, H, n_tiles, c, dtype=x.dtype, device=x.device)
+    snorm = torch.empty(b, H, n_tiles, nc, dtype=x.dtype, device=x.device)
     dist, norm = torch.empty_like(dt), torch.empty_like(dt)
     BQ, R = _pow2(Q), H // G
-    _carry_kernel[(n_tiles, H, b)](
-        x, B, dt, la, cin, snorm,
-        T, Q, c, P, N, R, n_tiles_n, n_tiles, padded_T,
-        *x.stride(), *B.stride(), *dt.stride(),
-        BQ=BQ, BP=bp, BN=bn, STATIC_CHUNKS=c if interpreted() else 0, PRECISION=precision,
+    carry = dict(
+        BQ=BQ, BP=bp, BN=bn, STATIC_CHUNKS=seg if interpreted() else 0, PRECISION=precision,
         num_warps=num_warps or CARRY_WARPS,
     )
+    args = (T, Q, nc, seg, P, N, R, n_tiles_n, n_tiles, padded_T, *x.stride(), *B.stride(), *dt.stride())
+    starts = ends = cin  # unused pointers when there is one segment
+    if nseg > 1:
+        # Each segment's own update (from a zero state), then the states entering each segment:
+        # S_k = sum_{j<k} exp(log decay of segments j+1..k-1) end_j, one masked matmul over segments.
+        ends = torch.empty(b, H, nseg, P, N, dtype=x.dtype, device=x.device)
+        _carry_kernel[(n_tiles * nseg, H, b)](
+            x, B, dt, la, cin, snorm, ends, ends, *args, READOUT=False, HAS_START=False, STORE_END=True, **carry
+        )
+        log_seg = F.pad(la, (0, 0, 0, padded_T - T)).view(b, nseg, seg * Q, H).sum(2).transpose(1, 2)  # [b, H, nseg]
+        with _ieee_matmul():
+            starts = _scan_chunks(log_seg, ends.view(b, H, nseg, P * N), nseg).contiguous()
+        del ends
+    _carry_kernel[(n_tiles * nseg, H, b)](
+        x, B, dt, la, cin, snorm, starts, starts, *args, READOUT=True, HAS_START=nseg > 1, STORE_END=False, **carry
+    )
+    del starts
     _chunk_kernel[(c, H, b)](
         x, dt, la, am1, gram_b, cin, snorm, dist, norm,
-        T, Q, c, P, R, G, n_tiles, padded_T,
+        T, Q, nc, P, R, G, n_tiles, padded_T,
         *x.stride(), *dt.stride(),
         BQ=BQ, BPF=_pow2(P), BT=_pow2(n_tiles, 1), PRECISION=precision, num_warps=CHUNK_WARPS,
     )

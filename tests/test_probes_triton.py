@@ -25,7 +25,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 REPO = Path(__file__).resolve().parents[1]
 # float32 arithmetic: the PyTorch float32 path stays below ~2e-5 against float64 on these cases.
 REL32 = 1e-4
-# (name, b, T, H, P, G, N, chunk, decay, block_p x block_n tile or None[, triton precision])
+# (name, b, T, H, P, G, N, chunk, decay, block_p x block_n tile or None[, triton precision[, chunks per carry segment]])
 MATH_CASES = [
     ("groups3-chunk5", 2, 37, 6, 4, 3, 5, 5, 8, None),
     ("group1-chunk16", 2, 37, 4, 8, 1, 8, 16, 8, None),
@@ -33,6 +33,11 @@ MATH_CASES = [
     ("groups2-chunk32", 1, 70, 4, 16, 2, 16, 32, 8, None),
     ("underflow-chunk16", 2, 37, 6, 4, 3, 5, 16, 400, None),
     ("tiles6-chunk16-tf32x3", 1, 40, 2, 32, 1, 40, 16, 8, (16, 16), "tf32x3"),
+    # carry segments: 8 chunks in segments of 3 (the last one part padding), of 1, and tiles with segments
+    ("groups3-chunk5-segments3", 2, 37, 6, 4, 3, 5, 5, 8, None, "ieee", 3),
+    ("group1-chunk4-segments1", 1, 29, 2, 8, 1, 8, 4, 8, None, "ieee", 1),
+    ("tiles6-chunk8-segments2", 1, 40, 2, 32, 1, 40, 8, 8, (16, 16), "ieee", 2),
+    ("underflow-chunk4-segments2", 2, 37, 6, 4, 3, 5, 4, 400, None, "ieee", 2),
 ]
 
 
@@ -67,8 +72,8 @@ def run_checks() -> dict:
 
     assert triton_state.interpreted() and triton_state.available()
     results: dict = {}
-    for name, b, T, H, P, G, N, chunk, decay, tile, *precision in MATH_CASES:
-        precision = precision[0] if precision else "ieee"
+    for name, b, T, H, P, G, N, chunk, decay, tile, *rest in MATH_CASES:
+        precision, segment = (rest + ["ieee", None][len(rest):])[:2]
         g = torch.Generator().manual_seed(len(name))
         x = torch.randn(b, T, H, P, generator=g, dtype=torch.float64)
         B = torch.randn(b, T, G, N, generator=g, dtype=torch.float64)
@@ -76,10 +81,13 @@ def run_checks() -> dict:
         A = -torch.rand(H, generator=g, dtype=torch.float64) * decay
         ref_d, ref_n = update_stats_ref(x, B, dt, A)
         f32 = [v.float() for v in (x, B, dt, A)]
-        if tile is None:
+        if tile is None and segment is None:
             d, n = update_stats(*f32, chunk, backend="triton", triton_precision=precision)
         else:
-            d, n = triton_state.update_stats_triton(*f32, chunk, block_p=tile[0], block_n=tile[1], precision=precision)
+            tile = tile or (None, None)
+            d, n = triton_state.update_stats_triton(
+                *f32, chunk, block_p=tile[0], block_n=tile[1], precision=precision, segment_chunks=segment
+            )
         td, tn = update_stats(*f32, chunk, backend="torch")
         results[name] = {
             "distance_vs_ref": _rel(d, ref_d),
@@ -101,6 +109,8 @@ def run_checks() -> dict:
         "mamba_lm-group1-chunk12": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "ieee"),
         "hf-mamba2-left-padding-mid-span": (tiny_hf(n_groups=1), {"input_ids": ids[:2], "attention_mask": mask[:2]}, (12, 47), 8, 1, "ieee"),
         "mamba_lm-group1-chunk12-tf32x3": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "tf32x3"),
+        # 13 chunks of 4: two carry segments of the default 8 chunks
+        "mamba_lm-groups2-left-padding-chunk4": (tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}, spans, 4, 0, "ieee"),
     }
     for name, (model, inputs, span, chunk, layer, precision) in models.items():
         kw = dict(layers=[layer], span=span)
@@ -111,6 +121,25 @@ def run_checks() -> dict:
         torch32 = probes.state_update_distance(model, inputs, **kw, dtype=torch.float32, chunk_size=chunk, backend="torch")
         results[name] = {f"{k}_vs_ref": v for k, v in _frame_rel(got, ref).items()}
         results[name] |= {f"{k}_vs_torch32": v for k, v in _frame_rel(got, torch32).items()}
+
+    # The fused conv + SiLU against the PyTorch one on each model's mixer, with and without padding
+    from probes.models import mamba2_mixers
+    from probes.state import ssm_inputs
+
+    for name, model, inputs in [("conv-mamba_lm-mask", tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}),
+                                ("conv-hf-mask", tiny_hf(n_groups=1), {"input_ids": ids, "attention_mask": mask}),
+                                ("conv-mamba_lm", tiny_lm(ngroups=1), {"input_ids": ids})]:
+        _, _, mixer = mamba2_mixers(model, [0])[0]
+        seen = {}
+        handle = mixer.in_proj.register_forward_hook(lambda m, a, out: seen.setdefault("z", out.detach()))
+        with torch.no_grad():
+            model(**inputs)
+        handle.remove()
+        m = inputs.get("attention_mask")
+        got = ssm_inputs(mixer, seen["z"], m, torch.float32, backend="triton")
+        want = ssm_inputs(mixer, seen["z"], m, torch.float64, backend="torch")
+        results[name] = {f"{k}_max_abs_err": float((g.double() - w).abs().max()) for k, g, w in zip("x B dt A".split(), got, want)}
+        results[name]["dtype"] = str(got[0].dtype)
     return results
 
 
@@ -133,11 +162,23 @@ def test_triton_kernels_equal_the_token_recurrence(interpreted_results, case):
 
 @needs_triton
 @pytest.mark.parametrize(
-    "case", ["mamba_lm-groups2-left-padding-spans", "mamba_lm-group1-chunk12", "hf-mamba2-left-padding-mid-span", "mamba_lm-group1-chunk12-tf32x3"]
+    "case", ["mamba_lm-groups2-left-padding-spans", "mamba_lm-group1-chunk12", "hf-mamba2-left-padding-mid-span",
+             "mamba_lm-group1-chunk12-tf32x3", "mamba_lm-groups2-left-padding-chunk4"]
 )
 def test_triton_backend_through_models_equals_the_recurrence(interpreted_results, case):
     for key, err in interpreted_results[case].items():
         assert err < REL32, (key, err)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["conv-mamba_lm-mask", "conv-hf-mask", "conv-mamba_lm"])
+def test_fused_conv_equals_the_torch_inputs(interpreted_results, case):
+    """The Triton conv + SiLU gives the mixer's x, B (and the same dt, A) to float32 rounding, padding masked alike."""
+    r = interpreted_results[case]
+    assert r["dtype"] == "torch.float32"
+    for key, err in r.items():
+        if key != "dtype":
+            assert err < 1e-5, (key, err)
 
 
 def test_backend_choice_and_refusals_name_the_reason(monkeypatch):
