@@ -79,7 +79,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--triton-tiles", nargs="+", default=[""], metavar="PxNxWARPS[xSEG[xCHUNKWARPS]]",
                    help="Triton carry-kernel state tile and warps, optionally the chunks per carry segment and the "
                         "chunk kernel's warps, e.g. 32x32x8 or 32x32x2x16x4 (default: probes.triton_state's)")
-    p.add_argument("--triton-precision", nargs="+", default=["ieee"], choices=list(probes.state.TRITON_PRECISIONS),
+    p.add_argument("--triton-precision", nargs="+", default=[probes.state.DEFAULT_TRITON_PRECISION], choices=list(probes.state.TRITON_PRECISIONS),
                    help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)")
     p.add_argument("--phase-repeats", type=int, default=3,
                    help="extra runs per variant timing its phases (forward, ssm_inputs, update_stats, kernels); 0 = skip")
@@ -145,7 +145,7 @@ def triton_default_tile() -> str:
 def run_variant(model: MambaLM, inputs: dict[str, Any], v: Variant) -> Any:
     with triton_tile(v.tile):
         return probes.state_updates(
-            model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend, triton_precision=v.precision or "ieee"
+            model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend, triton_precision=v.precision or probes.state.DEFAULT_TRITON_PRECISION
         )
 
 
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         memory["plain_bytes"] = cpu_peak_rss(argv, ["--worker", "plain"])
         for v in variants:
             extra = ["--backends", v.backend, "--dtype", v.dtype, "--chunk-size", str(v.chunk), "--triton-tiles", v.tile,
-                     "--triton-precision", v.precision or "ieee"]
+                     "--triton-precision", v.precision or probes.state.DEFAULT_TRITON_PRECISION]
             memory[label(v)] = cpu_peak_rss(argv, ["--worker", "state", *extra])
 
     t_plain: list[float] = []

@@ -6,18 +6,21 @@ The quantities are those of `probes.state` (per layer, head and token t, h_t = a
                 beta_s = 2 a_s dt_s c_s + dt_s^2 ||x_s||^2 ||B_s||^2
     ||dh_t||^2 = (a_t - 1)^2 ||h_{t-1}||^2 + 2 (a_t - 1) dt_t c_t + dt_t^2 ||x_t||^2 ||B_t||^2
 where S is the state entering t's chunk and L the log-decay summed inside the chunk (L_{-1} = 0).
-Two kernels compute them, by default every matmul in IEEE float32 (`tl.dot(..., input_precision="ieee")`,
-never TF32), so the error stays that of the PyTorch float32 path. `precision="tf32x3"` runs the
-kernels' dots as Triton's 3-pass TF32 emulation of float32 instead (tensor cores on GPUs that have
-them; each operand split into a high and a low TF32 part, the low x low product dropped: close to,
-not exactly, float32); everything outside the dots is the same. Triton's interpreter multiplies in
-float32 whatever precision is named, so only a GPU run tests "tf32x3"'s accuracy:
+Two kernels compute them. Their dots run, by default (`precision="tf32x3"`), as Triton's 3-pass
+TF32 emulation of float32 on tensor cores (each operand split into a high and a low TF32 part, the
+low x low product dropped: close to, not exactly, float32; on an H100 it measured the same error
+against float64 as IEEE dots, see `probes.state.DEFAULT_TRITON_PRECISION`); `precision="ieee"`
+runs them in IEEE float32 (`tl.dot(..., input_precision="ieee")`, never TF32), the error of the
+PyTorch float32 path. Everything outside the dots is float32 either way. Triton's interpreter
+multiplies in float32 whatever precision is named, so only a GPU run tests "tf32x3"'s accuracy:
 
 1. `_carry_kernel`, one program per (batch, head, [BP x BN] tile of the [headdim, d_state] state),
    walks the chunks in order holding its state tile in registers. Per chunk it writes the tile's
    share of the read-out of the incoming state, exp(L_{t-1}) x_t^T S B_t, and of ||S||^2, then
    advances S = exp(L_end) S + sum_s exp(L_end - L_s) dt_s x_s B_s^T. Both shares are sums over the
    state's entries, so the tiles split them exactly and the states never go to global memory.
+   Optionally (`segment_chunks`) the chunks are cut into segments walked in parallel, each
+   starting from a state that one extra pass (each segment's own update) and a small scan give.
 2. `_chunk_kernel`, one program per (batch, head, chunk), adds the intra-chunk part of c_t,
    sum_{s<t} exp(L_{t-1} - L_s) dt_s (x_t . x_s)(B_t . B_s), sums the tiles' shares, runs the norm
    recurrence of its chunk from ||S||^2 (a [Q, Q] matrix-vector product, so no error accumulates
@@ -25,6 +28,9 @@ float32 whatever precision is named, so only a GPU run tests "tf32x3"'s accuracy
 
 B_t . B_s is shared by the heads of a group and comes from one batched PyTorch matmul (TF32 off);
 a_t - 1 is torch.expm1 of dt_t A (the kernels' exp would lose its low digits for small dt_t A).
+The mixer's inputs x and B come from a third kernel, `_conv_kernel` (`conv_silu_triton`): the causal
+conv and SiLU read straight from the in_proj output (on the H100 above: 3.5 ms over 48 layers
+where the PyTorch version took 38 ms).
 
 Triton is optional: `available()` says whether it imports. On CPU tensors the kernels run only
 under Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which the tests use.
@@ -50,12 +56,13 @@ else:
 # split the work without repeating any. Measured on an H100 (780m shape, 8,192 tokens, 32-token
 # chunks, 32 x 32 tiles; forward + probe; benchmarks/results/state_update_cuda_780m_triton*.md): 4 carry
 # warps 242 ms vs 8 warps 293 ms in one run, 2 warps 227 ms vs 4 warps 241 ms in another; 64 x 32 and
-# 32 x 64 tiles were no faster.
-BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 8
-# Chunks one carry program walks in order. Inputs longer than this many chunks are cut into
-# segments walked in parallel (their entering states from one extra pass and a small scan), so
-# the carry kernel's sequential loop is this long rather than T / chunk.
-SEGMENT_CHUNKS = 8
+# 32 x 64 tiles were no faster. Chunk kernel: 4 warps 13.1 ms vs 8 warps 20.7 ms over 48 layers.
+BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 4
+# Chunks per carry segment; 0 = one segment (every chunk in one sequential loop). Segments were no
+# faster on the H100 above: the carry kernel took 46 ms over 48 layers as one segment and 47-49 ms
+# with segments of 4, 8 or 16 chunks (two launches a layer), plus 11-14 ms for the segment scan, so
+# its time is throughput, not the length of its loop (state_update_cuda_780m_triton_segments.md).
+SEGMENT_CHUNKS = 0
 
 
 def available() -> bool:
@@ -252,7 +259,7 @@ def update_stats_triton(
     block_p: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
-    precision: str = "ieee",
+    precision: str = "tf32x3",
     segment_chunks: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`probes.state.update_stats` through the fused kernels: (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], float32.
@@ -262,9 +269,10 @@ def update_stats_triton(
     program and `num_warps` its warps (defaults: the module's BLOCK_P, BLOCK_N, CARRY_WARPS; tiles
     are clipped to the state and must be powers of two >= 16). `precision` is the kernels' tl.dot
     input precision, one of `probes.state.TRITON_PRECISIONS`: "ieee" (float32) or "tf32x3" (3-pass
-    TF32 on tensor cores). `segment_chunks` (default SEGMENT_CHUNKS) is how many chunks one carry
-    program walks; longer inputs are cut into segments of that many chunks whose entering states
-    come from a pass that sums each segment's update and a [segments x segments] scan.
+    TF32 on tensor cores). `segment_chunks` (default SEGMENT_CHUNKS; 0 = all chunks in one
+    segment) is how many chunks one carry program walks; longer inputs are cut into segments of that
+    many chunks whose entering states come from a pass that sums each segment's update and a
+    [segments x segments] scan.
     """
     from .state import _check, _ieee_matmul, _scan_chunks, check_triton_precision
 
@@ -281,11 +289,11 @@ def update_stats_triton(
     bp, bn = _pow2(min(block_p or BLOCK_P, P)), _pow2(min(block_n or BLOCK_N, N))
     if bp != (block_p or bp) or bn != (block_n or bn):
         raise ValueError(f"block_p and block_n must be powers of two >= 16, got {block_p}, {block_n}")
-    seg = int(segment_chunks or SEGMENT_CHUNKS)
-    if seg < 1:
-        raise ValueError(f"segment_chunks must be >= 1, got {segment_chunks}")
+    seg = int(SEGMENT_CHUNKS if segment_chunks is None else segment_chunks)
+    if seg < 0:
+        raise ValueError(f"segment_chunks must be >= 0 (0 = one segment), got {segment_chunks}")
     c = -(-T // Q)  # chunks holding tokens
-    seg = min(seg, c)
+    seg = min(seg, c) if seg else c
     nseg = -(-c // seg)
     nc = nseg * seg  # chunks the carry kernel walks (the last segment padded with empty chunks)
     padded_T = nc * Q

@@ -109,7 +109,7 @@ def run_checks() -> dict:
         "mamba_lm-group1-chunk12": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "ieee"),
         "hf-mamba2-left-padding-mid-span": (tiny_hf(n_groups=1), {"input_ids": ids[:2], "attention_mask": mask[:2]}, (12, 47), 8, 1, "ieee"),
         "mamba_lm-group1-chunk12-tf32x3": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "tf32x3"),
-        # 13 chunks of 4: two carry segments of the default 8 chunks
+        # 13 chunks of 4, left padding and spans
         "mamba_lm-groups2-left-padding-chunk4": (tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}, spans, 4, 0, "ieee"),
     }
     for name, (model, inputs, span, chunk, layer, precision) in models.items():
