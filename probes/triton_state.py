@@ -138,7 +138,7 @@ if triton is not None:
             lam = tl.cumsum(la, 0)  # L_t; padding adds 0, so the last entry is the chunk's total
             lam_end = tl.sum(tl.where(offs_q == BQ - 1, lam, 0.0), 0)
             if READOUT:
-                lam_prev = _shift(lam, offs_q)
+                lam_prev = lam - la  # L_{t-1} to rounding: only exp(L_{t-1}) scales the read-out (no difference taken)
                 tl.store(snorm_ptr + out * nchunks + ci, tl.sum(tl.sum(state * state, 1), 0))
                 read = tl.dot(state, tl.trans(bt), input_precision=PRECISION)  # [BP, BQ]: S B_t
                 tl.store(cin_ptr + out * padded_T + t, tl.sum(xt * read, 0) * tl.exp(lam_prev), mask=valid)
