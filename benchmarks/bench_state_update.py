@@ -83,6 +83,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "chunk kernel's warps, e.g. 32x32x8 or 32x32x2x16x4 (default: probes.triton_state's)")
     p.add_argument("--triton-precision", nargs="+", default=[probes.state.DEFAULT_TRITON_PRECISION], choices=list(probes.state.TRITON_PRECISIONS),
                    help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)")
+    p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off"],
+                   help="probe on a CUDA side stream beside the forward (on, the library default) or inline (off); both = two variants")
     p.add_argument("--phase-repeats", type=int, default=3,
                    help="extra runs per variant timing its phases (forward, ssm_inputs, update_stats, kernels); 0 = skip")
     p.add_argument("--model-dtype", default="", choices=["", *DTYPES], help="default: float32 on CPU, bfloat16 on CUDA")
@@ -111,11 +113,12 @@ class Variant(NamedTuple):
     chunk: int
     tile: str = ""  # Triton carry tile PxNxWARPS[xSEG[xCHUNKWARPS]]; "" = the module's default
     precision: str = ""  # Triton tl.dot input precision; "" on the torch backend
+    overlap: bool = True  # probe on a side stream beside the forward (CUDA; state_updates' default)
 
     @property
     def label(self) -> str:
         return (f"{self.backend} {self.dtype}, chunk {self.chunk}" + (f", tile {self.tile}" if self.tile else "")
-                + (f", {self.precision} dots" if self.precision else ""))
+                + (f", {self.precision} dots" if self.precision else "") + ("" if self.overlap else ", no overlap"))
 
 
 @contextlib.contextmanager
@@ -147,7 +150,8 @@ def triton_default_tile() -> str:
 def run_variant(model: MambaLM, inputs: dict[str, Any], v: Variant) -> Any:
     with triton_tile(v.tile):
         return probes.state_updates(
-            model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend, triton_precision=v.precision or probes.state.DEFAULT_TRITON_PRECISION
+            model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend,
+            triton_precision=v.precision or probes.state.DEFAULT_TRITON_PRECISION, overlap=v.overlap,
         )
 
 
@@ -217,9 +221,11 @@ def phase_clock(device: torch.device, backend: str) -> Iterator[PhaseClock]:
 
 def phase_times(model: MambaLM, inputs: dict[str, Any], v: Variant, device: torch.device, repeats: int) -> dict[str, Any]:
     """Median seconds per phase of `repeats` probe runs: the forward with hooks (wall time less the
-    timed calls), ssm_inputs and update_stats summed over layers, and the Triton kernels within."""
+    timed calls), ssm_inputs and update_stats summed over layers, and the Triton kernels within.
+    Always without overlap (the probe inline after each in_proj), so the phases add up."""
     runs: list[dict[str, float]] = []
     calls: dict[str, int] = {}
+    v = v._replace(overlap=False)  # phases one after another, so each call's span is its own time
     for _ in range(repeats):
         with phase_clock(device, v.backend) as clock:
             total = timed(lambda: run_variant(model, inputs, v), device)
@@ -306,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model.config
     inputs = {"input_ids": ids}
     variants = [
-        Variant(b, d, c, tile, precision)
+        Variant(b, d, c, tile, precision, overlap == "on")
+        for overlap in dict.fromkeys(args.overlap)
         for b in args.backends
         for d in probe_dtypes(args, device)
         for c in (args.torch_chunk_size or args.chunk_size if b == "torch" else args.chunk_size)
@@ -468,7 +475,7 @@ def _err(e: dict[str, Any]) -> str:
 def _phases(ph: dict[str, Any], plain_s: float, n_layer: int) -> str:
     m, ms = ph["median_s"], lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
     calls = ph["calls_per_run"].get("update_stats", n_layer)
-    text = (f"median of {ph['runs']} runs ({ph['timer']}): total {ms(m['total'])} = forward with hooks {ms(m['forward_with_hooks'])} "
+    text = (f"median of {ph['runs']} runs without overlap ({ph['timer']}): total {ms(m['total'])} = forward with hooks {ms(m['forward_with_hooks'])} "
             f"(the wall time less the calls below; plain forward {ms(plain_s)}) + ssm_inputs {ms(m.get('ssm_inputs', 0.0))} + update_stats {ms(m.get('update_stats', 0.0))} "
             f"over {calls} layers ({ms(m.get('update_stats', 0.0) / max(calls, 1))} a layer)")
     if "conv_kernel" in m:

@@ -429,11 +429,16 @@ def state_updates(
     reference: bool = False,
     backend: str = "auto",
     triton_precision: str = DEFAULT_TRITON_PRECISION,
+    overlap: bool = True,
 ) -> StateUpdates:
     """Run `model` once on `inputs` and compute per-layer state-update tensors inside the hooks.
 
     Each layer's numbers are computed as its in_proj fires, so only [batch, T, heads] results are
-    kept. `dtype` is the probe's arithmetic and `chunk_size` its chunk length; None means
+    kept. On CUDA, with `overlap` (the default), each layer's probe runs on a side stream while the
+    forward goes on to the next layers (the probe kernels are small and leave the GPU room); the
+    side stream may lag at most OVERLAP_LAYERS layers behind, so at most that many in_proj outputs
+    are held for it, and the results are complete when this returns. `overlap=False` (and CPU
+    tensors, and `reference=True`) compute each layer inline. `dtype` is the probe's arithmetic and `chunk_size` its chunk length; None means
     `default_dtype` / `default_chunk_size` of the layer's device and backend (float64 and 32 tokens
     on CPU, float32 and 64 tokens on GPUs, 32 through the Triton kernels). `backend` picks the
     closed form's implementation (`resolve_backend`: by default the fused Triton kernels for float32
@@ -460,20 +465,24 @@ def state_updates(
 
         return pre_hook
 
+    side = _SideStream() if overlap and not reference else None
+
     def compute(layer: int, mixer: nn.Module):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             if layer in distance:
                 raise RuntimeError(f"layer {layer}'s in_proj ran twice in one forward; state distances need one full-sequence forward (no step decoding)")
-            with torch.no_grad(), torch.autocast(output.device.type, enabled=False), _ieee_matmul():
-                dt_probe = dtype or default_dtype(output.device)
-                use = "torch" if reference else resolve_backend(backend, output.device, dt_probe)
-                x, B, dt, A = ssm_inputs(mixer, output.detach(), masks.get(layer), dt_probe, backend=use)
-                if reference:
-                    d, s = update_stats_ref(x, B, dt, A)
-                else:
-                    d, s = update_stats(
-                        x, B, dt, A, chunk_size or default_chunk_size(x.device, use), backend=use, triton_precision=triton_precision
-                    )
+            zxbcdt, mask = output.detach(), masks.get(layer)
+            with side.run(zxbcdt, mask) if side and zxbcdt.is_cuda else contextlib.nullcontext():
+                with torch.no_grad(), torch.autocast(output.device.type, enabled=False), _ieee_matmul():
+                    dt_probe = dtype or default_dtype(output.device)
+                    use = "torch" if reference else resolve_backend(backend, output.device, dt_probe)
+                    x, B, dt, A = ssm_inputs(mixer, zxbcdt, mask, dt_probe, backend=use)
+                    if reference:
+                        d, s = update_stats_ref(x, B, dt, A)
+                    else:
+                        d, s = update_stats(
+                            x, B, dt, A, chunk_size or default_chunk_size(x.device, use), backend=use, triton_precision=triton_precision
+                        )
             distance[layer], state_norm[layer] = d, s
             seq["batch"], seq["length"] = output.shape[0], output.shape[1]
 
@@ -488,6 +497,8 @@ def state_updates(
     finally:
         for handle in handles:
             handle.remove()
+        if side:
+            side.join()
     missing = [layer for layer, _, _ in mixers if layer not in distance]
     if missing:
         raise RuntimeError(f"the forward pass never called in_proj of layers {missing}; cannot compute their state updates")
@@ -495,9 +506,52 @@ def state_updates(
     return StateUpdates(distance, state_norm, spans, output)
 
 
+# Layers the overlapped probe stream may fall behind the forward (each holds one in_proj output).
+OVERLAP_LAYERS = 2
+
+
+class _SideStream:
+    """Runs each layer's probe on one CUDA side stream, overlapping the forward's next layers.
+
+    `run(*tensors)` is a context in which work is queued on the side stream after everything the
+    forward has queued so far; the tensors (made on the forward's stream) are kept from reuse
+    until the side stream is done with them. Before queuing a layer, the forward's stream waits for
+    the layer OVERLAP_LAYERS back, which bounds the memory held. `join()` makes the forward's
+    stream wait for all of it.
+    """
+
+    def __init__(self) -> None:
+        self.stream: torch.cuda.Stream | None = None
+        self.main: torch.cuda.Stream | None = None
+        self.pending: list[torch.cuda.Event] = []
+
+    @contextlib.contextmanager
+    def run(self, *tensors: Tensor | None) -> Iterator[None]:
+        main = torch.cuda.current_stream(tensors[0].device)
+        if self.stream is None:
+            self.stream, self.main = torch.cuda.Stream(tensors[0].device), main
+        while len(self.pending) >= OVERLAP_LAYERS:
+            main.wait_event(self.pending.pop(0))
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            yield
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        for t in tensors:
+            if t is not None and t.is_cuda:
+                t.record_stream(self.stream)
+        self.pending.append(done)
+
+    def join(self) -> None:
+        if self.stream is not None:
+            self.main.wait_stream(self.stream)
+            self.pending.clear()
+
+
 def state_update_distance(
     model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *,
     dtype: torch.dtype | None = None, chunk_size: int | None = None, backend: str = "auto", triton_precision: str = DEFAULT_TRITON_PRECISION,
+    overlap: bool = True,
 ) -> pd.DataFrame:
     """Exact state-update distances of every (selected) Mamba-2 layer, head and audio token, tidy.
 
@@ -506,10 +560,11 @@ def state_update_distance(
     each sequence's span (`span`, else `model.audio_span(inputs)`, else the attention mask's
     non-padding region, else the whole sequence); `position` counts from the span start.
     Arithmetic: `dtype`, else float64 on CPU and float32 on GPUs (`default_dtype`; float32 stays
-    within ~3e-5 relative error of float64, measured). `backend`, `triton_precision`: see `state_updates`.
+    within ~3e-5 relative error of float64, measured). `backend`, `triton_precision`, `overlap`: see `state_updates`.
     """
     return state_updates(
-        model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size, backend=backend, triton_precision=triton_precision
+        model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size, backend=backend, triton_precision=triton_precision,
+        overlap=overlap,
     ).to_frame()
 
 

@@ -56,8 +56,9 @@ else:
 # split the work without repeating any. Measured on an H100 (780m shape, 8,192 tokens, 32-token
 # chunks, 32 x 32 tiles; forward + probe; benchmarks/results/state_update_cuda_780m_triton*.md): 4 carry
 # warps 242 ms vs 8 warps 293 ms in one run, 2 warps 227 ms vs 4 warps 241 ms in another; 64 x 32 and
-# 32 x 64 tiles were no faster. Chunk kernel: 4 warps 13.1 ms vs 8 warps 20.7 ms over 48 layers.
-BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 4
+# 32 x 64 tiles were no faster. Chunk kernel over 48 layers: 4 warps 13.1 ms vs 8 warps 20.7 ms in one
+# run, 2 warps 9.6 ms vs 4 warps 13.0 ms in another (state_update_cuda_780m_triton_conv.md).
+BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 2
 # Chunks per carry segment; 0 = one segment (every chunk in one sequential loop). Segments were no
 # faster on the H100 above: the carry kernel took 46 ms over 48 layers as one segment and 47-49 ms
 # with segments of 4, 8 or 16 chunks (two launches a layer), plus 11-14 ms for the segment scan, so

@@ -179,6 +179,34 @@ def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int, precis
         assert ((fast[col] - ref[col]).abs() / ref[col].abs().clip(lower=1e-30)).max() < 1e-4, col
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_overlapped_probe_equals_inline(backend: str) -> None:
+    """The probe on a side stream (the default) gives bit-identical results to the inline probe, and
+    the forward's output is untouched, on a 6-layer kernel-path model with padding."""
+    _kernels_or_skip()
+    if backend == "triton":
+        pytest.importorskip("triton")
+    import probes
+    from sam.lm import MambaLM
+
+    torch.manual_seed(6)
+    lm = MambaLM(_cfg(n_layer=6, headdim=64, d_state=128)).cuda().eval()
+    ids = torch.randint(0, 512, (2, 1500), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :37] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    kw = dict(backend=backend, dtype=torch.float32)
+    inline = probes.state_updates(lm, inputs, overlap=False, **kw)
+    over = probes.state_updates(lm, inputs, overlap=True, **kw)
+    with torch.no_grad():
+        plain = lm(**inputs)
+    assert sorted(over.distance) == list(range(6))
+    for layer in range(6):
+        assert torch.equal(over.distance[layer], inline.distance[layer]), layer
+        assert torch.equal(over.state_norm[layer], inline.state_norm[layer]), layer
+    assert torch.equal(over.output.logits, plain.logits) and torch.equal(inline.output.logits, plain.logits)
+
+
 def test_sam_generate_on_cuda_batched_equals_single() -> None:
     from sam.config import preset
     from sam.model import SAM
