@@ -85,6 +85,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)")
     p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off"],
                    help="probe on a CUDA side stream beside the forward (on, the library default) or inline (off); both = two variants")
+    p.add_argument("--overlap-layers", type=int, default=0,
+                   help="layers the overlapped probe may lag the forward (probes.state.OVERLAP_LAYERS; 0 = the library's)")
     p.add_argument("--phase-repeats", type=int, default=3,
                    help="extra runs per variant timing its phases (forward, ssm_inputs, update_stats, kernels); 0 = skip")
     p.add_argument("--model-dtype", default="", choices=["", *DTYPES], help="default: float32 on CPU, bfloat16 on CUDA")
@@ -309,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
     model, ids, device = build(args)
+    if args.overlap_layers:
+        probes.state.OVERLAP_LAYERS = args.overlap_layers
     cfg = model.config
     inputs = {"input_ids": ids}
     variants = [
@@ -430,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
         "triton_default_tile": triton_default_tile() if "triton" in args.backends else None,
+        "overlap_layers": probes.state.OVERLAP_LAYERS,
         "shape": args.shape,
         "lm": {k: getattr(cfg, k) for k in ("d_model", "n_layer", "d_state", "headdim", "ngroups", "chunk_size")} | {"nheads": nheads},
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -495,6 +500,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("device", r["device"]),
         ("forward kernels", r["kernels"]),
         *([("Triton carry tile PxNxWARPSxSEGxCHUNKWARPS when not named", r["triton_default_tile"])] if r.get("triton_default_tile") else []),
+        *([("layers the overlapped probe may lag the forward", str(r["overlap_layers"]))] if "overlap_layers" in r else []),
         ("model", f"MambaLM {r['shape']} ({r['lm']['n_layer']} layers x {r['lm']['nheads']} heads, headdim {r['lm']['headdim']}, d_state {r['lm']['d_state']}), {r['model_dtype']}"),
         ("input", f"{r['batch']} x {r['tokens']} tokens"),
         ("CPU threads / 1-min load average at the end", f"{r['threads']} / {r['load_average_1m']:.1f}"),

@@ -52,13 +52,15 @@ else:
     _IMPORT_ERROR = ""
 
 # Tile of the [headdim, d_state] state each `_carry_kernel` program keeps, and the warps of each
-# kernel. More tiles give more programs to fill the GPU (one per batch x head x tile); the tiles
-# split the work without repeating any. Measured on an H100 (780m shape, 8,192 tokens, 32-token
-# chunks, 32 x 32 tiles; forward + probe; benchmarks/results/state_update_cuda_780m_triton*.md): 4 carry
-# warps 242 ms vs 8 warps 293 ms in one run, 2 warps 227 ms vs 4 warps 241 ms in another; 64 x 32 and
-# 32 x 64 tiles were no faster. Chunk kernel over 48 layers: 4 warps 13.1 ms vs 8 warps 20.7 ms in one
-# run, 2 warps 9.6 ms vs 4 warps 13.0 ms in another (state_update_cuda_780m_triton_conv.md).
-BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 32, 32, 2, 2
+# kernel. The tiles split the work without repeating any. Run inline after each layer, more and
+# smaller tiles were faster (H100, 780m shape, 8,192 tokens, 32-token chunks; forward + probe;
+# benchmarks/results/state_update_cuda_780m_triton*.md: 32 x 32 tiles with 2 carry warps 227 ms vs 4
+# warps 241 ms, 64 x 32 and 32 x 64 no faster). With the probe overlapping the forward on a side
+# stream (`probes.state.OVERLAP_LAYERS`), fewer, larger programs leave the forward more of the GPU:
+# 64 x 64 tiles with 4 warps 125.4 ms (1.49x the plain forward) vs 32 x 32 with 2 warps 133.9 ms, in
+# one run, the same inline (146 ms; state_update_cuda_780m_chunks.md). Chunk kernel over 48 layers:
+# 4 warps 13.1 ms vs 8 warps 20.7 ms in one run, 2 warps 9.6 ms vs 4 warps 13.0 ms in another.
+BLOCK_P, BLOCK_N, CARRY_WARPS, CHUNK_WARPS = 64, 64, 4, 2
 # Chunks per carry segment; 0 = one segment (every chunk in one sequential loop). Segments were no
 # faster on the H100 above: the carry kernel took 46 ms over 48 layers as one segment and 47-49 ms
 # with segments of 4, 8 or 16 chunks (two launches a layer), plus 11-14 ms for the segment scan, so
