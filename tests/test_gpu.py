@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,3 +373,41 @@ def test_compiled_blocks_give_eager_gradients(precision: str, graphed: bool) -> 
     worst = max(errors, key=errors.get)
     print(f"{precision} graphed={graphed}: loss {loss_e:.6f} vs {loss_c:.6f}, worst gradient {worst} rel. error {errors[worst]:.2e}")
     assert errors[worst] < bound, (worst, errors[worst], sorted(errors.values())[-5:])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_ddp_and_fsdp_on_two_gpus_match_one_gpu(tmp_path) -> None:
+    """torchrun on two GPUs (NCCL), replicated (DDP) and sharded (train.fsdp), ends where one GPU
+    does at the same global batch: LM pretraining, stage 0 and an encoder + connector + LoRA stage,
+    in fp32. GPU kernels may sum in another order for half batches, so the check is relative to
+    how far training moved the weights: a missing gradient average or a stale shard moves them by
+    a sizeable fraction of that; summation order by far less."""
+    from sam.config import save_yaml
+    from sam.data import corpus_texts
+    from sam.tokenizer import train_bpe
+    from tests.test_train import REPO, _finish, _train_cli, base_config, initial_weights, parallel_config, weights
+
+    if not (REPO / "data" / "corpus" / "manifest.jsonl").is_file():
+        pytest.skip("needs the corpus in data/ (sam prepare-data, or --from-archive on a machine without the Debian packages)")
+    tok = tmp_path / "tokenizer"
+    train_bpe(corpus_texts(base_config(Path(".")).data), base_config(Path(".")).data.bpe_vocab_size, tok)
+    exp = parallel_config(tok)
+    exp.train.precision = "fp32"
+    start = initial_weights(exp)
+    got = {}
+    for name, procs, fsdp in (("one", 0, False), ("ddp", 2, False), ("fsdp", 2, True)):
+        e = copy.deepcopy(exp)
+        e.train.fsdp = fsdp
+        save_yaml(e, tmp_path / f"{name}.yaml")
+        got[name] = weights(_finish(_train_cli(tmp_path / f"{name}.yaml", tmp_path / name, torchrun=procs, device="cuda")) / "model")
+    one = got["one"]
+    moved = {k: (one[k].float() - start[k].float()).abs() for k in one if k in start}
+    top, mean = max(float(m.max()) for m in moved.values()), sum(float(m.sum()) for m in moved.values()) / sum(m.numel() for m in moved.values())
+    assert top > 0
+    for name in ("ddp", "fsdp"):
+        assert got[name].keys() == one.keys()
+        dev = {k: (got[name][k].float() - one[k].float()).abs() for k in one}
+        worst = max(float(d.max()) for d in dev.values())
+        avg = sum(float(d.sum()) for d in dev.values()) / sum(d.numel() for d in dev.values())
+        print(f"{name}: max deviation {worst:.2e} (largest update {top:.2e}), mean {avg:.2e} (mean update {mean:.2e})")
+        assert worst <= 0.05 * top and avg <= 0.01 * mean, (name, worst, top, avg, mean)

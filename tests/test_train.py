@@ -181,9 +181,9 @@ def test_part_stages_are_shared_across_lm_sizes_and_lora_ranks(tokenizer_dir: Pa
     assert weights(run_a / "model")["language_model.backbone.embedding.weight"].shape[1] != final_b["language_model.backbone.embedding.weight"].shape[1]
 
 
-def _train_cli(config: Path, runs: Path, env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.Popen:
+def _train_cli(config: Path, runs: Path, env: dict[str, str] | None = None, torchrun: int = 0, device: str = "cpu") -> subprocess.Popen:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    cmd = launcher + ["-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", "cpu", "--no-progress"]
+    cmd = launcher + ["-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", device, "--no-progress"]
     return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
