@@ -28,8 +28,11 @@ def findings_markdown(out: Path) -> str:
     for path in sorted([*out.glob("*.json"), *out.glob("*/*.json")]):
         prov = json.loads(path.read_text())
         if "experiment" in prov and "preset" in prov:
+            sizes = list(dict.fromkeys(part.split("=", 1)[1] for label in prov.get("configs", {})
+                                       for part in label.split("/") if part.startswith("lm_size=")))
+            where = f"{prov['preset']} (seeds {len(prov['seeds'])}" + (f"; LM {', '.join(sizes)})" if sizes else ")")
             for f in prov.get("findings", []):
-                found.setdefault(f["key"], []).append((f"{prov['preset']} (seeds {len(prov['seeds'])})", {**f, "experiment": prov["experiment"]}))
+                found.setdefault(f["key"], []).append((where, {**f, "experiment": prov["experiment"]}))
     lines = ["# The paper's findings, checked", "",
              f"Claims from {paper_numbers.CITATION} (abstract and ablation directions). Verdict rule: values are "
              "paired by run (LM size x seed); a claim *held* when the mean paired difference exceeds two standard "
