@@ -247,8 +247,8 @@ def _scan_chunks(log_decay: Tensor, values: Tensor, block: int) -> Tensor:
 
 
 BACKENDS = ("auto", "torch", "triton")
-# tl.dot input precisions of the Triton kernels: IEEE float32 (the default) or Triton's 3-pass TF32
-# emulation of float32 on tensor cores (`probes.triton_state`). The PyTorch path ignores the choice.
+# tl.dot input precisions of the Triton kernels: IEEE float32, or Triton's 3-pass TF32 emulation of
+# float32 on tensor cores (`probes.triton_state`). The PyTorch path ignores the choice.
 TRITON_PRECISIONS = ("ieee", "tf32x3")
 # The default: on an H100 (780m shape, 8,192 tokens) tf32x3 dots made forward + probe 19% faster
 # than IEEE ones (158.1 vs 194.5 ms) with the same error against float64 (distances max 2.7e-6,
@@ -438,9 +438,11 @@ def state_updates(
     forward goes on to the next layers (the probe kernels are small and leave the GPU room); the
     side stream may lag at most OVERLAP_LAYERS layers behind, so at most that many in_proj outputs
     are held for it, and the results are complete when this returns. `overlap=False` (and CPU
-    tensors, and `reference=True`) compute each layer inline. `dtype` is the probe's arithmetic and `chunk_size` its chunk length; None means
-    `default_dtype` / `default_chunk_size` of the layer's device and backend (float64 and 32 tokens
-    on CPU, float32 and 64 tokens on GPUs, 32 through the Triton kernels). `backend` picks the
+    tensors, and `reference=True`) compute each layer inline.
+
+    `dtype` is the probe's arithmetic and `chunk_size` its chunk length; None means `default_dtype`
+    / `default_chunk_size` of the layer's device and backend (float64 and 32 tokens on CPU, float32
+    and 64 tokens on GPUs, 32 through the Triton kernels). `backend` picks the
     closed form's implementation (`resolve_backend`: by default the fused Triton kernels for float32
     on CUDA when triton imports, else PyTorch); `triton_precision` is the kernels' matmul precision
     ("tf32x3", the default: 3-pass TF32 on tensor cores, or "ieee" float32; see `update_stats`). `reference=True`
