@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ratio(v: dict[str, Any]) -> float:
     """The probe's cost in plain forwards: each run over the forward timed just before it (median);
     results written before paired timing have only the ratio of medians."""
-    return round(v.get("paired_state_over_plain", v["state_over_plain"]), 2)
+    return v.get("paired_state_over_plain", v["state_over_plain"])
 
 
 def _ratio_note(v: dict[str, Any]) -> str:
@@ -513,7 +513,7 @@ def markdown(r: dict[str, Any]) -> str:
     for key, v in r["variants"].items():
         rows += [
             (f"**probe {key}**: forward + distances, every layer/head/token (median)",
-             f"{v['median_s'] * 1e3:.1f} ms = {_ratio(v)}x the plain forward ({ok(_ratio(v) <= 1.5)} <= 1.5x){_ratio_note(v)}; "
+             f"{v['median_s'] * 1e3:.1f} ms = {_ratio(v):.2f}x the plain forward ({ok(_ratio(v) <= 1.5)} <= 1.5x){_ratio_note(v)}; "
              f"reference is {v['reference_over_state']:.1f}x slower ({ok(v['reference_over_state'] >= 50)} >= 50x); "
              f"probe work alone {v['reference_extra_over_state_extra']:.1f}x cheaper than the reference's (forward subtracted from both)"),
             (f"probe {key}: extra memory", f"{v['extra_memory_bytes'] / mib:.1f} MiB measured ({r['memory']['kind']}); "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -387,15 +386,11 @@ def test_ddp_and_fsdp_on_two_gpus_match_one_gpu(tmp_path) -> None:
     on two H100s, FSDP vs one GPU: mean deviation 8.0e-7 against a mean update of 6.1e-3; the
     largest single deviation 2.4e-3 against the largest update 1.8e-2.)"""
     from sam.config import save_yaml
-    from sam.data import corpus_texts
-    from sam.tokenizer import train_bpe
-    from tests.test_train import REPO, _finish, _train_cli, base_config, initial_weights, parallel_config, weights
+    from tests.test_train import REPO, _finish, _train_cli, initial_weights, parallel_config, train_corpus_bpe, weights
 
     if not (REPO / "data" / "corpus" / "manifest.jsonl").is_file():
         pytest.skip("needs the corpus in data/ (sam prepare-data, or --from-archive on a machine without the Debian packages)")
-    tok = tmp_path / "tokenizer"
-    train_bpe(corpus_texts(base_config(Path(".")).data), base_config(Path(".")).data.bpe_vocab_size, tok)
-    exp = parallel_config(tok)
+    exp = parallel_config(train_corpus_bpe(tmp_path / "tokenizer"))
     exp.train.precision = "fp32"
     start = initial_weights(exp)
     got = {}

@@ -37,13 +37,17 @@ def group(name: str) -> str:
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One corpus BPE for every run here, so each run skips tokenizer training."""
+    prepare_corpus(REPO / "data", progress=False)
+    return train_corpus_bpe(tmp_path_factory.mktemp("tokenizer"))
+
+
+def train_corpus_bpe(folder: Path) -> Path:
+    """The BPE of `base_config`'s corpus (which must be built) trained into `folder`."""
     from sam.data import corpus_texts
     from sam.tokenizer import train_bpe
 
-    prepare_corpus(REPO / "data", progress=False)
-    folder = tmp_path_factory.mktemp("tokenizer")
-    cfg = base_config(Path("."))
-    train_bpe(corpus_texts(cfg.data), cfg.data.bpe_vocab_size, folder)
+    data = base_config(Path(".")).data
+    train_bpe(corpus_texts(data), data.bpe_vocab_size, folder)
     return folder
 
 
