@@ -70,6 +70,11 @@ class Settings:
     paths: dict[str, Path | None]
     argv: list[str]
     sizes: list[str] | None = None  # LM sizes to run (None: every size of the preset)
+    defer_scoring: bool = False  # generate and cache answers and probe rows, score nowhere, write no outputs
+    cached: str | None = None  # assemble from the run cache's records of runs trained on this device kind
+    # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
+    # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
+    measured_on: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -92,6 +97,13 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
                    help="LM sizes to run, a subset of the preset's (default: all of them, e.g. small,medium,large)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every run, e.g. --set train.stages.0.steps=50")
+    p.add_argument("--defer-scoring", action="store_true",
+                   help="train, generate and probe (all cached under --runs), but score no generated text and write no "
+                        "outputs: for a GPU machine without the text scorers (MiniLM, Java); finish with --cached")
+    p.add_argument("--cached", choices=("cpu", "cuda"), default=None, metavar="DEVICE",
+                   help="build the outputs from the run cache's records of runs trained on DEVICE (cpu | cuda) and their "
+                        "cached answers and probe rows: never trains, never loads weights, scores cached answers; "
+                        "see experiments/export_measurements.py")
     for key, (what, _) in PAPER_INPUTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=Path, default=None, help=f"paper preset: {what}")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -109,6 +121,8 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
             p.error(f"--sizes {args.sizes!r}: the {args.preset} preset has LM sizes {', '.join(known)}"
                     + (f"; unknown: {', '.join(bad)}" if bad else ""))
         sizes = [z for z in known if z in sizes]  # the preset's order, smallest first
+    if args.defer_scoring and args.cached:
+        p.error("--defer-scoring measures, --cached assembles what was measured: use one of them")
     if args.preset == "paper":
         missing = missing_paper_inputs(paths, needs)
         if missing:
@@ -116,7 +130,8 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     # Each preset writes its own folder, so a quick smoke run never overwrites the committed cpu results.
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
     return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
-                    [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes)
+                    [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes,
+                    args.defer_scoring, args.cached)
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:
@@ -347,6 +362,9 @@ def provenance(s: Settings, configs: dict[str, ExperimentConfig], data_roots: Se
         "data_manifests": {r: manifest_hash(r) for r in roots},
         "device": device_name(),
         "versions": library_versions(),
+        # Where the answers and probe rows this output read were measured (device + library versions
+        # recorded beside each in the cache): with `--cached`, not the device above.
+        **({"measured_on": [json.loads(m) for m in sorted(s.measured_on)]} if s.measured_on else {}),
         "wall_time_s": round(time.perf_counter() - s.started, 2),
     }
 

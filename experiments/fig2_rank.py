@@ -46,10 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     for run in runs:
         for name in (st.name for st in run.cfg.train.stages):
             if name in STAGES:  # by name: other stages (text-only LM pretraining, reasoning) are not plotted
-                model = measure.load_stage(run, name)
-                batch = measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset])
-                rows += measure.token_rows(model, batch, ["connector.out", measure.last_layer(run.cfg)], **run.labels,
-                                           stage=STAGES.index(name))
+                rows += measure.probe_rows(s, run, name, "tokens", ["connector.out", measure.last_layer(run.cfg)],
+                                           **run.labels, stage=STAGES.index(name))
     data = pd.DataFrame(rows)
     data["site"] = data.site.where(data.site == "connector.out", "lm.last_layer")
     per_seed = seed_means(data)

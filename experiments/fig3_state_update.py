@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     runs = measure.grid(s, {k: [f"model.connector.layout={k}"] for k in LAYOUTS}, "layout")
     for run in runs:
-        model = measure.load(measure.stage(run, "stage4"))
-        rows += measure.state_rows(model, measure.probe_batch(model, run.cfg, measure.PROBE_CLIPS[s.preset]), **run.labels)
+        rows += measure.probe_rows(s, run, "stage4", "state", **run.labels)
     data = pd.DataFrame(rows)
     over_layers = seed_means(data).groupby(["lm_size", "layout", "seed", "measure"], as_index=False).value.mean()
     table = (over_layers.groupby(["lm_size", "layout", "measure"]).value.apply(lambda v: common.fmt(list(v), 4))

@@ -1,11 +1,21 @@
 """Library calls the experiment scripts share: trained runs, stage checkpoints, evaluation, probes.
 
-Each function is a thin composition of `sam` and `probes` calls (train_or_load, evaluate_examples,
-run_with_cache + token_measures, state_update_distance) returning tidy rows, so a script only says
-what it compares. Evaluations are cached under ``<runs>/evals/`` keyed by the checkpoint and every
-setting that changes the numbers, so scripts that share a run (the rank-8 row of the LoRA table is
-the main table's run) evaluate it once. This module must never invent a number: every value comes
-from a library call on a real checkpoint, and failures propagate with the run they concern.
+Each function is a thin composition of `sam` and `probes` calls (train_or_load, generate_predictions +
+score_predictions, run_with_cache + token_measures, state_update_distance) returning tidy rows, so a
+script only says what it compares. Measurements are cached under ``<runs>/evals/``, keyed by the
+checkpoint and every setting that changes the numbers, so scripts that share a run (the rank-8 row of
+the LoRA table is the main table's run) measure it once:
+
+- ``<key>.generated.json``: a run's generated answers for a task set, with the device and library
+  versions that made them; ``<key>.json``: their scores (``<key>.predictions.csv``: per example);
+- ``<key>.rows.json``: probe rows (token rank / similarity, state-update distances) of one stage.
+
+Generating and scoring are separate steps so that they can happen on different machines: a GPU
+machine without the text scorers runs a script with ``--defer-scoring`` (train, generate, probe),
+``export_measurements.py`` packs the records (run.json files and ``evals/``, no weights), and any
+machine with the scorers builds the outputs with ``--cached cuda``, which never trains or loads a
+model. This module must never invent a number: every value comes from a library call on a real
+checkpoint, and failures propagate with the run they concern.
 """
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -25,6 +35,7 @@ import common
 TASKS_MAIN = ("classification", "caption")
 PROBE_CLIPS = {"smoke": 8, "cpu": 32, "gpu": 64, "paper": 64}  # test scenes the probes run on
 ROW_KEYS = ("task", "metric", "value", "chance")
+PROBE_CACHE_VERSION = 1  # part of the probe-row cache key: bump it when a probe's definition changes
 
 
 @dataclass
@@ -40,16 +51,30 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def run_device(s: common.Settings) -> str:
+    """The device kind the runs were trained on: part of run directory names and of every cache key."""
+    return s.cached or device()
+
+
 def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (), **labels: Any) -> Run:
-    """Train (or load from the cache) the preset at `size` and `seed` with `changes` applied."""
-    from sam.runs import train_or_load
+    """Train (or load from the cache) the preset at `size` and `seed` with `changes` applied.
+    With ``--cached`` only the run's record (run.json) must exist; nothing is trained."""
+    from sam.runs import run_dir_for, train_or_load
 
     if s.preset == "paper":
         raise NotImplementedError(
             "the paper preset cannot train yet: sam.runs trains on DataConfig sources (debian | folder) and has no "
             "OpenAQA source; evaluate released checkpoints with `sam eval` instead")
     cfg = common.run_config(s, size, seed, changes)
-    run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
+    if s.cached:
+        run_dir = run_dir_for(cfg, s.runs, s.cached)
+        if not (run_dir / "run.json").is_file():
+            what = f"the {size} LM, seed {seed}" + (f", {' '.join(changes)}" if changes else "")
+            raise FileNotFoundError(
+                f"--cached {s.cached}: {run_dir / 'run.json'} is missing ({what}): train that run on {s.cached} and "
+                f"copy its records here with experiments/export_measurements.py")
+    else:
+        run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
     return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
 
 
@@ -100,37 +125,120 @@ def stage(run: Run, name: str) -> Path:
 
 
 def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str] = TASKS_MAIN, *,
-             model: Any = None, variant: str = "") -> dict[str, Any]:
-    """`sam.evaluate.evaluate_examples` on the test split for `tasks`, cached by every input.
+             model: Any = None, variant: str = "") -> dict[str, Any] | None:
+    """Scores of the run's answers on the test split for `tasks`, each step cached (module docstring).
 
-    `model` replaces the checkpoint's own model (e.g. one with another run's encoder); `variant`
-    must then name that change, since it is part of the cache key."""
-    from sam.evaluate import evaluate_examples
+    `model` replaces the checkpoint's own model (e.g. one with another run's encoder): a SAM, or a
+    callable returning one, called only when the answers are not cached; `variant` must then name
+    that change, since it is part of the cache key. Returns None with ``--defer-scoring`` (the
+    answers are then generated and cached, not scored)."""
+    from sam.evaluate import score_predictions
 
     if model is not None and not variant:
         raise ValueError("evaluate: a replaced model needs a `variant` naming the change (it keys the cache)")
     cfg = run.cfg
     key = config_hash({"checkpoint": os.path.relpath(checkpoint, s.runs), "variant": variant, "tasks": sorted(tasks),
                        "data": to_dict(cfg.data), "eval": to_dict(cfg.eval), "max_new_tokens": cfg.train.max_new_tokens,
-                       "device": device()})
+                       "device": run_device(s)})
     path = s.runs / "evals" / f"{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    generated = path.with_suffix(".generated.json")
+    if path.is_file():  # already scored
+        _note_origin(s, generated)
+        return None if s.defer_scoring else json.loads(path.read_text())
     examples = test_examples(cfg, tasks)
-    metrics, table = evaluate_examples(model if model is not None else load(checkpoint), examples, batch_size=cfg.train.eval_batch_size,
-                                       max_new_tokens=cfg.train.max_new_tokens, config=cfg.eval)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if generated.is_file():
+        record = json.loads(generated.read_text())
+        if record["ids"] != [ex.id for ex in examples]:
+            raise ValueError(f"{generated}: its answers are for other examples than the test split of {run.dir.name} "
+                             f"for {sorted(tasks)} ({len(record['ids'])} vs {len(examples)}): delete it to regenerate")
+    elif s.cached:
+        raise FileNotFoundError(f"--cached {s.cached}: no generated answers {generated.name} for {run.dir.name} "
+                                f"({os.path.relpath(checkpoint, s.runs)}, tasks {sorted(tasks)}{', ' + variant if variant else ''}): "
+                                f"run the script with --defer-scoring where the run was trained and export its records")
+    else:
+        record = _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
+        _write_json(generated, record)
+    _note_origin(s, generated)
+    if s.defer_scoring:
+        return None
+    metrics, table = score_predictions(examples, record["predictions"], errors=record["errors"], config=cfg.eval)
     table.drop(columns=["instruction"]).to_csv(path.with_suffix(".predictions.csv"), index=False)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(metrics, default=str))
-    os.replace(tmp, path)
+    _write_json(path, metrics)
     return metrics
 
 
-def metric_rows(metrics: dict[str, Any], **labels: Any) -> list[dict[str, Any]]:
+def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> dict[str, Any]:
+    """The generation record of `examples`: ids, answers (None where an item failed), errors, origin."""
+    from sam.evaluate import generate_predictions
+
+    gen = generate_predictions(model if model is not None else load(checkpoint), examples,
+                               batch_size=run.cfg.train.eval_batch_size, max_new_tokens=run.cfg.train.max_new_tokens)
+
+    def clean(v: Any) -> str | None:  # pandas may hold a missing answer as None or NaN
+        return None if v is None or v != v else str(v)
+
+    return {"ids": [ex.id for ex in examples], "predictions": [clean(v) for v in gen["prediction"]],
+            "errors": [clean(v) for v in gen["error"]], "made_on": _origin()}
+
+
+def deferred(s: common.Settings, n_runs: int) -> dict[str, Any]:
+    """What a ``--defer-scoring`` run of a script returns instead of its outputs (and says so)."""
+    print(f"[{s.name}] --defer-scoring: answers and probe rows of {n_runs} runs cached under {s.runs / 'evals'}; "
+          f"nothing scored or written. Pack them with `python experiments/export_measurements.py export FILE "
+          f"--runs {s.runs}`, then on a machine with the scorers run `{s.name}.py --cached {device()}` with the same flags.",
+          flush=True)
+    return {}
+
+
+def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: Sequence[str] = (), **labels: Any) -> list[dict]:
+    """Probe rows of the run's model after stage `stage_name` on the first `PROBE_CLIPS` test scenes:
+    `what` = "tokens" (`token_rows` at `sites`) or "state" (`state_rows`), cached under <runs>/evals/."""
+    if what not in ("tokens", "state"):
+        raise ValueError(f"probe_rows: what must be 'tokens' or 'state', got {what!r}")
+    clips = PROBE_CLIPS[s.preset]
+    key = config_hash({"run": run.dir.name, "stage": stage_name, "what": what, "sites": list(sites), "clips": clips,
+                       "device": run_device(s), "version": PROBE_CACHE_VERSION})
+    path = s.runs / "evals" / f"{key}.rows.json"
+    if not path.is_file():
+        if s.cached:
+            raise FileNotFoundError(f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
+                                    f"{stage_name}: run the script where the run was trained and export its records")
+        model = load_stage(run, stage_name)
+        batch = probe_batch(model, run.cfg, clips)
+        rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
+        _write_json(path, {"rows": rows, "made_on": _origin()})
+    _note_origin(s, path)
+    return [{**labels, **r} for r in json.loads(path.read_text())["rows"]]
+
+
+def _origin() -> dict[str, Any]:
+    return {"device": common.device_name(), "versions": {k: v for k, v in common.library_versions().items()
+                                                         if k in ("python", "torch", "mamba-ssm", "sam-audio")}}
+
+
+def _note_origin(s: common.Settings, record: Path) -> None:
+    """Record in `s` where a cached measurement was made (read by the provenance), if it says."""
+    if record.is_file():
+        origin = json.loads(record.read_text()).get("made_on")
+        if origin:
+            s.measured_on.add(json.dumps(origin, sort_keys=True))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write atomically (temp file + rename): a killed run leaves the old file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, default=str))
+    os.replace(tmp, path)
+
+
+def metric_rows(metrics: dict[str, Any] | None, **labels: Any) -> list[dict[str, Any]]:
     """Tidy rows (task, metric, value, chance) in percent from `evaluate` metrics; strings such as
-    "not computed: ..." (SPICE without CoreNLP) are left out, never turned into numbers."""
-    rows = []
+    "not computed: ..." (SPICE without CoreNLP) are left out, never turned into numbers. None
+    (scoring deferred) gives no rows."""
+    rows: list[dict[str, Any]] = []
+    if metrics is None:
+        return rows
     if "classification" in metrics:
         c = metrics["classification"]
         for name, chance in (("mAP", c["chance"]["mAP"]), ("accuracy", c["chance"]["accuracy_uniform"]),

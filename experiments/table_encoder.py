@@ -43,6 +43,13 @@ def plot(data: pd.DataFrame):
     return fig
 
 
+def swapped(run: measure.Run, donor: measure.Run):
+    """`run`'s model after stage 4 with `donor`'s stage-4 encoder (`audio_tower`), no retraining."""
+    model = measure.load(measure.stage(run, "stage4"))
+    model.audio_tower.load_state_dict(measure.load(measure.stage(donor, "stage4")).audio_tower.state_dict())
+    return model
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_encoder", __doc__, argv=argv)
     rows, sizes = [], common.lm_sizes(s)
@@ -54,12 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
     for (size, seed), run in joint.items():
         for source in sizes:
             if source != size:
-                model = measure.load(measure.stage(run, "stage4"))
-                donor = measure.load(measure.stage(joint[(source, seed)], "stage4"))
-                model.audio_tower.load_state_dict(donor.audio_tower.state_dict())
-                m = measure.evaluate(s, run, measure.stage(run, "stage4"), model=model,
+                m = measure.evaluate(s, run, measure.stage(run, "stage4"), model=lambda r=run, d=joint[(source, seed)]: swapped(r, d),
                                      variant=f"audio_tower from {joint[(source, seed)].dir.name}")
                 rows += measure.metric_rows(m, **{**run.labels, "encoder": "swapped", "encoder_from": source})
+    if s.defer_scoring:
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
 
     table = common.summary(data, ["lm_size", "encoder", "encoder_from"], METRICS)

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_lora_rank", __doc__, argv=argv)
     runs, sizes = measure.grid(s, {r: [f"model.lora.rank={r}"] for r in RANKS}, "lora_rank"), common.lm_sizes(s)
     rows = [r for run in runs for r in measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)]
+    if s.defer_scoring:
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     gap = gains(data)
 

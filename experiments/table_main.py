@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_main", __doc__, argv=argv)
     runs, sizes = measure.grid(s), common.lm_sizes(s)
     rows = [r for run in runs for r in measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)]
+    if s.defer_scoring:
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
 
     ours = common.summary(data, ["lm_size"], [m for m in METRICS if ((data.task == m[0]) & (data.metric == m[1])).any()])

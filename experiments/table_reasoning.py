@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
         for name, label in STAGES.items():
             m = measure.evaluate(s, run, measure.stage(run, name), ["reasoning"])
             rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
-            for cat, g in m["reasoning"]["by"].get("category", {}).items():
+            for cat, g in (m["reasoning"]["by"].get("category", {}) if m else {}).items():
                 rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
                                  value=100 * g["accuracy"], chance=m["reasoning"].get("chance", float("nan")) * 100))
+    if s.defer_scoring:
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     order = list(STAGES.values())
     overall = data[data.category == "all"]

@@ -19,16 +19,16 @@ METRICS = [("layout", "tokens_per_clip"), ("classification", "mAP"), ("classific
            ("probe", "relative state update")]
 
 
-def probe_rows(model, run: measure.Run, clips: int) -> list[dict]:
-    batch = measure.probe_batch(model, run.cfg, clips)
-    tok = pd.DataFrame(measure.token_rows(model, batch, ["connector.out", measure.last_layer(run.cfg)]))
-    tok = tok[tok.measure == "tau_rank_normalized"].groupby("site").value.mean()
-    state = pd.DataFrame(measure.state_rows(model, batch)).query("measure == 'relative'").value.mean()
-    values = {"rank connector.out": tok["connector.out"], "rank lm.last_layer": tok[measure.last_layer(run.cfg)],
-              "relative state update": state}
-    rows = [dict(task="probe", metric=k, value=float(v), chance=float("nan")) for k, v in values.items()]
-    rows.append(dict(task="layout", metric="tokens_per_clip", value=float(model.num_audio_tokens()), chance=float("nan")))
-    return [{**run.labels, **r} for r in rows]
+def probe_rows(s: common.Settings, run: measure.Run) -> list[dict]:
+    """Rank and state-update rows of the run after stage 4 (the probe rows Fig. 2 and Fig. 3 cache too),
+    and the audio tokens per clip (from the probe batch's audio spans)."""
+    tok = pd.DataFrame(measure.probe_rows(s, run, "stage4", "tokens", ["connector.out", measure.last_layer(run.cfg)]))
+    rank = tok[tok.measure == "tau_rank_normalized"].groupby("site").value.mean()
+    state = pd.DataFrame(measure.probe_rows(s, run, "stage4", "state")).query("measure == 'relative'").value.mean()
+    values = {"rank connector.out": rank["connector.out"], "rank lm.last_layer": rank[measure.last_layer(run.cfg)],
+              "relative state update": state, "tokens_per_clip": tok[tok.site == "connector.out"].tokens.mean()}
+    return [{**run.labels, "task": "layout" if k == "tokens_per_clip" else "probe", "metric": k, "value": float(v),
+             "chance": float("nan")} for k, v in values.items()]
 
 
 def plot(data: pd.DataFrame):
@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     runs = measure.grid(s, {k: [f"model.connector.layout={k}"] for k in LAYOUTS}, "layout")
     for run in runs:
-        ckpt = measure.stage(run, "stage4")
-        rows += measure.metric_rows(measure.evaluate(s, run, ckpt), **run.labels)
-        rows += probe_rows(measure.load(ckpt), run, measure.PROBE_CLIPS[s.preset])
+        rows += measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)
+        rows += probe_rows(s, run)
+    if s.defer_scoring:
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     data["layout"] = data.layout.map(LAYOUTS)
     order = list(LAYOUTS.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,47 @@ def test_check_encoder_probe_scores_the_stage0_head_and_a_linear_probe_on_a_smok
     assert before["linear_probe_mAP"] != out["linear_probe_mAP"]
     with pytest.raises(SystemExit, match="not a finished run"):
         check_encoder_probe.main([str(runs)])
+
+
+def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_figures, tmp_path_factory, tmp_path, capsys):
+    """Measure where the runs are (--defer-scoring: answers and probe rows cached, nothing scored or
+    written), move only the records (no weights), assemble there (--cached): the same CSV as a
+    normal run, and a provenance that says where the measurements were made."""
+    import shutil
+
+    import export_measurements
+    import table_token_length
+
+    measured = tmp_path / "measured-runs"
+    shutil.copytree(smoke_runs_dir(tmp_path_factory), measured, copy_function=os.link,
+                    ignore=shutil.ignore_patterns("evals"))
+    flags = ["--preset", "smoke"]
+    assert table_token_length.main([*flags, "--defer-scoring", "--runs", str(measured), "--out", str(tmp_path / "no")]) == {}
+    assert not (tmp_path / "no").exists()
+    evals = sorted(p.name for p in (measured / "evals").iterdir())
+    assert any(n.endswith(".generated.json") for n in evals) and any(n.endswith(".rows.json") for n in evals)
+    assert not [n for n in evals if n.endswith(".json") and not n.endswith((".generated.json", ".rows.json"))]  # nothing scored
+
+    packed = tmp_path / "records.tar.gz"
+    export_measurements.main(["export", str(packed), "--runs", str(measured)])
+    elsewhere = tmp_path / "elsewhere"
+    export_measurements.main(["import", str(packed), "--runs", str(elsewhere)])
+    assert not list(elsewhere.rglob("*.safetensors")) and not list(elsewhere.rglob("*.pt"))  # records only
+    out = tmp_path / "assembled"
+    table_token_length.main([*flags, "--cached", "cpu", "--runs", str(elsewhere), "--out", str(out)])
+    assert (out / "table_token_length.csv").read_bytes() == (smoke_figures / "table_token_length.csv").read_bytes()
+    prov = json.loads((out / "table_token_length.json").read_text())
+    assert prov["measured_on"] and all(m["device"] and m["versions"]["torch"] for m in prov["measured_on"])
+    # importing again keeps what is there; a changed file is reported, not overwritten
+    victim = next((elsewhere / "evals").glob("*.rows.json"))
+    victim.write_text("{}")
+    written, conflicts = export_measurements.import_(packed, elsewhere)
+    assert written == 0 and conflicts == [f"evals/{victim.name}"] and victim.read_text() == "{}"
+
+    # a run with no record: one error naming the missing run.json, and nothing trained
+    with pytest.raises(FileNotFoundError, match=r"--cached cpu: .*run\.json is missing \(the small LM, seed 0"):
+        table_token_length.main([*flags, "--cached", "cpu", "--runs", str(tmp_path / "empty"), "--out", str(out)])
+    assert not (tmp_path / "empty").exists()
+    with pytest.raises(SystemExit):
+        common.parse_args("x", "x", argv=["--defer-scoring", "--cached", "cpu"])
+    assert "use one of them" in capsys.readouterr().err
