@@ -165,19 +165,21 @@ def _conv_silu_torch(
 ) -> Tensor:
     """Causal depthwise conv + SiLU of xbc_in [b, T, C] (weight [C, d_conv]) in `dtype`, masked like the mixer.
 
-    Written as d_conv shifted multiply-adds over [b, T, channels], in place (float64 depthwise
-    F.conv1d takes a slow path on CPU); the cast to `dtype` is the copy into `padded`.
+    Written as d_conv shifted multiply-adds over [b, T, channels] (float64 depthwise F.conv1d takes a
+    slow path on CPU), reading the input in place (no zero-padded copy: the taps that would read the
+    padding are simply not added for the first tokens).
     """
     b, T, used = xbc_in.shape
     k = weight.shape[-1]
-    padded = torch.zeros(b, T + k - 1, used, dtype=dtype, device=xbc_in.device)
-    padded[:, k - 1 :] = xbc_in
+    taps = weight.t().contiguous()  # [d_conv, C]: each tap a contiguous row (a strided one broadcasts ~3x slower on CPU)
+    src = xbc_in.to(dtype)
     if mask is not None and mask_input:
-        padded[:, k - 1 :] *= mask[..., None]
-    out = padded[:, k - 1 :] * weight[:, k - 1]
+        src = src * mask[..., None]
+    out = src * taps[k - 1]  # tap k-1 reads x_t, tap j reads x_(t - (k-1-j))
     for j in range(k - 1):
-        out.addcmul_(padded[:, j : j + T], weight[:, j])
-    del padded
+        shift = k - 1 - j
+        if shift < T:
+            out[:, shift:].addcmul_(src[:, : T - shift], taps[j])
     if bias is not None:
         out += bias
     xbc = F.silu(out, inplace=True)
@@ -328,14 +330,22 @@ def update_stats(
     cum_prev = cum - la  # Lambda_{t-1}
 
     # c_t = x_t^T h_{t-1} B_t. Inside a chunk: sum_{s<t} exp(Lambda_{t-1} - Lambda_s) dt_s (x_t.x_s)(B_t.B_s).
-    if float(cum.min()) > -_exp_safe(x.dtype):  # exp(L_{t-1} - L_s) as a product of two exps: Q x fewer exps
-        strict = torch.ones(Q, Q, dtype=x.dtype, device=x.device).tril(-1)
-        decay = (torch.exp(cum_prev)[..., :, None] * strict) * torch.exp(-cum)[..., None, :]  # [b,G,c,R,Q,Q]
-    else:  # a chunk decays so far that exp(-L_s) could overflow
+    gram_x, gram_b = xs @ xs.transpose(-1, -2), Bs @ Bs.transpose(-1, -2)  # [b,G,c,R,Q,Q], [b,G,c,Q,Q]
+    # dt^2 ||x_t||^2 ||B_t||^2, the update's own square, from the Gram diagonals
+    sq_update = dts**2 * gram_x.diagonal(dim1=-2, dim2=-1) * gram_b.diagonal(dim1=-2, dim2=-1)[:, :, :, None]
+    gram = gram_x * gram_b[:, :, :, None]
+    del gram_x, gram_b
+    # While exp(-2 Lambda) cannot overflow, the decay factors out of the sums (exp(Lambda_{t-1}) before,
+    # exp(-Lambda_s) inside): no [Q, Q] decay matrix, and the norms below become a running sum.
+    factored = float(cum.min()) > -_exp_safe(x.dtype) / 2
+    if factored:
+        inv = torch.exp(-cum)  # exp(-Lambda_s)
+        cross = torch.exp(cum_prev) * (gram.tril_(-1) @ (inv * dts)[..., None])[..., 0]  # [b,G,c,R,Q]
+    else:  # a chunk decays so far that exp(-Lambda_s) could overflow: the decay matrix, summed per entry
         above = torch.full((Q, Q), float("-inf"), dtype=x.dtype, device=x.device).triu()  # s >= t: no term
         decay = torch.exp(cum_prev[..., :, None] - cum[..., None, :] + above)
-    gram_b = Bs @ Bs.transpose(-1, -2)  # [b,G,c,Q,Q]
-    cross = (((xs @ xs.transpose(-1, -2)) * gram_b[:, :, :, None] * decay) @ dts[..., None])[..., 0]  # [b,G,c,R,Q]
+        cross = ((gram * decay) @ dts[..., None])[..., 0]
+    del gram
 
     # Plus the state carried in from earlier chunks: exp(Lambda_{t-1}) x_t^T S_c B_t.
     to_end = (torch.exp(cum[..., -1:] - cum) * dts).transpose(-1, -2)  # [b,G,c,Q,R]
@@ -351,10 +361,15 @@ def update_stats(
     # ||h_t||^2 = a_t^2 ||h_{t-1}||^2 + beta_t, solved the same way with decay a^2:
     # sum_{s<=t} exp(2 (Lambda_t - Lambda_s)) beta_s = a_t^2 sum_{s<t} decay_ts^2 beta_s + beta_t.
     a = torch.exp(la)
-    sq_update = dts**2 * (xs * xs).sum(-1) * (Bs * Bs).sum(-1)[:, :, :, None]  # dt^2 ||x||^2 ||B||^2
     beta = 2 * a * dts * cross + sq_update
-    norm2 = a**2 * ((decay * decay) @ beta[..., None])[..., 0] + beta  # [b,G,c,R,Q]
-    del decay
+    if factored:  # sum_{s<t} exp(2 (Lambda_t - Lambda_s)) beta_s = exp(2 Lambda_t) (exclusive running sum of exp(-2 Lambda_s) beta_s)
+        weighted = inv * inv * beta
+        before = F.pad(torch.cumsum(weighted[..., :-1], dim=-1), (1, 0))
+        norm2 = torch.exp(2 * cum) * before + beta  # [b,G,c,R,Q]
+        del weighted, before
+    else:
+        norm2 = a**2 * ((decay * decay) @ beta[..., None])[..., 0] + beta
+        del decay
     start_norm2 = _scan_chunks(2 * log_chunk, norm2[..., -1].transpose(-1, -2)[..., None], scan_block)[..., 0].transpose(-1, -2)  # [b,G,c,R]
     norm2 = norm2 + torch.exp(2 * cum) * start_norm2[..., None]
 
