@@ -44,6 +44,8 @@ def export(file: Path, runs: Path) -> int:
 
 def import_(file: Path, runs: Path) -> tuple[int, list[str]]:
     """Unpack `file` into `runs`; returns (files written, names kept because a different file was there)."""
+    from sam.checkpoint import atomic_write_bytes
+
     written, conflicts = 0, []
     with tarfile.open(file, "r:gz") as tar:
         for m in tar.getmembers():
@@ -59,10 +61,7 @@ def import_(file: Path, runs: Path) -> tuple[int, list[str]]:
                 if dest.read_bytes() != data:
                     conflicts.append(m.name)
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            part = dest.with_name(dest.name + ".partial")
-            part.write_bytes(data)
-            part.replace(dest)
+            atomic_write_bytes(dest, data)
             written += 1
     print(f"import: {written} files from {file} into {runs}"
           + (f"; kept {len(conflicts)} differing files already there: {', '.join(conflicts[:5])}" if conflicts else ""))

@@ -143,7 +143,8 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     path = s.runs / "evals" / f"{key}.json"
     generated = path.with_suffix(".generated.json")
     if path.is_file():  # already scored
-        _note_origin(s, generated)
+        if generated.is_file():  # absent in caches written before answers were kept apart
+            _note_origin(s, json.loads(generated.read_text()))
         return None if s.defer_scoring else json.loads(path.read_text())
     examples = test_examples(cfg, tasks)
     if generated.is_file():
@@ -158,7 +159,7 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     else:
         record = _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
         _write_json(generated, record)
-    _note_origin(s, generated)
+    _note_origin(s, record)
     if s.defer_scoring:
         return None
     metrics, table = score_predictions(examples, record["predictions"], errors=record["errors"], config=cfg.eval)
@@ -199,16 +200,19 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
     key = config_hash({"run": run.dir.name, "stage": stage_name, "what": what, "sites": list(sites), "clips": clips,
                        "device": run_device(s), "version": PROBE_CACHE_VERSION})
     path = s.runs / "evals" / f"{key}.rows.json"
-    if not path.is_file():
+    if path.is_file():
+        record = json.loads(path.read_text())
+    else:
         if s.cached:
             raise FileNotFoundError(f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
                                     f"{stage_name}: run the script where the run was trained and export its records")
         model = load_stage(run, stage_name)
         batch = probe_batch(model, run.cfg, clips)
         rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
-        _write_json(path, {"rows": rows, "made_on": _origin()})
-    _note_origin(s, path)
-    return [{**labels, **r} for r in json.loads(path.read_text())["rows"]]
+        record = {"rows": rows, "made_on": _origin()}
+        _write_json(path, record)
+    _note_origin(s, record)
+    return [{**labels, **r} for r in record["rows"]]
 
 
 def _origin() -> dict[str, Any]:
@@ -216,20 +220,17 @@ def _origin() -> dict[str, Any]:
                                                          if k in ("python", "torch", "mamba-ssm", "sam-audio")}}
 
 
-def _note_origin(s: common.Settings, record: Path) -> None:
+def _note_origin(s: common.Settings, record: dict[str, Any]) -> None:
     """Record in `s` where a cached measurement was made (read by the provenance), if it says."""
-    if record.is_file():
-        origin = json.loads(record.read_text()).get("made_on")
-        if origin:
-            s.measured_on.add(json.dumps(origin, sort_keys=True))
+    if record.get("made_on"):
+        s.measured_on.add(json.dumps(record["made_on"], sort_keys=True))
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Write atomically (temp file + rename): a killed run leaves the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, default=str))
-    os.replace(tmp, path)
+    """`value` as JSON, written atomically: a killed run leaves the old file or none, never half of one."""
+    from sam.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(value, default=str).encode())
 
 
 def metric_rows(metrics: dict[str, Any] | None, **labels: Any) -> list[dict[str, Any]]:

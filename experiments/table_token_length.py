@@ -19,7 +19,7 @@ METRICS = [("layout", "tokens_per_clip"), ("classification", "mAP"), ("classific
            ("probe", "relative state update")]
 
 
-def probe_rows(s: common.Settings, run: measure.Run) -> list[dict]:
+def probe_summary(s: common.Settings, run: measure.Run) -> list[dict]:
     """Rank and state-update rows of the run after stage 4 (the probe rows Fig. 2 and Fig. 3 cache too),
     and the audio tokens per clip (from the probe batch's audio spans)."""
     tok = pd.DataFrame(measure.probe_rows(s, run, "stage4", "tokens", ["connector.out", measure.last_layer(run.cfg)]))
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = measure.grid(s, {k: [f"model.connector.layout={k}"] for k in LAYOUTS}, "layout")
     for run in runs:
         rows += measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)
-        rows += probe_rows(s, run)
+        rows += probe_summary(s, run)
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
