@@ -72,6 +72,7 @@ class Settings:
     sizes: list[str] | None = None  # LM sizes to run (None: every size of the preset)
     defer_scoring: bool = False  # generate and cache answers and probe rows, score nowhere, write no outputs
     cached: str | None = None  # assemble from the run cache's records of runs trained on this device kind
+    train_procs: int = 1  # torchrun processes that train each missing run (DDP; one per GPU on CUDA)
     # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
     # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
     measured_on: set[str] = field(default_factory=set)
@@ -104,6 +105,9 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
                    help="build the outputs from the run cache's records of runs trained on DEVICE (cpu | cuda) and their "
                         "cached answers and probe rows: never trains, never loads weights, scores cached answers; "
                         "see experiments/export_measurements.py")
+    p.add_argument("--train-procs", type=int, default=1, metavar="N",
+                   help="train each missing run with torchrun over N processes (one per GPU on CUDA, gloo on CPU; DDP "
+                        "matches one process at the same global batch), then measure it in this process")
     for key, (what, _) in PAPER_INPUTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=Path, default=None, help=f"paper preset: {what}")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -121,6 +125,8 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
             p.error(f"--sizes {args.sizes!r}: the {args.preset} preset has LM sizes {', '.join(known)}"
                     + (f"; unknown: {', '.join(bad)}" if bad else ""))
         sizes = [z for z in known if z in sizes]  # the preset's order, smallest first
+    if args.train_procs < 1:
+        p.error(f"--train-procs must be at least 1, got {args.train_procs}")
     if args.defer_scoring and args.cached:
         p.error("--defer-scoring measures, --cached assembles what was measured: use one of them")
     if args.preset == "paper":
@@ -131,7 +137,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
     return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
                     [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes,
-                    args.defer_scoring, args.cached)
+                    args.defer_scoring, args.cached, args.train_procs)
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:

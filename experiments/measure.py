@@ -74,8 +74,38 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
                 f"--cached {s.cached}: {run_dir / 'run.json'} is missing ({what}): train that run on {s.cached} and "
                 f"copy its records here with experiments/export_measurements.py")
     else:
+        if s.train_procs > 1:
+            train_distributed(cfg, s.runs, s.train_procs)
         run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
     return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
+
+
+def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
+    """Train `cfg` into the run cache with `sam train` under torchrun over `procs` processes (one per
+    GPU on CUDA, gloo processes on CPU), unless the cache already holds it. The run lands where
+    `train_or_load` looks for it (same config hash and device kind), so the caller then loads it in
+    this process. A failed launch raises with the command and the run it concerns."""
+    import subprocess
+
+    from sam.config import save_yaml
+    from sam.runs import run_dir_for
+
+    dev = device()
+    if dev == "cuda" and procs > torch.cuda.device_count():
+        raise RuntimeError(f"--train-procs {procs}: only {torch.cuda.device_count()} CUDA devices are visible")
+    run_dir = run_dir_for(cfg, runs, dev)
+    if (run_dir / "model").is_dir():
+        return run_dir
+    runs.mkdir(parents=True, exist_ok=True)
+    config = runs / f".{run_dir.name}.torchrun.yaml"  # the run's full config, read back by every process
+    save_yaml(cfg, config)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+           "-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", dev, "--no-progress"]
+    done = subprocess.run(cmd, cwd=common.REPO)
+    config.unlink(missing_ok=True)
+    if done.returncode != 0 or not (run_dir / "model").is_dir():
+        raise RuntimeError(f"training {run_dir.name} under torchrun failed (exit code {done.returncode}): {' '.join(cmd)}")
+    return run_dir
 
 
 def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, key: str = "variant") -> list[Run]:

@@ -235,3 +235,16 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     with pytest.raises(SystemExit):
         common.parse_args("x", "x", argv=["--defer-scoring", "--cached", "cpu"])
     assert "use one of them" in capsys.readouterr().err
+
+
+def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_for_it(smoke_figures, tmp_path_factory, tmp_path):
+    import measure
+
+    s = common.parse_args("table_main", "t", argv=["--preset", "smoke", "--runs", str(tmp_path / "runs"), "--train-procs", "2"])
+    run = measure.train(s, "small", 0)
+    assert json.loads((run.dir / "run.json").read_text())["world_size"] == 2 and (run.dir / "model").is_dir()
+    # the run the one-process scripts trained from the same settings has the same cache entry
+    assert (smoke_runs_dir(tmp_path_factory) / run.dir.name / "model").is_dir()
+    assert not list((tmp_path / "runs").glob(".*.torchrun.yaml")), "the launch config was left behind"
+    with pytest.raises(SystemExit):
+        common.parse_args("table_main", "t", argv=["--preset", "smoke", "--train-procs", "0"])
