@@ -740,7 +740,7 @@ def train_stage(
         shard = net = fsdp_shard(module, dist)
     elif dist.world_size > 1:
         net = DistributedDataParallel(
-            module, device_ids=[dist.local_rank] if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True
+            module, device_ids=[dist.local_rank] if device.type == "cuda" else None, find_unused_parameters=True, **_no_buffer_sync()
         )
     # One optimizer, over the parameters that train: FSDP's shards, else the module's own (DDP's).
     trains = module if shard is None else shard
@@ -856,6 +856,15 @@ def _restore(module: nn.Module, state: dict[str, Any], dist: Dist) -> None:
     module.load_state_dict(state["module"], strict=False)
     if len(state["rng"]) != dist.world_size:
         raise RuntimeError(f"checkpoint was written by {len(state['rng'])} processes; resume it with the same number (now {dist.world_size})")
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's switch for not broadcasting buffers before each forward (every process holds the same
+    buffers already): `forward_sync_buffers` where torch has it (it deprecates `broadcast_buffers`)."""
+    import inspect
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 # --------------------------------------------------------------------------------------------
