@@ -320,7 +320,7 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.encoder = EncoderConfig(size="base")
         cfg.model.lm = MambaConfig(**LM_SIZES["gpu"][lm_size], vocab_size=4096)
         cfg.model.lora = LoraConfig(rank=8)
-        # Sized so that one seed of the three LM sizes trains in one machine session on an H100 (about
+        # Sized so that one seed of the three LM sizes trains within an hour on an H100 (about
         # 25 minutes for fig2_rank from a cold cache; eager bf16, 10-s scenes, features computed by
         # loader workers and cached on disk). The curriculum has the cpu preset's shape, for the same
         # measured reasons: the LM starts from scratch (see _scratch_curriculum).
