@@ -90,7 +90,7 @@ def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
     from sam.config import save_yaml
     from sam.runs import run_dir_for
 
-    dev = device()
+    dev, runs = device(), runs.resolve()  # the launch runs from the repository root
     if dev == "cuda" and procs > torch.cuda.device_count():
         raise RuntimeError(f"--train-procs {procs}: only {torch.cuda.device_count()} CUDA devices are visible")
     run_dir = run_dir_for(cfg, runs, dev)
@@ -101,8 +101,10 @@ def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
     save_yaml(cfg, config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
            "-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", dev, "--no-progress"]
-    done = subprocess.run(cmd, cwd=common.REPO)
-    config.unlink(missing_ok=True)
+    try:
+        done = subprocess.run(cmd, cwd=common.REPO)
+    finally:
+        config.unlink(missing_ok=True)
     if done.returncode != 0 or not (run_dir / "model").is_dir():
         raise RuntimeError(f"training {run_dir.name} under torchrun failed (exit code {done.returncode}): {' '.join(cmd)}")
     return run_dir

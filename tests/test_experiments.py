@@ -237,10 +237,11 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     assert "use one of them" in capsys.readouterr().err
 
 
-def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_for_it(smoke_figures, tmp_path_factory, tmp_path):
+def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_for_it(smoke_figures, tmp_path_factory, tmp_path, monkeypatch):
     import measure
 
-    s = common.parse_args("table_main", "t", argv=["--preset", "smoke", "--runs", str(tmp_path / "runs"), "--train-procs", "2"])
+    monkeypatch.chdir(tmp_path)  # a relative --runs means the caller's folder, not the launch's
+    s = common.parse_args("table_main", "t", argv=["--preset", "smoke", "--runs", "runs", "--train-procs", "2"])
     run = measure.train(s, "small", 0)
     assert json.loads((run.dir / "run.json").read_text())["world_size"] == 2 and (run.dir / "model").is_dir()
     # the run the one-process scripts trained from the same settings has the same cache entry
