@@ -296,9 +296,9 @@ def bars(ax: plt.Axes, data: pd.DataFrame, task: str, metric: str, x: str, hue: 
     if "chance" in sub and sub.chance.notna().any():
         chance = float(sub.chance.mean())
         ax.axhline(chance, ls="--", color="0.2", label=f"chance ({chance:.1f})")
-    ax.set(title=title, ylabel=ylabel, xlabel=x.replace("_", " "))
+    ax.set(title=title, ylabel=ylabel, xlabel=x.replace("_", " ").replace("lm ", "LM "))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=hue.replace("_", " ").replace("lora", "LoRA") if hue else None, title_fontsize=8)
 
 
 def _style() -> None:
