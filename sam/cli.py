@@ -101,6 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default="Write a caption for the audio clip.", help="text after the audio tokens")
     p.add_argument("--out", required=True, help="CSV to write")
 
+    p = _add(sub, "probe-lm", "measure token rank, similarity and SSM state updates inside a text LM",
+             "Run texts through a local language model folder with hooks on the named SITES and write one CSV row "
+             "per text, site and measure: tau-effective rank, effective rank, stable rank and mean pairwise cosine "
+             "similarity of the tokens (all of them, or --span); with --state (Mamba-2 models), also the state-update "
+             "distance between adjacent tokens per layer. Reads a Hugging Face model folder (config.json with "
+             "model_type: Mamba2, GPT-2, Llama, ...) or a state-spaces/mamba2 folder; nothing is downloaded.")
+    p.add_argument("--model", required=True, help="local model folder (Hugging Face or state-spaces/mamba2 layout)")
+    p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: --model; state-spaces folders ship none)")
+    texts = p.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--text", nargs="+", help="texts to probe, one forward pass each")
+    texts.add_argument("--text-file", help="UTF-8 file with one text per line")
+    p.add_argument("--sites", nargs="+", default=["lm.layers.*"],
+                   help="probe sites: stable names (lm.layers.N, lm.norm_f, ...) or module paths (transformer.h.0); "
+                        "* matches one name part, e.g. a layer number")
+    p.add_argument("--span", default=None, metavar="START:END", help="token positions to measure (default: every token)")
+    p.add_argument("--tau", type=float, default=0.99, help="energy fraction for the tau-effective rank")
+    p.add_argument("--state", action="store_true", help="also compute state-update distances (Mamba-2 models)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", required=True, help="CSV to write")
+
     p = _add(sub, "data-summary", "count examples per split and task, and list the classes",
              "Print the corpus (clips, hours, classes per source), then build the examples of every split from a "
              "config's data settings and print how many there are per task and the most frequent classes.")
@@ -218,11 +238,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _expand_sites(patterns: list[str], available: list[str]) -> list[str]:
-    import fnmatch
+    """Site patterns -> site names, in the order of `available`; `*` matches one dotted part
+    (`lm.layers.*` is every layer, not every layer's submodules too)."""
+    import re
 
     sites: list[str] = []
     for pattern in patterns:
-        hits = [n for n in available if fnmatch.fnmatchcase(n, pattern)] if any(c in pattern for c in "*?[") else [pattern]
+        if "*" in pattern:
+            regex = re.compile(".".join("[^.]+" if part == "*" else re.escape(part).replace(r"\*", "[^.]*") for part in pattern.split(".")))
+            hits = [n for n in available if regex.fullmatch(n)]
+        else:
+            hits = [pattern]
         if not hits:
             raise ConfigError(f"--sites {pattern!r} matches no probe site; this model has {', '.join(available[:12])}, ...")
         sites += [h for h in hits if h not in sites]
@@ -262,6 +288,114 @@ def cmd_probe(args: argparse.Namespace) -> int:
     table.to_csv(args.out, index=False)
     print(f"wrote {len(table)} rows ({len(sites)} sites x {len(waves)} clips) to {args.out}")
     return 1 if bad else 0
+
+
+def _load_text_lm(model_dir: str, tokenizer_dir: str | None, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer) from local folders: transformers' AutoModelForCausalLM where config.json names a
+    model_type, else sam.lm.MambaLM (the state-spaces/mamba2 layout); AutoTokenizer from `tokenizer_dir`."""
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--model {model_dir}: no config.json there (a local Hugging Face or state-spaces/mamba2 model folder)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model {model_dir}: config.json is not JSON ({e})") from None
+    if "model_type" in config:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one output line per command, errors included
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    else:
+        from sam.lm import MambaLM
+
+        model = MambaLM.from_pretrained(path)
+    tok_dir = Path(tokenizer_dir or model_dir)
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        flag = "--tokenizer" if tokenizer_dir else "--model (give --tokenizer)"
+        raise ConfigError(f"{flag} {tok_dir}: no tokenizer could be loaded there ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), tokenizer
+
+
+def _parse_span(span: str | None) -> tuple[int, int] | None:
+    if span is None:
+        return None
+    try:
+        start, end = (int(v) for v in span.split(":"))
+    except ValueError:
+        raise ConfigError(f"--span {span!r}: expected START:END token positions, e.g. 4:60") from None
+    if not 0 <= start < end:
+        raise ConfigError(f"--span {span!r}: needs 0 <= START < END")
+    return start, end
+
+
+def cmd_probe_lm(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+
+    import probes
+
+    if args.text_file:
+        try:
+            texts = [line.strip() for line in Path(args.text_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--text-file {args.text_file}: cannot read it ({e})") from None
+        if not texts:
+            raise ConfigError(f"--text-file {args.text_file}: holds no text")
+    else:
+        texts = list(args.text)
+    span = _parse_span(args.span)
+    device = _device(args.device)
+    model, tokenizer = _load_text_lm(args.model, args.tokenizer, device)
+    if args.state:
+        from probes.models import find_backbone
+
+        try:
+            find_backbone(model)
+        except ValueError as e:
+            raise ConfigError(f"--state: {e}") from None
+    available = probes.site_names(model) + [p for p, _ in model.named_modules() if p]
+    sites = _expand_sites(list(args.sites), available)
+    tables, skipped = [], []
+    for i, text in enumerate(texts):
+        ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
+        n = ids.shape[1]
+        if span is not None and span[1] > n:
+            skipped.append(f"text {i}: {n} tokens, fewer than --span end {span[1]}")
+            continue
+        start, end = span if span else (0, n)
+        try:
+            _, cache = probes.run_with_cache(model, {"input_ids": ids}, sites)
+        except KeyError as e:
+            raise ConfigError(f"--sites: {e.args[0]}") from None
+        for name in sites:  # every site of a text LM is a token sequence [1, n, d]: cut it to the span here
+            if cache[name].dim() != 3 or cache[name].shape[1] != n:
+                raise ConfigError(f"--sites {name}: holds shape {tuple(cache[name].shape)}, not [1, {n} tokens, dim]")
+            cache[name] = cache[name][:, start:end]
+        cache.spans = None
+        table = probes.token_measures(cache, sites, taus=(args.tau,))
+        if args.state:
+            upd = probes.state_update_distance(model, {"input_ids": ids}, span=(start, end))
+            per = upd.groupby("layer", as_index=False)[["distance", "relative"]].mean()
+            rows = [{"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "measure": f"state_update_{m}", "value": getattr(r, m)}
+                    for r in per.itertuples() for m in ("distance", "relative")]
+            table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        table["clip"] = i
+        table.insert(0, "text", i)
+        tables.append(table.drop(columns=["clip"]))
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not tables:
+        return 1
+    out = pd.concat(tables, ignore_index=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out, index=False)
+    print(f"wrote {len(out)} rows ({len(sites)} sites x {len(tables)} texts) to {args.out}")
+    return 1 if skipped else 0
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
@@ -317,6 +451,7 @@ COMMANDS = {
     "caption": cmd_caption,
     "ask": cmd_ask,
     "probe": cmd_probe,
+    "probe-lm": cmd_probe_lm,
     "data-summary": cmd_data_summary,
 }
 

@@ -136,3 +136,59 @@ def test_data_summary_counts_examples_per_split_and_task(capsys: pytest.CaptureF
     assert main(["data-summary", "--preset", "smoke", f"data.root={REPO / 'data'}"]) == 0
     out = capsys.readouterr().out
     assert "clips" in out and "| split" in out and "classification" in out
+
+
+@pytest.fixture(scope="module")
+def text_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random LMs saved the way they are published: transformers' Mamba2 and GPT-2 folders
+    (with a BPE tokenizer trained here by `tokenizers`) and a state-spaces/mamba2 folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2ForCausalLM, PreTrainedTokenizerFast
+
+    from sam.lm import MambaConfig, MambaLM
+
+    root = tmp_path_factory.mktemp("text_lms")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(["a dog barks twice while rain falls on a tin roof", "the engine starts and a bell rings"] * 20,
+                            trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
+    torch.manual_seed(0)
+    folders = {"mamba2": root / "mamba2", "gpt2": root / "gpt2", "state-spaces": root / "state-spaces"}
+    Mamba2ForCausalLM(Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, state_size=16, head_dim=16,
+                                   num_heads=8, n_groups=1, expand=2, chunk_size=16)).save_pretrained(folders["mamba2"])
+    GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64)).save_pretrained(folders["gpt2"])
+    MambaLM(MambaConfig(d_model=64, n_layer=2, d_state=16, headdim=16, chunk_size=16, vocab_size=128)).save_pretrained(folders["state-spaces"])
+    for name in ("mamba2", "gpt2"):
+        tokenizer.save_pretrained(folders[name])
+    return folders
+
+
+TEXTS = ["a dog barks twice while rain falls on a tin roof", "the engine starts and a bell rings twice"]
+
+
+def test_probe_lm_measures_layers_and_state_updates_of_a_hugging_face_mamba2(text_lms: dict[str, Path], tmp_path: Path) -> None:
+    import pandas as pd
+
+    out = tmp_path / "mamba2.csv"
+    assert main(["probe-lm", "--model", str(text_lms["mamba2"]), "--text", *TEXTS, "--span", "1:6", "--state", "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    assert set(table["text"]) == {0, 1}
+    assert {"lm.layers.0", "lm.layers.1", "lm.layers.0.mixer", "lm.layers.1.mixer"} == set(table["site"])  # mixers only from --state
+    assert {"tau_rank", "similarity", "state_update_distance", "state_update_relative"} <= set(table["measure"])
+    assert (table.loc[table.measure == "tau_rank", "tokens"] == 5).all() and table["value"].notna().all()
+
+
+def test_probe_lm_reads_module_paths_of_a_transformer_and_a_state_spaces_folder(text_lms: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import pandas as pd
+
+    out = tmp_path / "gpt2.csv"
+    assert main(["probe-lm", "--model", str(text_lms["gpt2"]), "--text", TEXTS[0], "--sites", "transformer.h.*", "--out", str(out), "--device", "cpu"]) == 0
+    assert set(pd.read_csv(out)["site"]) == {"transformer.h.0", "transformer.h.1"}  # * is one name part: no .attn, .mlp
+    assert "no Mamba backbone" in _one_line_error(capsys, ["probe-lm", "--model", str(text_lms["gpt2"]), "--text", TEXTS[0], "--state", "--sites", "transformer.h.0", "--out", str(out)])
+    out = tmp_path / "ss.csv"
+    assert main(["probe-lm", "--model", str(text_lms["state-spaces"]), "--tokenizer", str(text_lms["gpt2"]), "--text", TEXTS[1], "--state", "--out", str(out), "--device", "cpu"]) == 0
+    assert {"lm.layers.0", "lm.layers.1.mixer"} <= set(pd.read_csv(out)["site"])
+    assert "--tokenizer" in _one_line_error(capsys, ["probe-lm", "--model", str(text_lms["state-spaces"]), "--text", "x", "--out", str(out)])
+    assert "--span" in _one_line_error(capsys, ["probe-lm", "--model", str(text_lms["gpt2"]), "--text", "x", "--span", "5", "--out", str(out)])
