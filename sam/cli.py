@@ -336,6 +336,7 @@ def _parse_span(span: str | None) -> tuple[int, int] | None:
 def cmd_probe_lm(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
+    from tqdm.auto import tqdm
 
     import probes
 
@@ -361,11 +362,13 @@ def cmd_probe_lm(args: argparse.Namespace) -> int:
     available = probes.site_names(model) + [p for p, _ in model.named_modules() if p]
     sites = _expand_sites(list(args.sites), available)
     tables, skipped = [], []
-    for i, text in enumerate(texts):
-        ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
+    for i, text in enumerate(tqdm(texts, desc="texts", disable=len(texts) < 10 or not sys.stderr.isatty())):
+        ids = torch.tensor([tokenizer(text)["input_ids"]], dtype=torch.long, device=device)
         n = ids.shape[1]
-        if span is not None and span[1] > n:
-            skipped.append(f"text {i}: {n} tokens, fewer than --span end {span[1]}")
+        why = (f"{n} tokens, too few to measure" if n < 2
+               else f"{n} tokens, fewer than --span end {span[1]}" if span is not None and span[1] > n else "")
+        if why:  # reported at the end; the other texts go on
+            skipped.append(f"text {i}: {why}")
             continue
         start, end = span if span else (0, n)
         try:
@@ -384,9 +387,9 @@ def cmd_probe_lm(args: argparse.Namespace) -> int:
             rows = [{"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "measure": f"state_update_{m}", "value": getattr(r, m)}
                     for r in per.itertuples() for m in ("distance", "relative")]
             table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
-        table["clip"] = i
+        table = table.drop(columns=["clip"])  # one text per forward: the text index replaces it
         table.insert(0, "text", i)
-        tables.append(table.drop(columns=["clip"]))
+        tables.append(table)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if not tables:

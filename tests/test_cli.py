@@ -192,3 +192,13 @@ def test_probe_lm_reads_module_paths_of_a_transformer_and_a_state_spaces_folder(
     assert {"lm.layers.0", "lm.layers.1.mixer"} <= set(pd.read_csv(out)["site"])
     assert "--tokenizer" in _one_line_error(capsys, ["probe-lm", "--model", str(text_lms["state-spaces"]), "--text", "x", "--out", str(out)])
     assert "--span" in _one_line_error(capsys, ["probe-lm", "--model", str(text_lms["gpt2"]), "--text", "x", "--span", "5", "--out", str(out)])
+
+
+def test_probe_lm_reports_texts_it_cannot_measure_and_keeps_the_others(text_lms: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import pandas as pd
+
+    texts, out = tmp_path / "texts.txt", tmp_path / "some.csv"
+    texts.write_text(f"{TEXTS[0]}\nbell\n{TEXTS[1]}\n", encoding="utf-8")
+    assert main(["probe-lm", "--model", str(text_lms["gpt2"]), "--text-file", str(texts), "--sites", "transformer.h.1", "--span", "0:4", "--out", str(out), "--device", "cpu"]) == 1
+    assert "text 1:" in capsys.readouterr().err
+    assert set(pd.read_csv(out)["text"]) == {0, 2}
