@@ -238,13 +238,27 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
         if s.cached:
             raise FileNotFoundError(f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
                                     f"{stage_name}: run the script where the run was trained and export its records")
-        model = load_stage(run, stage_name)
-        batch = probe_batch(model, run.cfg, clips)
+        model, batch = _probe_inputs(run, stage_name, clips)
         rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
         record = {"rows": rows, "made_on": _origin()}
         _write_json(path, record)
     _note_origin(s, record)
     return [{**labels, **r} for r in record["rows"]]
+
+
+# The last (run dir, stage, clips) probed, with its model and probe batch: Table 4 probes one stage for
+# tokens and then for state updates, and loads it once. One entry, replaced by the next stage probed.
+_PROBED: dict[tuple[str, str, int], tuple[Any, dict[str, Any]]] = {}
+
+
+def _probe_inputs(run: Run, stage_name: str, clips: int) -> tuple[Any, dict[str, Any]]:
+    """The run's model after `stage_name` and its batch of the first `clips` test scenes (probes only read them)."""
+    key = (str(run.dir), stage_name, clips)
+    if key not in _PROBED:
+        _PROBED.clear()  # free the previous model before loading the next
+        model = load_stage(run, stage_name)
+        _PROBED[key] = (model, probe_batch(model, run.cfg, clips))
+    return _PROBED[key]
 
 
 def _origin() -> dict[str, Any]:
