@@ -255,6 +255,17 @@ def _expand_sites(patterns: list[str], available: list[str]) -> list[str]:
     return sites
 
 
+def _state_update_rows(upd: Any) -> Any:
+    """`probes.state_update_distance`'s table as mean distance and relative distance per clip and LM
+    layer, in the rows of `probes.token_measures` (site `lm.layers.N.mixer`)."""
+    import pandas as pd
+
+    per = upd.groupby(["clip", "layer"], as_index=False)[["distance", "relative"]].mean()
+    return pd.DataFrame([{"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "clip": r.clip,
+                          "measure": f"state_update_{m}", "value": getattr(r, m)}
+                         for r in per.itertuples() for m in ("distance", "relative")])
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
@@ -276,13 +287,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sites: {e.args[0]}") from None
     table = probes.token_measures(cache, sites, taus=(args.tau,))
     if args.state:
-        upd = probes.state_update_distance(model, batch)
-        per = upd.groupby(["clip", "layer"], as_index=False)[["distance", "relative"]].mean()
-        rows = [
-            {"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "clip": r.clip, "measure": f"state_update_{m}", "value": getattr(r, m)}
-            for r in per.itertuples() for m in ("distance", "relative")
-        ]
-        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        table = pd.concat([table, _state_update_rows(probes.state_update_distance(model, batch))], ignore_index=True)
     table.insert(0, "audio", [names[int(c)] for c in table["clip"]])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
@@ -383,10 +388,7 @@ def cmd_probe_lm(args: argparse.Namespace) -> int:
         table = probes.token_measures(cache, sites, taus=(args.tau,))
         if args.state:
             upd = probes.state_update_distance(model, {"input_ids": ids}, span=(start, end))
-            per = upd.groupby("layer", as_index=False)[["distance", "relative"]].mean()
-            rows = [{"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "measure": f"state_update_{m}", "value": getattr(r, m)}
-                    for r in per.itertuples() for m in ("distance", "relative")]
-            table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+            table = pd.concat([table, _state_update_rows(upd)], ignore_index=True)
         table = table.drop(columns=["clip"])  # one text per forward: the text index replaces it
         table.insert(0, "text", i)
         tables.append(table)
