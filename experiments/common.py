@@ -73,6 +73,7 @@ class Settings:
     defer_scoring: bool = False  # generate and cache answers and probe rows, score nowhere, write no outputs
     cached: str | None = None  # assemble from the run cache's records of runs trained on this device kind
     train_procs: int = 1  # torchrun processes that train each missing run (DDP; one per GPU on CUDA)
+    probe_runs: Path | None = None  # with `cached`: read probe rows from this run cache instead of `runs`
     # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
     # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
     measured_on: set[str] = field(default_factory=set)
@@ -108,6 +109,9 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     p.add_argument("--train-procs", type=int, default=1, metavar="N",
                    help="train each missing run with torchrun over N processes (one per GPU on CUDA, gloo on CPU; DDP "
                         "matches one process at the same global batch), then measure it in this process")
+    p.add_argument("--probe-runs", type=Path, default=None, metavar="DIR",
+                   help="with --cached: read the probe rows from this run cache instead of --runs, for probes measured "
+                        "on a second training of the same configs (the outputs say so); answers still come from --runs")
     for key, (what, _) in PAPER_INPUTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=Path, default=None, help=f"paper preset: {what}")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -129,6 +133,8 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
         p.error(f"--train-procs must be at least 1, got {args.train_procs}")
     if args.defer_scoring and args.cached:
         p.error("--defer-scoring measures, --cached assembles what was measured: use one of them")
+    if args.probe_runs is not None and not args.cached:
+        p.error("--probe-runs assembles probe rows measured elsewhere: use it with --cached")
     if args.preset == "paper":
         missing = missing_paper_inputs(paths, needs)
         if missing:
@@ -137,7 +143,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
     return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
                     [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes,
-                    args.defer_scoring, args.cached, args.train_procs)
+                    args.defer_scoring, args.cached, args.train_procs, args.probe_runs)
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:
@@ -297,7 +303,10 @@ def bars(ax: plt.Axes, data: pd.DataFrame, task: str, metric: str, x: str, hue: 
         chance = float(sub.chance.mean())
         ax.axhline(chance, ls="--", color="0.2", label=f"chance ({chance:.1f})")
     ax.set(title=title, ylabel=ylabel, xlabel=x.replace("_", " ").replace("lm ", "LM "))
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:  # headroom above the tallest bar, so the legend (upper corner) never covers a bar
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + (hi - lo) * 0.09 * (len(handles) + 1))
         ax.legend(fontsize=8, title=hue.replace("_", " ").replace("lora", "LoRA") if hue else None, title_fontsize=8)
 
 
@@ -321,6 +330,13 @@ def mosaic(layout: str, width: float, height: float, **kw: Any) -> tuple[plt.Fig
     return fig, fig.subplot_mosaic(layout, **kw)
 
 
+def save_figure(fig: plt.Figure, stem: Path) -> None:
+    """`stem`.png and `stem`.pdf without timestamps or tool versions in them (same figure, same bytes), then close it."""
+    fig.savefig(stem.with_suffix(".png"), dpi=150, metadata={"Software": None})
+    fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Creator": None})
+    plt.close(fig)
+
+
 def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.DataFrame | dict[str, pd.DataFrame], *, title: str,
                   notes: str = "", configs: dict[str, ExperimentConfig] | None = None,
                   findings: Sequence[Finding] = (), data_roots: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -335,9 +351,7 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     s.out.mkdir(parents=True, exist_ok=True)
     paths = {ext: s.out / f"{s.name}.{ext}" for ext in ("png", "pdf", "csv", "md", "json")}
     data.sort_values(list(data.columns), kind="stable").to_csv(paths["csv"], index=False, float_format="%.6g", lineterminator="\n")
-    fig.savefig(paths["png"], dpi=150, metadata={"Software": None})
-    fig.savefig(paths["pdf"], metadata={"CreationDate": None, "Creator": None})
-    plt.close(fig)
+    save_figure(fig, s.out / s.name)
     md = [f"# {title}", "", f"Preset `{s.preset}`, seeds {s.seeds}. Written by `experiments/{s.name}.py`."]
     for heading, t in (table.items() if isinstance(table, dict) else [("", table)]):
         md += ["", f"## {heading}", ""] if heading else [""]
@@ -345,6 +359,10 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     if findings:
         md += ["", "| paper finding | our measurement | verdict |", "|---|---|---|"]
         md += [f"| {f.claim} | {f.measurement} | {f.verdict} |" for f in findings]
+    if s.probe_runs is not None:
+        notes = (notes.strip() + " " if notes else "") + (
+            f"Probe rows were read from another run cache ({s.probe_runs.name}/): the same configs and seeds trained "
+            "a second time, so the probes and the scores of a run come from two trainings of its config.")
     md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
     paths["md"].write_text("\n".join(md).rstrip() + "\n")
     prov = provenance(s, configs or {}, data_roots)
@@ -363,6 +381,7 @@ def provenance(s: Settings, configs: dict[str, ExperimentConfig], data_roots: Se
         "preset": s.preset,
         "seeds": s.seeds,
         "overrides": s.overrides,
+        **({"probe_runs": str(s.probe_runs)} if s.probe_runs is not None else {}),
         "config_hashes": {label: config_hash(c) for label, c in configs.items()},
         "configs": {label: to_dict(c) for label, c in configs.items()},
         "data_manifests": {r: manifest_hash(r) for r in roots},

@@ -231,7 +231,11 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
     clips = PROBE_CLIPS[s.preset]
     key = config_hash({"run": run.dir.name, "stage": stage_name, "what": what, "sites": list(sites), "clips": clips,
                        "device": run_device(s), "version": PROBE_CACHE_VERSION})
-    path = s.runs / "evals" / f"{key}.rows.json"
+    cache = s.probe_runs if s.probe_runs is not None else s.runs
+    if s.probe_runs is not None and not (cache / run.dir.name / "run.json").is_file():
+        raise FileNotFoundError(f"--probe-runs {cache}: no run record {run.dir.name}/run.json there, so its probe rows "
+                                f"cannot belong to {run.dir.name} (export that run's records into it)")
+    path = cache / "evals" / f"{key}.rows.json"
     if path.is_file():
         record = json.loads(path.read_text())
     else:

@@ -22,10 +22,20 @@ SCRIPTS = ("fig1_architecture", "table_main", "fig2_rank", "table_reasoning", "t
            "table_token_length", "fig3_state_update")
 
 
+def _preset_rank(path: Path) -> int:
+    """Where an output's preset sorts in findings.md (unknown or unreadable files last)."""
+    try:
+        return common.PRESETS.index(json.loads(path.read_text()).get("preset"))
+    except (ValueError, AttributeError, json.JSONDecodeError):
+        return len(common.PRESETS)
+
+
 def findings_markdown(out: Path) -> str:
     """findings.md from the provenance JSONs under `out` (one level of sub-folders), grouped by preset."""
     found: dict[str, list[tuple[str, dict]]] = {}
-    for path in sorted([*out.glob("*.json"), *out.glob("*/*.json")]):
+    # Rows of a finding in preset order (cpu before gpu), the preset's own folder before its sub-folders.
+    paths = sorted([*out.glob("*.json"), *out.glob("*/*.json")], key=lambda p: (len(p.relative_to(out).parts), p))
+    for path in sorted(paths, key=lambda p: _preset_rank(p)):
         prov = json.loads(path.read_text())
         if "experiment" in prov and "preset" in prov:
             sizes = list(dict.fromkeys(part.split("=", 1)[1] for label in prov.get("configs", {})

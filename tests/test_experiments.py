@@ -155,6 +155,18 @@ def test_findings_md_lists_every_paper_finding_with_a_verdict(smoke_figures):
     assert "**held**" not in text and "**did not hold**" not in text and "**inconclusive**" in text
 
 
+def test_findings_md_orders_each_findings_rows_by_preset_then_folder(tmp_path):
+    import run_all
+
+    key = next(iter(paper_numbers.FINDINGS))
+    for where, preset in [("gpu", "gpu"), (".", "cpu"), ("cpu_more", "cpu"), ("a_smoke", "smoke")]:
+        (tmp_path / where).mkdir(exist_ok=True)
+        finding = {"key": key, "measurement": f"from {where}", "verdict": "inconclusive"}
+        (tmp_path / where / "x.json").write_text(json.dumps({"experiment": "x", "preset": preset, "seeds": [0], "findings": [finding]}))
+    text = run_all.findings_markdown(tmp_path)
+    assert [text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu")] == sorted(text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu"))
+
+
 def test_same_seed_retrained_from_scratch_gives_identical_csv(smoke_figures, tmp_path):
     # fig2 probes every stage's checkpoint: any difference in training shows up in its CSV
     run_script("fig2_rank", tmp_path / "out", tmp_path / "fresh-runs")
@@ -222,6 +234,21 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     assert (out / "table_token_length.csv").read_bytes() == (smoke_figures / "table_token_length.csv").read_bytes()
     prov = json.loads((out / "table_token_length.json").read_text())
     assert prov["measured_on"] and all(m["device"] and m["versions"]["torch"] for m in prov["measured_on"])
+    # answers in one cache, probe rows in another (--probe-runs): the same CSV, and the outputs say so
+    answers, probes = tmp_path / "answers", tmp_path / "probes"
+    shutil.copytree(elsewhere, answers, ignore=shutil.ignore_patterns("*.rows.json"))
+    shutil.copytree(elsewhere, probes, ignore=shutil.ignore_patterns("*.generated.json", "*.predictions.csv"))
+    split = tmp_path / "split"
+    table_token_length.main([*flags, "--cached", "cpu", "--runs", str(answers), "--probe-runs", str(probes), "--out", str(split)])
+    assert (split / "table_token_length.csv").read_bytes() == (smoke_figures / "table_token_length.csv").read_bytes()
+    assert "Probe rows were read from another run cache (probes/)" in (split / "table_token_length.md").read_text()
+    assert json.loads((split / "table_token_length.json").read_text())["probe_runs"] == str(probes)
+    with pytest.raises(FileNotFoundError, match=r"--probe-runs .*: no run record .*run\.json there"):
+        table_token_length.main([*flags, "--cached", "cpu", "--runs", str(answers), "--probe-runs", str(tmp_path / "empty"), "--out", str(split)])
+    with pytest.raises(SystemExit):
+        common.parse_args("x", "x", argv=["--probe-runs", str(probes)])
+    assert "use it with --cached" in capsys.readouterr().err
+
     # importing again keeps what is there; a changed file is reported, not overwritten
     victim = next((elsewhere / "evals").glob("*.rows.json"))
     victim.write_text("{}")
