@@ -897,7 +897,10 @@ def fsdp_shard(module: nn.Module, dist: Dist) -> nn.Module:
 
     mesh = init_device_mesh(dist.device.type, (dist.world_size,))
     module.to("cpu")
-    shard = copy.deepcopy(module).to(dist.device)
+    # The copy stays on the CPU: `fully_shard` moves each block's tensors to the mesh's device as it
+    # shards that block, so the device never holds more than one whole block, and a model larger
+    # than one device can be sharded over several.
+    shard = copy.deepcopy(module)
     for m in blocks(shard):
         fully_shard(m, mesh=mesh)
     fully_shard(shard, mesh=mesh)
