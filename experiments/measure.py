@@ -63,8 +63,10 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
 
     if s.preset == "paper":
         raise NotImplementedError(
-            "the paper preset cannot train yet: sam.runs trains on DataConfig sources (debian | folder) and has no "
-            "OpenAQA source; evaluate released checkpoints with `sam eval` instead")
+            "the paper preset's scripts cannot run yet: they do not assemble a test split from AudioSet eval, "
+            "AudioCaps test and MMAU. Training on OpenAQA works on its own: `sam train --config X.yaml "
+            "data.source=openaqa data.json_train=OPENAQA.json data.audio_dir=AUDIO`, and `sam eval` scores the run "
+            "on data.json_test, a test set in the same format")
     cfg = common.run_config(s, size, seed, changes)
     if s.cached:
         run_dir = run_dir_for(cfg, s.runs, s.cached)

@@ -468,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sam {args.command}: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except ValueError as e:  # a dataset file that cannot be read at all names itself
+        from sam.data.readers import DatasetError
+
+        if not isinstance(e, DatasetError):
+            raise
+        print(f"sam {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         from sam.data.corpus import CorpusError
 

@@ -126,7 +126,7 @@ class DataConfig:
     """Where the corpus lives and how scenes are composed from it."""
 
     root: str = "data"  # corpus + caches (relative to the working directory unless absolute)
-    source: str = "debian"  # debian (embedded default) | folder (root/audio + root/labels.csv)
+    source: str = "debian"  # debian (embedded default) | folder (root/audio + root/labels.csv) | openaqa (JSON below)
     scene_seconds: float = 10.0
     max_events: int = 3
     background: bool = True
@@ -136,6 +136,12 @@ class DataConfig:
     seed: int = 0
     bpe_vocab_size: int = 2048
     num_workers: int = 0
+    # source=openaqa: examples read from instruction JSON in LTU/OpenAQA's format (sam.data.readers.read_openaqa)
+    # instead of composed scenes; the scene settings and n_* above then do not apply.
+    json_train: str = ""  # the train and valid splits: valid_permille of the audio files are held out for valid
+    json_test: str = ""  # the test split (optional: without it the source has no test split)
+    audio_dir: str = ""  # where the JSON's audio files are, looked up by file name (LTU's paths are absolute)
+    valid_permille: int = 20
 
 
 @dataclass
@@ -486,9 +492,24 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp", "ssd_chunk_size")}
 
 
+# Settings added after runs had been cached under hashes that did not include them: left out of
+# every hash while they hold these defaults, so those runs keep their names.
+HASH_OMIT_AT_DEFAULT = {"data": {"json_train": "", "json_test": "", "audio_dir": "", "valid_permille": 20}}
+
+
+def hash_tree(cfg: Any) -> Any:
+    """`to_dict(cfg)` less the `HASH_OMIT_AT_DEFAULT` settings that hold their default (for dataclass configs)."""
+    tree = to_dict(cfg)
+    if dataclasses.is_dataclass(cfg) and isinstance(tree, dict):
+        for section, defaults in HASH_OMIT_AT_DEFAULT.items():
+            if isinstance(tree.get(section), dict):
+                tree[section] = {k: v for k, v in tree[section].items() if not (k in defaults and v == defaults[k])}
+    return tree
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
     """Stable short hash of a config tree: names cached runs. `SPEED_ONLY` settings are left out."""
-    tree = to_dict(cfg)
+    tree = hash_tree(cfg)
     if isinstance(tree, dict):
         for section, keys in SPEED_ONLY.items():
             if isinstance(tree.get(section), dict):

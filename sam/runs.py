@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import torch
 
 from sam.checkpoint import publish_dir
-from sam.config import ConfigError, ExperimentConfig, config_hash, save_yaml, to_dict
+from sam.config import ConfigError, ExperimentConfig, config_hash, hash_tree, save_yaml, to_dict
 from sam.train import (
     Dist,
     StageData,
@@ -55,7 +55,7 @@ _WEIGHT_TRAIN_FIELDS = ("weight_decay", "grad_clip", "min_lr_ratio", "precision"
 
 
 def _weight_settings(exp: ExperimentConfig, device_type: str) -> dict[str, Any]:
-    d = to_dict(exp)
+    d = hash_tree(exp)
     return {
         "model": d["model"],
         "data": {k: v for k, v in d["data"].items() if k not in _NOT_WEIGHT_FIELDS["data"]},

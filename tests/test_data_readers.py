@@ -24,7 +24,8 @@ def test_openaqa_reader_maps_ltu_tasks_and_reports_bad_rows(tmp_path):
     _wav(tmp_path / "clipB.flac")
     ex, rep = read_openaqa(FIX / "openaqa" / "openaqa_sample.json", audio_dir=tmp_path)
     assert [e.task for e in ex] == ["classification", "open", "caption"]
-    assert ex[0].answer == "Dog, Bark" and ex[0].audio == str(tmp_path / "clipA.flac")
+    assert ex[0].answer == "Dog, Bark" and ex[0].audio == str(tmp_path / "clipA.flac") and ex[0].labels == ["Dog", "Bark"]
+    assert ex[1].labels == [] and ex[2].labels == []
     assert rep.rows == 5 and rep.kept == 3
     assert [r for r, _ in rep.bad] == [3, 4]
     assert "output" in rep.bad[0][1] and "missing" in rep.bad[1][1]

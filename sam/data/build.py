@@ -1,16 +1,19 @@
-"""The one entry point training, evaluation and experiments use for the embedded corpus.
+"""The one entry point training, evaluation and experiments use for their examples.
 
 `build_examples(data_cfg, split, tasks)` composes the split's scenes and their instruction data,
 caching the result as JSON under ``root/scenes/`` (keyed by the corpus manifest, the scene settings
-and the code version), so repeated calls cost one JSON read. `corpus_texts` gathers every string
-the model will read or write, for training the BPE tokenizer. Nothing here renders audio.
+and the code version), so repeated calls cost one JSON read. With ``source: openaqa`` it reads
+instruction JSON in LTU/OpenAQA's format instead (`openaqa_examples`). `corpus_texts` gathers every
+string the model will read or write, for training the BPE tokenizer. Nothing here renders audio.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,8 @@ def build_examples(data_cfg: Any, split: str, tasks: list[str] | tuple[str, ...]
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+    if getattr(data_cfg, "source", "debian") == "openaqa":
+        return openaqa_examples(data_cfg, split, tasks)
     prepare_corpus(data_cfg)
     n = _split_size(data_cfg, split)
     path = Path(data_cfg.root) / "scenes" / f"{split}-{cache_key(data_cfg, split, tasks)}.json"
@@ -72,13 +77,76 @@ def _load(path: Path) -> list[Example]:
     return [Example(**{**d, "audio": scenes[d["audio"]]}) for d in data["examples"]]
 
 
+# --------------------------------------------------------------------------------------------
+# source: openaqa
+
+
+def openaqa_examples(data_cfg: Any, split: str, tasks: list[str]) -> list[Example]:
+    """The `split` of LTU/OpenAQA-format instruction JSON, restricted to `tasks`.
+
+    train and valid come from ``data.json_train``, split by audio file (a file's questions all land
+    in one split): a file is held out for valid when a hash of its name falls in the first
+    ``valid_permille`` of 1000 buckets, so the split is deterministic and does not depend on the
+    JSON's order. test is all of ``data.json_test``. Rows the reader cannot use (missing fields or
+    audio) are reported on stderr once per file and skipped."""
+    from sam.config import ConfigError
+
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} unknown; choose one of {', '.join(SPLITS)}")
+    key = "json_test" if split == "test" else "json_train"
+    path = getattr(data_cfg, key)
+    if not path:
+        raise ConfigError(f"data.{key}: not set; source=openaqa reads its {split} split from an LTU/OpenAQA-format JSON file")
+    permille = data_cfg.valid_permille
+    if not isinstance(permille, int) or not 0 <= permille <= 1000:
+        raise ConfigError(f"data.valid_permille: must be an integer from 0 to 1000, got {permille!r}")
+    examples = _read_openaqa_cached(str(Path(path).resolve()), _mtime(path), data_cfg.audio_dir)
+    if split != "test":
+        examples = tuple(e for e in examples if _held_out(str(e.audio), permille) == (split == "valid"))
+    chosen = [e for e in examples if e.task in tasks]
+    if not chosen and split == "train":
+        raise ConfigError(f"data.{key}: {path} has no usable {split} examples for tasks {tasks} (its tasks: "
+                          f"{sorted({e.task for e in examples}) or 'none'})")
+    return chosen
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0  # the reader then names the missing file
+
+
+@functools.lru_cache(maxsize=4)
+def _read_openaqa_cached(path: str, mtime: float, audio_dir: str) -> tuple[Example, ...]:
+    """One read (and one report) per file version and process: every stage asks for its splits."""
+    from sam.data.readers import read_openaqa
+
+    examples, report = read_openaqa(path, audio_dir or None)
+    if report.bad:
+        print(str(report), file=sys.stderr, flush=True)
+    return tuple(examples)
+
+
+def _held_out(audio: str, permille: int) -> bool:
+    """Whether an audio file belongs to the valid split (a hash of its file name, not its folder)."""
+    bucket = int(hashlib.sha256(Path(audio).name.encode()).hexdigest()[:8], 16) % 1000
+    return bucket < permille
+
+
 def corpus_texts(data_cfg: Any) -> list[str]:
-    """Every prompt, answer, caption and transcript of all splits and tasks (BPE training text)."""
+    """Every prompt, answer, caption and transcript of all splits and tasks (BPE training text).
+    For source=openaqa: the prompts and answers of its train/valid JSON (and test JSON when set)."""
     texts = [PROMPT_TEMPLATE]
+    openaqa = getattr(data_cfg, "source", "debian") == "openaqa"
     for split in SPLITS:
+        if openaqa and split == "test" and not data_cfg.json_test:
+            continue
         for ex in build_examples(data_cfg, split, list(TASKS)):
             texts.append(format_prompt(ex.instruction))
             texts.append(ex.answer)
+    if openaqa:
+        return texts
     for row in read_manifest(data_cfg.root):
         texts.append(row["caption"])
         texts.append(row["phrase"])

@@ -347,7 +347,8 @@ def prepare_corpus(root: str | Path | Any = "data", force: bool = False, source:
     elif source == "folder":
         raws = iter_folder(root)
     else:
-        raise CorpusError(f"DataConfig.source={source!r} unknown; choose 'debian' or 'folder'")
+        hint = " (source 'openaqa' reads instruction JSON and builds no corpus)" if source == "openaqa" else ""
+        raise CorpusError(f"DataConfig.source={source!r}: no corpus to build; choose 'debian' or 'folder'{hint}")
     corpus.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     for raw in tqdm(raws, desc=f"corpus ({source})", unit="clip", disable=not progress):

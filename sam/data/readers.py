@@ -110,7 +110,7 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
 
     `audio_dir` re-roots audio paths (LTU's absolute paths rarely exist locally: the file name is
     looked up in `audio_dir`). LTU task names map to ours: cla_* -> classification, caption* ->
-    caption, open-ended -> open, anything else closed.
+    caption, open-ended -> open, anything else closed; cla_label answers also give the labels.
     """
     report = ReadReport(str(path))
     items = _json_list(path)
@@ -126,7 +126,9 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
         cands = [Path(audio_id)] + ([base / Path(audio_id).name, base / audio_id.lstrip("./")] if base else [])
         audio = _audio(report, i, cands, check_audio)
         meta = {"dataset": item.get("dataset", ""), "ltu_task": ltu_task, "input": item.get("input", ""), "row": i}
-        return [Example(f"openaqa-{i}", audio, instruction, output, task, [], None, meta)]
+        # LTU's cla_label answers are comma-separated class names: the labels mAP and stage 0 use.
+        labels = [x.strip() for x in output.split(",") if x.strip()] if ltu_task == "cla_label" else []
+        return [Example(f"openaqa-{i}", audio, instruction, output, task, labels, None, meta)]
 
     return _run(report, enumerate(items), make), report
 
