@@ -74,6 +74,7 @@ class Settings:
     cached: str | None = None  # assemble from the run cache's records of runs trained on this device kind
     train_procs: int = 1  # torchrun processes that train each missing run (DDP; one per GPU on CUDA)
     probe_runs: Path | None = None  # with `cached`: read probe rows from this run cache instead of `runs`
+    parallel_runs: int = 1  # missing runs trained this many at a time, each in its own process (one GPU each)
     # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
     # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
     measured_on: set[str] = field(default_factory=set)
@@ -109,6 +110,9 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     p.add_argument("--train-procs", type=int, default=1, metavar="N",
                    help="train each missing run with torchrun over N processes (one per GPU on CUDA, gloo on CPU; DDP "
                         "matches one process at the same global batch), then measure it in this process")
+    p.add_argument("--parallel-runs", type=int, default=1, metavar="N",
+                   help="train the runs the cache lacks N at a time, each by `sam train` in its own process (one GPU "
+                        "each on CUDA, the CPU cores split between them on CPU), then measure them in this process")
     p.add_argument("--probe-runs", type=Path, default=None, metavar="DIR",
                    help="with --cached: read the probe rows from this run cache instead of --runs, for probes measured "
                         "on a second training of the same configs (the outputs say so); answers still come from --runs")
@@ -133,6 +137,10 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
         p.error(f"--train-procs must be at least 1, got {args.train_procs}")
     if args.defer_scoring and args.cached:
         p.error("--defer-scoring measures, --cached assembles what was measured: use one of them")
+    if args.parallel_runs < 1:
+        p.error(f"--parallel-runs must be at least 1, got {args.parallel_runs}")
+    if args.parallel_runs > 1 and (args.train_procs > 1 or args.cached):
+        p.error("--parallel-runs trains several runs at once, one process each: not with --train-procs or --cached")
     if args.probe_runs is not None and not args.cached:
         p.error("--probe-runs assembles probe rows measured elsewhere: use it with --cached")
     if args.preset == "paper":
@@ -143,7 +151,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
     return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
                     [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes,
-                    args.defer_scoring, args.cached, args.train_procs, args.probe_runs)
+                    args.defer_scoring, args.cached, args.train_procs, args.probe_runs, args.parallel_runs)
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:

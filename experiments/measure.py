@@ -114,9 +114,80 @@ def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
 
 def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, key: str = "variant") -> list[Run]:
     """Every LM size x variant x seed, trained or loaded from the cache. `variants` maps a label
-    (stored in each run's labels under `key`) to its config changes; None = the preset as is."""
-    return [train(s, size, seed, changes, **({key: name} if variants else {}))
-            for size in common.lm_sizes(s) for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
+    (stored in each run's labels under `key`) to its config changes; None = the preset as is.
+    With ``--parallel-runs N`` the runs the cache lacks are first trained N at a time (`train_parallel`)."""
+    plan = [(size, name, changes, seed) for size in common.lm_sizes(s)
+            for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
+    if s.parallel_runs > 1 and not s.cached and s.preset != "paper":
+        train_parallel([common.run_config(s, size, seed, changes) for size, _, changes, seed in plan], s.runs, s.parallel_runs)
+    return [train(s, size, seed, changes, **({key: name} if variants else {})) for size, name, changes, seed in plan]
+
+
+def train_parallel(cfgs: Sequence[ExperimentConfig], runs: Path, slots: int) -> list[Path]:
+    """Train the runs of `cfgs` that the cache lacks, `slots` at a time, each by `sam train` in a
+    process of its own: on CUDA one GPU per process (the visible ones, in order), on the CPU the
+    cores split between them (OMP_NUM_THREADS). Stages several runs share (LM pretraining, the
+    encoder stage) are trained once: the run cache's stage locks make the others wait for them.
+    Every launch runs to its end; then the failures are raised together, each with the log file it
+    left under `runs`, while the runs that trained stay cached. Returns the run folders trained."""
+    import subprocess
+    import time
+
+    from tqdm.auto import tqdm
+
+    from sam.config import save_yaml
+    from sam.runs import run_dir_for
+
+    dev, runs = device(), runs.resolve()
+    if dev == "cuda" and slots > torch.cuda.device_count():
+        raise RuntimeError(f"--parallel-runs {slots}: only {torch.cuda.device_count()} CUDA devices are visible")
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or [str(i) for i in range(slots)]
+    todo: dict[str, tuple[ExperimentConfig, Path]] = {}
+    for cfg in cfgs:
+        run_dir = run_dir_for(cfg, runs, dev)
+        if not (run_dir / "model").is_dir():
+            todo.setdefault(run_dir.name, (cfg, run_dir))
+    if not todo:
+        return []
+    runs.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // slots))
+    pending, active, free, failed, done = list(todo.values()), {}, list(range(slots)), [], []
+    bar = tqdm(total=len(pending), desc=f"training {len(pending)} runs, {slots} at a time", unit="run", disable=not sys.stderr.isatty())
+    try:
+        while pending or active:
+            while pending and free:
+                slot, (cfg, run_dir) = free.pop(0), pending.pop(0)
+                config, log = runs / f".{run_dir.name}.parallel.yaml", runs / f".{run_dir.name}.parallel.log"
+                save_yaml(cfg, config)
+                env = {**os.environ, "OMP_NUM_THREADS": threads}
+                if dev == "cuda":
+                    env["CUDA_VISIBLE_DEVICES"] = visible[slot]
+                cmd = [sys.executable, "-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs),
+                       "--device", dev, "--no-progress"]
+                with open(log, "w") as out:
+                    active[slot] = (subprocess.Popen(cmd, cwd=common.REPO, env=env, stdout=out, stderr=subprocess.STDOUT), run_dir, config, log)
+            time.sleep(0.5)
+            for slot, (proc, run_dir, config, log) in list(active.items()):
+                if proc.poll() is None:
+                    continue
+                del active[slot]
+                free.append(slot)
+                config.unlink(missing_ok=True)
+                if proc.returncode == 0 and (run_dir / "model").is_dir():
+                    log.unlink(missing_ok=True)
+                    done.append(run_dir)
+                else:
+                    failed.append(f"{run_dir.name} (exit code {proc.returncode}; log {log})")
+                bar.update(1)
+    finally:  # interrupted: stop the launches, keep what they wrote (their stages resume)
+        for proc, _, config, _ in active.values():
+            proc.terminate()
+            proc.wait()
+            config.unlink(missing_ok=True)
+        bar.close()
+    if failed:
+        raise RuntimeError(f"--parallel-runs: {len(failed)} of {len(todo)} runs failed to train: " + "; ".join(failed))
+    return done
 
 
 def configs(runs: Sequence[Run]) -> dict[str, ExperimentConfig]:

@@ -276,3 +276,32 @@ def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_
     assert not list((tmp_path / "runs").glob(".*.torchrun.yaml")), "the launch config was left behind"
     with pytest.raises(SystemExit):
         common.parse_args("table_main", "t", argv=["--preset", "smoke", "--train-procs", "0"])
+
+
+def test_parallel_runs_train_missing_runs_in_their_own_processes_and_report_failures_together(smoke_figures, tmp_path_factory, tmp_path):
+    """--parallel-runs: the runs the cache lacks are trained by concurrent `sam train` processes into the
+    cache entries the scripts look in (the one-process runs of the same settings have the same names);
+    a run that fails is reported with its log after the others finished, and they stay cached."""
+    import measure
+
+    runs = tmp_path / "runs"
+    s = common.parse_args("table_x", "t", argv=["--preset", "smoke", "--seeds", "2", "--runs", str(runs), "--parallel-runs", "2"])
+    got = measure.grid(s)
+    assert [r.labels["seed"] for r in got] == [0, 1]
+    assert all((r.dir / "model").is_dir() and json.loads((r.dir / "run.json").read_text())["world_size"] == 1 for r in got)
+    assert (smoke_runs_dir(tmp_path_factory) / got[0].dir.name).is_dir()  # seed 0: the name the smoke scripts trained under
+    assert not list(runs.glob(".*.parallel.*"))  # launch configs and logs of runs that trained are removed
+    stamps = {r.dir.name: (r.dir / "model").stat().st_mtime_ns for r in got}
+    assert measure.train_parallel([r.cfg for r in got], runs, 2) == []  # all cached: nothing launched
+    assert {r.dir.name: (r.dir / "model").stat().st_mtime_ns for r in measure.grid(s)} == stamps
+
+    s = common.parse_args("table_x", "t", argv=["--preset", "smoke", "--runs", str(runs), "--parallel-runs", "2"])
+    with pytest.raises(RuntimeError, match=r"--parallel-runs: 1 of 2 runs failed to train: .*exit code 2; log .*\.parallel\.log"):
+        measure.grid(s, {"ok": ["model.lora.rank=4"], "bad": ["data.source=openaqa"]}, "variant")  # bad: no data.json_train
+    log = next(runs.glob(".*.parallel.log"))
+    assert "data.json_train: not set" in log.read_text()
+    ok = common.run_config(s, "small", 0, ["model.lora.rank=4"])
+    from sam.runs import run_dir_for
+    assert (run_dir_for(ok, runs, "cpu") / "model").is_dir()
+    with pytest.raises(SystemExit):
+        common.parse_args("x", "x", argv=["--parallel-runs", "2", "--train-procs", "2"])
