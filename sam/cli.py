@@ -127,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="experiment YAML (default: the preset given by --preset)")
     p.add_argument("--preset", default="smoke", help="preset when no --config is given")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+    p = _add(sub, "convert", "write a public dataset as instruction JSON for data.json_train / data.json_test",
+             "Read a dataset in its own format (AudioSet segment CSV, AudioCaps CSV, Clotho captions CSV, ESC-50 "
+             "meta CSV, MMAU JSON, or OpenAQA JSON to re-root its audio) and write LTU/OpenAQA-format JSON with "
+             "absolute audio paths, labels, choices and reference captions kept, for `data.source: openaqa`. "
+             "Rows that cannot be used (missing fields, missing audio, unknown labels) are listed and skipped.")
+    p.add_argument("format", choices=sorted(CONVERTERS), help="the input's format")
+    p.add_argument("input", help="the dataset's CSV or JSON file")
+    p.add_argument("--audio-dir", default=None, help="the dataset's audio folder (required except for mmau and openaqa)")
+    p.add_argument("--labels", default=None, help="audioset: class_labels_indices.csv")
+    p.add_argument("--dataset", default="", help="dataset name written into each item (default: the reader's)")
+    p.add_argument("--out", required=True, help="JSON file to write")
     return parser
 
 
@@ -448,6 +460,46 @@ def cmd_export_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_audioset(args: argparse.Namespace) -> Any:
+    from sam.data.readers import read_audioset
+
+    if not args.labels:
+        raise ConfigError("--labels: required for audioset (class_labels_indices.csv)")
+    return read_audioset(args.input, args.labels, args.audio_dir)
+
+
+def _reader(name: str, needs_audio_dir: bool = True) -> Any:
+    def read(args: argparse.Namespace) -> Any:
+        from sam.data import readers
+
+        if needs_audio_dir and not args.audio_dir:
+            raise ConfigError(f"--audio-dir: required for {args.format}")
+        return getattr(readers, name)(args.input, args.audio_dir)
+    return read
+
+
+CONVERTERS = {
+    "audioset": _read_audioset, "audiocaps": _reader("read_audiocaps"), "clotho": _reader("read_clotho"),
+    "esc50": _reader("read_esc50"), "mmau": _reader("read_mmau", False), "openaqa": _reader("read_openaqa", False),
+}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sam.data.readers import write_openaqa_json
+
+    if args.audio_dir and not Path(args.audio_dir).is_dir():
+        raise ConfigError(f"--audio-dir: {args.audio_dir} is not a directory")
+    examples, report = CONVERTERS[args.format](args)
+    print(str(report), file=sys.stderr)
+    scenes = [e.id for e in examples if not isinstance(e.audio, str)]
+    if scenes:
+        raise ConfigError(f"{args.input}: {len(scenes)} items describe composed scenes, not audio files (e.g. {scenes[0]}); "
+                          "convert a JSON whose audio_id names files")
+    n = write_openaqa_json(examples, args.out, args.dataset)
+    print(f"wrote {n} items to {args.out}")
+    return 0 if n else 1
+
+
 COMMANDS = {
     "prepare-data": cmd_prepare_data,
     "export-corpus": cmd_export_corpus,
@@ -458,6 +510,7 @@ COMMANDS = {
     "probe": cmd_probe,
     "probe-lm": cmd_probe_lm,
     "data-summary": cmd_data_summary,
+    "convert": cmd_convert,
 }
 
 

@@ -1,6 +1,7 @@
 """Readers parse real-format fixtures; bad rows are skipped and reported with their row numbers."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,46 @@ def test_write_mmau_json_round_trips_file_audio(tmp_path):
     back, rep = read_mmau(tmp_path / "out.json", check_audio=False)
     assert n == 20 and rep.kept == 20
     assert [(e.id, e.answer, e.choices) for e in back] == [(e.id, e.answer, e.choices) for e in ex[:20]]
+
+
+def _fields(examples):
+    return [(e.id, str(e.audio), e.instruction, e.answer, e.task, e.labels, e.choices, e.metadata.get("references")) for e in examples]
+
+
+def test_sam_convert_writes_instruction_json_that_reads_back_as_the_same_examples(tmp_path, capsys):
+    """Every reader's examples -> `sam convert` -> `read_openaqa`: the same audio, text, task, labels,
+    choices and reference captions, so any of these datasets can be data.json_train / json_test."""
+    from sam.cli import main
+
+    audio = tmp_path / "audio"
+    for name in ("--4gqARaEJE.wav", "Y--BfvyPmVMo.wav", "103549.wav", "6BJ455B1aAs.wav", "Santa Motor.wav",
+                 "Radio bad reception.wav", "1-100032-A-0.wav", "1-101296-A-19.wav", "1-101336-A-30.wav"):
+        _wav(audio / name)
+    mmau = tmp_path / "mmau.json"
+    items = json.loads((FIX / "mmau" / "mmau-test-mini.json").read_text())[:6]
+    for item in items:
+        _wav(tmp_path / item["audio_id"].removeprefix("./"))
+    mmau.write_text(json.dumps(items))
+    cases = {
+        "audioset": ([str(FIX / "audioset" / "eval_segments.csv"), "--labels", str(FIX / "audioset" / "class_labels_indices.csv"), "--audio-dir", str(audio)],
+                     read_audioset(FIX / "audioset" / "eval_segments.csv", FIX / "audioset" / "class_labels_indices.csv", audio)[0]),
+        "audiocaps": ([str(FIX / "audiocaps" / "test.csv"), "--audio-dir", str(audio)], read_audiocaps(FIX / "audiocaps" / "test.csv", audio)[0]),
+        "clotho": ([str(FIX / "clotho" / "clotho_captions_evaluation.csv"), "--audio-dir", str(audio)],
+                   read_clotho(FIX / "clotho" / "clotho_captions_evaluation.csv", audio)[0]),
+        "esc50": ([str(FIX / "esc50" / "esc50.csv"), "--audio-dir", str(audio)], read_esc50(FIX / "esc50" / "esc50.csv", audio)[0]),
+        "mmau": ([str(mmau)], read_mmau(mmau)[0]),
+    }
+    for fmt, (args, expected) in cases.items():
+        out = tmp_path / f"{fmt}.json"
+        assert main(["convert", fmt, *args, "--out", str(out)]) == 0, fmt
+        back, rep = read_openaqa(out)
+        assert expected and not rep.bad and _fields(back) == _fields(expected), fmt
+        assert f"wrote {len(expected)} items" in capsys.readouterr().out
+    assert {e.task for e in read_openaqa(tmp_path / "mmau.json")[0]} == {"reasoning"}
+    assert all(e.metadata["references"] for e in read_openaqa(tmp_path / "clotho.json")[0])
+    # bad invocations: one line naming the flag
+    assert main(["convert", "audioset", str(FIX / "audioset" / "eval_segments.csv"), "--audio-dir", str(audio), "--out", str(tmp_path / "x.json")]) == 2
+    assert main(["convert", "esc50", str(FIX / "esc50" / "esc50.csv"), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--labels: required for audioset" in err and "--audio-dir: required for esc50" in err
+    assert not (tmp_path / "x.json").exists()

@@ -126,11 +126,67 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
         cands = [Path(audio_id)] + ([base / Path(audio_id).name, base / audio_id.lstrip("./")] if base else [])
         audio = _audio(report, i, cands, check_audio)
         meta = {"dataset": item.get("dataset", ""), "ltu_task": ltu_task, "input": item.get("input", ""), "row": i}
-        # LTU's cla_label answers are comma-separated class names: the labels mAP and stage 0 use.
-        labels = [x.strip() for x in output.split(",") if x.strip()] if ltu_task == "cla_label" else []
-        return [Example(f"openaqa-{i}", audio, instruction, output, task, labels, None, meta)]
+        # Keys LTU does not have, written by `write_openaqa_json`: labels, choices, references.
+        labels = _strings(item, "labels", i)
+        if labels is None:  # LTU's cla_label answers are comma-separated class names: the labels mAP and stage 0 use
+            labels = [x.strip() for x in output.split(",") if x.strip()] if ltu_task == "cla_label" else []
+        choices = _strings(item, "choices", i)
+        if choices is not None:
+            if output not in choices:
+                raise _Skip(f"output {output!r} is not one of the choices")
+            task = "reasoning"
+        references = _strings(item, "references", i)
+        if references is not None:
+            meta["references"] = references
+        return [Example(str(item.get("id") or f"openaqa-{i}"), audio, instruction, output, task, labels, choices, meta)]
 
     return _run(report, enumerate(items), make), report
+
+
+def _strings(item: dict[str, Any], key: str, row: int) -> list[str] | None:
+    """item[key] as a list of strings, None when absent; anything else skips the row."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Skip(f"{key} must be a list of strings")
+    return list(value)
+
+
+# Our task -> LTU's task name (what `read_openaqa` maps back).
+_TO_LTU = {"classification": "cla_label", "caption": "caption", "open": "open-ended question",
+           "closed": "closed-ended question", "reasoning": "multiple-choice question"}
+
+
+def write_openaqa_json(examples: Iterable[Example], path: str | Path, dataset: str = "") -> int:
+    """Write file-audio examples (any reader's) as LTU/OpenAQA-format JSON; returns how many.
+
+    Each item has LTU's keys (instruction, input, audio_id, dataset, task, output) plus what LTU's
+    format cannot say otherwise: ``id``, ``labels`` (classification), ``choices`` (multiple choice)
+    and ``references`` (all captions of a clip). `read_openaqa` reads them back, so any dataset a
+    reader knows can become ``data.json_train`` or ``data.json_test``. Scene specs (composed audio)
+    have no file to point at and raise; write them with `write_mmau_json(..., audio_dir=...)`."""
+    items = []
+    for ex in examples:
+        if not isinstance(ex.audio, str):
+            raise ValueError(f"example {ex.id}: its audio is a composed scene, not a file; render it first")
+        item: dict[str, Any] = {
+            "id": ex.id, "instruction": ex.instruction, "input": "", "audio_id": str(Path(ex.audio).resolve()),
+            "dataset": dataset or str(ex.metadata.get("dataset", "")), "task": _TO_LTU[ex.task], "output": ex.answer,
+        }
+        if ex.labels:
+            item["labels"] = list(ex.labels)
+        if ex.choices:
+            item["choices"] = list(ex.choices)
+        if ex.metadata.get("references"):
+            item["references"] = [str(r) for r in ex.metadata["references"]]
+        items.append(item)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return len(items)
 
 
 def _json_list(path: str | Path) -> list[Any]:
