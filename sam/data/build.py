@@ -136,11 +136,12 @@ def _held_out(audio: str, permille: int) -> bool:
 
 def corpus_texts(data_cfg: Any) -> list[str]:
     """Every prompt, answer, caption and transcript of all splits and tasks (BPE training text).
-    For source=openaqa: the prompts and answers of its train/valid JSON (and test JSON when set)."""
+    For source=openaqa: the prompts and answers of its train/valid JSON only (a real test set's
+    text stays unseen, even by the tokenizer)."""
     texts = [PROMPT_TEMPLATE]
     openaqa = getattr(data_cfg, "source", "debian") == "openaqa"
     for split in SPLITS:
-        if openaqa and split == "test" and not data_cfg.json_test:
+        if openaqa and split == "test":
             continue
         for ex in build_examples(data_cfg, split, list(TASKS)):
             texts.append(format_prompt(ex.instruction))
