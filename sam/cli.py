@@ -425,10 +425,17 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     from sam.data.summary import format_summary
 
     exp = _config(args.config, args.preset, args.overrides)
-    prepare_corpus(exp.data, progress=False)
-    print(format_summary(exp.data.root) + "\n")
+    openaqa = exp.data.source == "openaqa"
+    if openaqa:  # no corpus: the instruction JSON is the data
+        print(f"instruction JSON: train/valid {exp.data.json_train or '(data.json_train not set)'}, "
+              f"test {exp.data.json_test or '(data.json_test not set)'}\n")
+    else:
+        prepare_corpus(exp.data, progress=False)
+        print(format_summary(exp.data.root) + "\n")
     rows, labels = [], pd.Series(dtype=int)
     for split in ("train", "valid", "test"):
+        if openaqa and split == "test" and not exp.data.json_test:
+            continue
         examples = build_examples(exp.data, split, list(TASKS))
         counts = pd.Series([e.task for e in examples]).value_counts()
         rows.append({"split": split, "examples": len(examples), **{t: int(counts.get(t, 0)) for t in TASKS}})

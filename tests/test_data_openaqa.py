@@ -136,3 +136,16 @@ def test_sam_train_names_a_missing_instruction_json_in_one_line(tmp_path, capsys
                  "data.source=openaqa", f"data.json_train={tmp_path / 'nope.json'}", f"data.root={tmp_path / 'root'}"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err == f"sam train: error: {tmp_path / 'nope.json'}: file does not exist"
+
+
+def test_sam_data_summary_counts_the_instruction_json_splits(openaqa, tmp_path, capsys) -> None:
+    from sam.cli import main
+
+    data = openaqa["exp"].data
+    (tmp_path / "c.yaml").write_text(
+        f"preset: smoke\ndata:\n  source: openaqa\n  json_train: {data.json_train}\n  audio_dir: {data.audio_dir}\n"
+        f"  valid_permille: {data.valid_permille}\n  root: {tmp_path / 'root'}\n")
+    assert main(["data-summary", "--config", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    train = build_examples(data, "train", ["classification", "caption", "open"])
+    assert "test (data.json_test not set)" in out and f"| train   | {len(train):>10} |" in out
