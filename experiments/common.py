@@ -46,9 +46,9 @@ VERSIONED = ("torch", "transformers", "peft", "tokenizers", "safetensors", "nump
 # The paper preset's local inputs: flag -> (what it is, "file" or "dir").
 PAPER_INPUTS: dict[str, tuple[str, str]] = {
     "openaqa": ("OpenAQA training JSON (LTU format)", "file"),
-    "audioset": ("AudioSet folder: segment CSVs, class_labels_indices.csv, audio", "dir"),
-    "audiocaps": ("AudioCaps folder: test.csv and audio", "dir"),
-    "esc50": ("ESC-50 folder: meta/esc50.csv and audio", "dir"),
+    "openaqa_audio": ("folder holding OpenAQA's audio files (looked up by file name)", "dir"),
+    "audioset": ("AudioSet folder: eval_segments.csv, class_labels_indices.csv, audio/", "dir"),
+    "audiocaps": ("AudioCaps folder: test.csv, audio/", "dir"),
     "mmau": ("MMAU test-mini JSON", "file"),
     "eat_checkpoint": ("EAT-base checkpoint file or folder", "any"),
     "mamba_checkpoints": ("folder holding state-spaces mamba2-130m, mamba2-780m, mamba2-2.7b", "dir"),
@@ -203,7 +203,45 @@ def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequ
             cfg.model.lm_checkpoint = str(s.paths["mamba_checkpoints"] / f"mamba2-{PAPER_LM_NAMES[lm_size]}")
         cfg.model.tokenizer = str(s.paths["tokenizer"] or "")
         cfg.eval.text_encoder_path = str(s.paths["clap"] or "")
+        cfg.data.source, cfg.data.json_train = "openaqa", str(s.paths["openaqa"] or "")
+        cfg.data.audio_dir = str(s.paths["openaqa_audio"] or "")
+        if any(s.paths[k] is not None for k in PAPER_TEST_SETS):
+            cfg.data.json_test = str(paper_test_json(s))
     return apply_overrides(cfg, [*changes, *s.overrides])
+
+
+# The paper preset's test split: the test sets given, by task (the paper scores each on its own).
+PAPER_TEST_SETS = {"audioset": "classification", "audiocaps": "caption", "mmau": "reasoning"}
+# What a paper-preset script that trains needs (checked before anything trains).
+PAPER_TRAINING_NEEDS = ("openaqa", "eat_checkpoint", "mamba_checkpoints", "tokenizer", "clap")
+
+
+def paper_test_json(s: Settings) -> Path:
+    """The paper preset's test split as one instruction JSON under the run cache, written once per
+    set of inputs: AudioSet eval (classification), AudioCaps test (captions) and MMAU test-mini
+    (multiple choice), whichever are given, read by `sam.data.readers` (unusable rows listed on
+    stderr and skipped). ESC-50 is not part of it: one classification task would mix its 50
+    classes into AudioSet's mAP."""
+    from sam.data import readers
+
+    given = {k: s.paths[k] for k in PAPER_TEST_SETS if s.paths[k] is not None}
+    key = config_hash({k: [str(p.resolve()), p.stat().st_mtime_ns if p.exists() else None] for k, p in given.items()})
+    path = s.runs / "paper-test" / f"{key}.json"
+    if path.is_file():
+        return path
+    examples = []
+    for name, folder in given.items():
+        if name == "audioset":
+            got, report = readers.read_audioset(folder / "eval_segments.csv", folder / "class_labels_indices.csv", folder / "audio")
+        elif name == "audiocaps":
+            got, report = readers.read_audiocaps(folder / "test.csv", folder / "audio")
+        else:
+            got, report = readers.read_mmau(folder)
+        if report.bad:
+            print(str(report), file=sys.stderr, flush=True)
+        examples += got
+    readers.write_openaqa_json(examples, path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------

@@ -61,12 +61,7 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
     With ``--cached`` only the run's record (run.json) must exist; nothing is trained."""
     from sam.runs import run_dir_for, train_or_load
 
-    if s.preset == "paper":
-        raise NotImplementedError(
-            "the paper preset's scripts cannot run yet: they do not assemble a test split from AudioSet eval, "
-            "AudioCaps test and MMAU. Training on OpenAQA works on its own: `sam train --config X.yaml "
-            "data.source=openaqa data.json_train=OPENAQA.json data.audio_dir=AUDIO`, and `sam eval` scores the run "
-            "on data.json_test, a test set in the same format")
+    check_paper_inputs(s)
     cfg = common.run_config(s, size, seed, changes)
     if s.cached:
         run_dir = run_dir_for(cfg, s.runs, s.cached)
@@ -80,6 +75,18 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
             train_distributed(cfg, s.runs, s.train_procs)
         run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
     return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
+
+
+def check_paper_inputs(s: common.Settings) -> None:
+    """With the paper preset (and something to train): one error listing every missing training
+    input, or the absence of all test sets, before anything trains."""
+    if s.preset != "paper" or s.cached:
+        return
+    missing = common.missing_paper_inputs(s.paths, common.PAPER_TRAINING_NEEDS)
+    if all(s.paths[k] is None for k in common.PAPER_TEST_SETS):
+        missing.append("--audioset / --audiocaps / --mmau: none given (the test split: at least one)")
+    if missing:
+        raise FileNotFoundError("the paper preset trains from these local inputs:\n  " + "\n  ".join(missing))
 
 
 def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
@@ -118,7 +125,8 @@ def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, k
     With ``--parallel-runs N`` the runs the cache lacks are first trained N at a time (`train_parallel`)."""
     plan = [(size, name, changes, seed) for size in common.lm_sizes(s)
             for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
-    if s.parallel_runs > 1 and not s.cached and s.preset != "paper":
+    if s.parallel_runs > 1 and not s.cached:
+        check_paper_inputs(s)
         train_parallel([common.run_config(s, size, seed, changes) for size, _, changes, seed in plan], s.runs, s.parallel_runs)
     return [train(s, size, seed, changes, **({key: name} if variants else {})) for size, name, changes, seed in plan]
 

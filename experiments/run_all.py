@@ -60,7 +60,7 @@ def findings_markdown(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    s = common.parse_args("run_all", __doc__, needs=list(common.PAPER_INPUTS), argv=argv)
+    s = common.parse_args("run_all", __doc__, needs=list(common.PAPER_TRAINING_NEEDS), argv=argv)
     failed, started = [], time.perf_counter()
     for name in SCRIPTS:
         t0 = time.perf_counter()

@@ -305,3 +305,62 @@ def test_parallel_runs_train_missing_runs_in_their_own_processes_and_report_fail
     assert (run_dir_for(ok, runs, "cpu") / "model").is_dir()
     with pytest.raises(SystemExit):
         common.parse_args("x", "x", argv=["--parallel-runs", "2", "--train-procs", "2"])
+
+
+def test_paper_preset_trains_on_openaqa_and_tests_on_the_given_test_sets(tmp_path):
+    """The paper preset's runs read OpenAQA through data.source=openaqa, and their test split is
+    AudioSet eval + AudioCaps test + MMAU as given (each task from its own set), assembled once
+    under the run cache; without the training inputs nothing trains and one error lists them."""
+    import shutil
+
+    import measure
+    import soundfile as sf
+
+    from sam.data import build_examples
+    from sam.data.readers import read_audiocaps, read_audioset, read_mmau
+    from sam.runs import stage_keys
+
+    fix = REPO / "tests" / "fixtures"
+
+    def wav(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, 0.1 * np.sin(np.arange(8000) / 5.0), 16000)
+
+    audioset, audiocaps = tmp_path / "audioset", tmp_path / "audiocaps"
+    shutil.copytree(fix / "audioset", audioset)
+    shutil.copytree(fix / "audiocaps", audiocaps)
+    for name in ("--4gqARaEJE.wav", "Y--BfvyPmVMo.wav"):
+        wav(audioset / "audio" / name)
+    for name in ("103549.wav", "6BJ455B1aAs.wav"):
+        wav(audiocaps / "audio" / name)
+    items = json.loads((fix / "mmau" / "mmau-test-mini.json").read_text())[:4]
+    for item in items:
+        wav(tmp_path / "mmau" / item["audio_id"].removeprefix("./"))
+    (tmp_path / "mmau" / "test-mini.json").write_text(json.dumps(items))
+    openaqa = tmp_path / "openaqa.json"
+    openaqa.write_text("[]")
+    argv = ["--preset", "paper", "--runs", str(tmp_path / "runs"), "--openaqa", str(openaqa), "--audioset", str(audioset),
+            "--audiocaps", str(audiocaps), "--mmau", str(tmp_path / "mmau" / "test-mini.json")]
+    s = common.parse_args("table_x", "t", argv=argv)
+    cfg = common.run_config(s, "small", 0)
+    assert (cfg.data.source, cfg.data.json_train) == ("openaqa", str(openaqa)) and Path(cfg.data.json_test).is_file()
+    assert Path(cfg.data.json_test).parent == tmp_path / "runs" / "paper-test"
+    assert common.run_config(s, "small", 0).data.json_test == cfg.data.json_test  # written once
+
+    def fields(examples):
+        return [(e.id, Path(e.audio).resolve(), e.answer, e.task, e.labels, e.choices) for e in examples]
+
+    expected = {"classification": read_audioset(audioset / "eval_segments.csv", audioset / "class_labels_indices.csv", audioset / "audio")[0],
+                "caption": read_audiocaps(audiocaps / "test.csv", audiocaps / "audio")[0],
+                "reasoning": read_mmau(tmp_path / "mmau" / "test-mini.json")[0]}
+    for task, want in expected.items():
+        assert want and fields(build_examples(cfg.data, "test", [task])) == fields(want), task
+    # the test set is not a training setting: the stages' cache keys ignore it
+    other = common.run_config(common.parse_args("table_x", "t", argv=argv[:-6]), "small", 0)  # no test sets
+    assert other.data.json_test == "" and stage_keys(other) == stage_keys(cfg)
+    # missing training inputs: one error listing them, before anything trains
+    with pytest.raises(FileNotFoundError, match=r"(?s)--eat-checkpoint: not given.*--mamba-checkpoints: not given.*--tokenizer: not given"):
+        measure.train(s, "small", 0)
+    with pytest.raises(FileNotFoundError, match=r"--audioset / --audiocaps / --mmau: none given"):
+        measure.train(common.parse_args("table_x", "t", argv=argv[:-6]), "small", 0)
+    assert not list((tmp_path / "runs").glob("*-c*"))
