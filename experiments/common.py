@@ -210,6 +210,14 @@ def run_config(s: Settings, lm_size: str = "small", seed: int = 0, changes: Sequ
     return apply_overrides(cfg, [*changes, *s.overrides])
 
 
+def test_data(s: Settings) -> str:
+    """What the outputs' numbers were measured on, for their Markdown."""
+    if s.preset != "paper":
+        return "the embedded corpus' test scenes"
+    names = {"audioset": "AudioSet eval", "audiocaps": "AudioCaps test", "mmau": "MMAU test-mini"}
+    return ", ".join(names[k] for k in PAPER_TEST_SETS if s.paths.get(k) is not None) or "no test set"
+
+
 # The paper preset's test split: the test sets given, by task (the paper scores each on its own).
 PAPER_TEST_SETS = {"audioset": "classification", "audiocaps": "caption", "mmau": "reasoning"}
 # What a paper-preset script that trains needs (checked before anything trains).

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         matched = [per(encoder="finetuned", lm_size=z, seed=k)[0] for z, k in zip(other.lm_size, other.seed)]
         findings.append(common.compare("encoder_matched", matched, other.value.tolist(), "matched encoder mAP",
                                        "mean of other sizes' encoders", "%"))
-    notes = ("Percent, mean ± sd over seeds, test scenes of the embedded corpus. Frozen = the encoder keeps its "
+    notes = (f"Percent, mean ± sd over seeds, {common.test_data(s)}. Frozen = the encoder keeps its "
              "stage-0 weights through stages 1-4. Swapped = a finetuned model evaluated with another size's "
              "finetuned encoder, no retraining (our protocol). The paper reports only the directions.")
     return common.write_outputs(s, data, plot(data), table, title="Table 3: encoder frozen, finetuned, swapped across LM sizes",

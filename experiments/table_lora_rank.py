@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
             "lora_rank", common.per_seed(gap, "classification", "mAP", lm_size=sizes[0]),
             common.per_seed(gap, "classification", "mAP", lm_size=sizes[-1]),
             f"{sizes[0]} LM gain", f"{sizes[-1]} LM gain", " pp"))
-    notes = ("Percent, mean ± sd over seeds, test scenes of the embedded corpus. The paper reports only the "
+    notes = (f"Percent, mean ± sd over seeds, {common.test_data(s)}. The paper reports only the "
              "direction (rank 8 < 256, larger gap for small LMs); its Table 1 rows use rank 256.")
     return common.write_outputs(s, data, plot(data), table, title="Table 2: LoRA rank by LM size", notes=notes,
                                 configs=measure.configs(runs), findings=findings)

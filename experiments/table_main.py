@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes = ("Ours: test scenes of the embedded real-audio corpus (percent; mean ± sd over seeds; chance = the "
              "expected score of a random ranking / uniform guess). The paper's columns are different datasets "
              "(ESC-50, DCASE17, FSD50K, AudioSet, AudioCaps), so compare directions and ratios to chance, not values.")
-    return common.write_outputs(s, data, plot(data), {"Ours (embedded corpus)": ours, "Paper (reported)": paper},
+    return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": ours, "Paper (reported)": paper},
                                 title="Table 1: classification and captioning by LM size", notes=notes,
                                 configs=measure.configs(runs), findings=findings)
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "with reasoning stage", "without", "%")]
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
              "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. Paper: MMAU test-mini, Sound subset.")
-    return common.write_outputs(s, data, plot(data), {"Ours (embedded corpus)": table, "Paper (reported)": paper},
+    return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
                                 configs=measure.configs(runs), findings=findings)
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         common.compare("compact_rank", a("probe", "rank connector.out"), long("probe", "rank connector.out"),
                        "(a) normalized rank", "(b)/(c) normalized rank"),
     ]
-    notes = ("Mean ± sd over seeds; classification and captions in percent on the embedded corpus' test scenes; "
+    notes = (f"Mean ± sd over seeds; classification and captions in percent on {common.test_data(s)}; "
              "ranks normalized by min(tokens, dims), so layouts of different length compare; probes on the first "
              f"{measure.PROBE_CLIPS[s.preset]} test scenes. Paper (Table 4): 64 tokens per 10 s for (a), 512 plus "
              "separators for (b)/(c); only directions are known.")
