@@ -127,15 +127,15 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
         audio = _audio(report, i, cands, check_audio)
         meta = {"dataset": item.get("dataset", ""), "ltu_task": ltu_task, "input": item.get("input", ""), "row": i}
         # Keys LTU does not have, written by `write_openaqa_json`: labels, choices, references.
-        labels = _strings(item, "labels", i)
+        labels = _strings(item, "labels")
         if labels is None:  # LTU's cla_label answers are comma-separated class names: the labels mAP and stage 0 use
             labels = [x.strip() for x in output.split(",") if x.strip()] if ltu_task == "cla_label" else []
-        choices = _strings(item, "choices", i)
+        choices = _strings(item, "choices")
         if choices is not None:
             if output not in choices:
                 raise _Skip(f"output {output!r} is not one of the choices")
             task = "reasoning"
-        references = _strings(item, "references", i)
+        references = _strings(item, "references")
         if references is not None:
             meta["references"] = references
         return [Example(str(item.get("id") or f"openaqa-{i}"), audio, instruction, output, task, labels, choices, meta)]
@@ -143,7 +143,7 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
     return _run(report, enumerate(items), make), report
 
 
-def _strings(item: dict[str, Any], key: str, row: int) -> list[str] | None:
+def _strings(item: dict[str, Any], key: str) -> list[str] | None:
     """item[key] as a list of strings, None when absent; anything else skips the row."""
     value = item.get(key)
     if value is None:
@@ -181,11 +181,9 @@ def write_openaqa_json(examples: Iterable[Example], path: str | Path, dataset: s
         if ex.metadata.get("references"):
             item["references"] = [str(r) for r in ex.metadata["references"]]
         items.append(item)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from sam.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(items, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     return len(items)
 
 
