@@ -214,12 +214,12 @@ def test_data(s: Settings) -> str:
     """What the outputs' numbers were measured on, for their Markdown."""
     if s.preset != "paper":
         return "the embedded corpus' test scenes"
-    names = {"audioset": "AudioSet eval", "audiocaps": "AudioCaps test", "mmau": "MMAU test-mini"}
-    return ", ".join(names[k] for k in PAPER_TEST_SETS if s.paths.get(k) is not None) or "no test set"
+    return ", ".join(name for k, name in PAPER_TEST_SETS.items() if s.paths.get(k) is not None) or "no test set"
 
 
-# The paper preset's test split: the test sets given, by task (the paper scores each on its own).
-PAPER_TEST_SETS = {"audioset": "classification", "audiocaps": "caption", "mmau": "reasoning"}
+# The paper preset's test split: the test sets given (input -> name in the outputs); each gives one
+# task (classification, captions, multiple choice), so the paper's per-dataset scores stay apart.
+PAPER_TEST_SETS = {"audioset": "AudioSet eval", "audiocaps": "AudioCaps test", "mmau": "MMAU test-mini"}
 # What a paper-preset script that trains needs (checked before anything trains).
 PAPER_TRAINING_NEEDS = ("openaqa", "eat_checkpoint", "mamba_checkpoints", "tokenizer", "clap")
 
@@ -232,19 +232,22 @@ def paper_test_json(s: Settings) -> Path:
     classes into AudioSet's mAP."""
     from sam.data import readers
 
-    given = {k: s.paths[k] for k in PAPER_TEST_SETS if s.paths[k] is not None}
-    key = config_hash({k: [str(p.resolve()), p.stat().st_mtime_ns if p.exists() else None] for k, p in given.items()})
+    # The files each input's reader reads (their versions key the written JSON).
+    files = {"audioset": lambda p: [p / "eval_segments.csv", p / "class_labels_indices.csv"],
+             "audiocaps": lambda p: [p / "test.csv"], "mmau": lambda p: [p]}
+    given = {k: files[k](s.paths[k]) for k in PAPER_TEST_SETS if s.paths[k] is not None}
+    key = config_hash({k: [[str(f.resolve()), f.stat().st_mtime_ns if f.exists() else None] for f in fs] for k, fs in given.items()})
     path = s.runs / "paper-test" / f"{key}.json"
     if path.is_file():
         return path
     examples = []
-    for name, folder in given.items():
+    for name, fs in given.items():
         if name == "audioset":
-            got, report = readers.read_audioset(folder / "eval_segments.csv", folder / "class_labels_indices.csv", folder / "audio")
+            got, report = readers.read_audioset(*fs, fs[0].parent / "audio")
         elif name == "audiocaps":
-            got, report = readers.read_audiocaps(folder / "test.csv", folder / "audio")
+            got, report = readers.read_audiocaps(fs[0], fs[0].parent / "audio")
         else:
-            got, report = readers.read_mmau(folder)
+            got, report = readers.read_mmau(fs[0])
         if report.bad:
             print(str(report), file=sys.stderr, flush=True)
         examples += got
