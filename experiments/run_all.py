@@ -22,21 +22,19 @@ SCRIPTS = ("fig1_architecture", "table_main", "fig2_rank", "table_reasoning", "t
            "table_token_length", "fig3_state_update")
 
 
-def _preset_rank(path: Path) -> int:
-    """Where an output's preset sorts in findings.md (unknown or unreadable files last)."""
-    try:
-        return common.PRESETS.index(json.loads(path.read_text()).get("preset"))
-    except (ValueError, AttributeError, json.JSONDecodeError):
-        return len(common.PRESETS)
+def _preset_rank(prov: object) -> int:
+    """Where a JSON file's preset sorts in findings.md (files of no known preset last)."""
+    preset = prov.get("preset") if isinstance(prov, dict) else None
+    return common.PRESETS.index(preset) if preset in common.PRESETS else len(common.PRESETS)
 
 
 def findings_markdown(out: Path) -> str:
     """findings.md from the provenance JSONs under `out` (one level of sub-folders), grouped by preset."""
     found: dict[str, list[tuple[str, dict]]] = {}
+    provs = [(p, json.loads(p.read_text())) for p in [*out.glob("*.json"), *out.glob("*/*.json")]]
     # Rows of a finding in preset order (cpu before gpu), the preset's own folder before its sub-folders.
-    paths = sorted([*out.glob("*.json"), *out.glob("*/*.json")], key=lambda p: (len(p.relative_to(out).parts), p))
-    for path in sorted(paths, key=lambda p: _preset_rank(p)):
-        prov = json.loads(path.read_text())
+    provs.sort(key=lambda pp: (_preset_rank(pp[1]), len(pp[0].relative_to(out).parts), pp[0]))
+    for path, prov in provs:
         if "experiment" in prov and "preset" in prov:
             sizes = list(dict.fromkeys(part.split("=", 1)[1] for label in prov.get("configs", {})
                                        for part in label.split("/") if part.startswith("lm_size=")))
