@@ -4,6 +4,7 @@ short curriculum (BPE from the JSON's text, LM pretraining, stage 0 on cla_label
 stage) trained end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_train_and_valid_split_the_json_by_audio_file_deterministically(openaqa,
     items = list(openaqa["train"])
     random.Random(0).shuffle(items)
     shuffled.write_text(json.dumps(items))
-    other = type(data)(**{**data.__dict__, "json_train": str(shuffled)})
+    other = dataclasses.replace(data, json_train=str(shuffled))
     assert files(build_examples(other, "valid", tasks)) == files(valid)
 
 
@@ -82,15 +83,15 @@ def test_test_split_comes_from_its_own_file_and_errors_name_the_key(openaqa) -> 
     data = openaqa["exp"].data
     with pytest.raises(ConfigError, match=r"data\.json_test: not set"):
         build_examples(data, "test", ["caption"])
-    with_test = type(data)(**{**data.__dict__, "json_test": str(openaqa["tmp"] / "test.json")})
+    with_test = dataclasses.replace(data, json_test=str(openaqa["tmp"] / "test.json"))
     test = build_examples(with_test, "test", ["classification", "caption"])
     assert len(test) == 2 * 8 and not {e.audio for e in test} & {e.audio for e in build_examples(with_test, "train", ["caption"])}
     with pytest.raises(ConfigError, match=r"data\.json_train: .* no usable train examples for tasks \['reasoning'\]"):
         build_examples(data, "train", ["reasoning"])
-    missing = type(data)(**{**data.__dict__, "json_train": str(openaqa["tmp"] / "nope.json")})
+    missing = dataclasses.replace(data, json_train=str(openaqa["tmp"] / "nope.json"))
     with pytest.raises(Exception, match=r"nope\.json: file does not exist"):
         build_examples(missing, "train", ["caption"])
-    bad = type(data)(**{**data.__dict__, "valid_permille": 1001})
+    bad = dataclasses.replace(data, valid_permille=1001)
     with pytest.raises(ConfigError, match=r"data\.valid_permille"):
         build_examples(bad, "valid", ["caption"])
     # the BPE text: the JSON's prompts and answers, no corpus manifest
