@@ -250,10 +250,7 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     if model is not None and not variant:
         raise ValueError("evaluate: a replaced model needs a `variant` naming the change (it keys the cache)")
     cfg = run.cfg
-    key = config_hash({"checkpoint": os.path.relpath(checkpoint, s.runs), "variant": variant, "tasks": sorted(tasks),
-                       "data": to_dict(cfg.data), "eval": to_dict(cfg.eval), "max_new_tokens": cfg.train.max_new_tokens,
-                       "device": run_device(s)})
-    path = s.runs / "evals" / f"{key}.json"
+    path = _eval_path(s, run, checkpoint, tasks, variant)
     generated = path.with_suffix(".generated.json")
     if path.is_file():  # already scored
         if generated.is_file():  # absent in caches written before answers were kept apart
@@ -279,6 +276,23 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     table.drop(columns=["instruction"]).to_csv(path.with_suffix(".predictions.csv"), index=False)
     _write_json(path, metrics)
     return metrics
+
+
+def _eval_path(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str], variant: str) -> Path:
+    """Where the scores of one evaluation are cached (its answers beside them, `.generated.json`).
+
+    The key holds the data section as run hashes see it (`sam.config.hash_tree`: data settings added
+    later are left out at their defaults), so answers cached before those settings existed stay
+    found. Answers keyed with the whole data section (as briefly written after they were added) are
+    found under that older key when the canonical one holds nothing."""
+    from sam.config import hash_tree
+
+    cfg = run.cfg
+    parts = {"checkpoint": os.path.relpath(checkpoint, s.runs), "variant": variant, "tasks": sorted(tasks),
+             "eval": to_dict(cfg.eval), "max_new_tokens": cfg.train.max_new_tokens, "device": run_device(s)}
+    paths = [s.runs / "evals" / f"{config_hash({**parts, 'data': data})}.json"
+             for data in (hash_tree(cfg)["data"], to_dict(cfg.data))]
+    return next((p for p in paths if p.is_file() or p.with_suffix(".generated.json").is_file()), paths[0])
 
 
 def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> dict[str, Any]:

@@ -59,6 +59,34 @@ def test_run_config_applies_seed_changes_then_user_overrides():
     assert cfg.model.lora.rank == 2  # the user's --set wins over the script's change
 
 
+def test_answer_cache_key_ignores_data_settings_at_their_defaults_and_finds_older_keys(tmp_path):
+    """Answers cached before a data setting existed stay found once it exists at its default (the key
+    sees the data section as run hashes do); a non-default value is a new key; answers written under
+    the whole data section's key are found when the canonical key holds nothing."""
+    import dataclasses
+
+    import measure
+    from sam.config import HASH_OMIT_AT_DEFAULT, config_hash, to_dict
+
+    s = common.parse_args("t", "doc", argv=["--preset", "smoke", "--runs", str(tmp_path)])
+    cfg = common.run_config(s, "small", seed=0)
+    run = measure.Run(cfg, tmp_path / "run", {})
+    ckpt = tmp_path / "stages" / "final"
+    path = measure._eval_path(s, run, ckpt, ["caption"], "")
+    older = {k: v for k, v in to_dict(cfg.data).items() if k not in HASH_OMIT_AT_DEFAULT["data"]}  # before they existed
+    parts = {"checkpoint": os.path.relpath(ckpt, tmp_path), "variant": "", "tasks": ["caption"], "eval": to_dict(cfg.eval),
+             "max_new_tokens": cfg.train.max_new_tokens, "device": measure.run_device(s)}
+    assert path.name == f"{config_hash({**parts, 'data': older})}.json"
+    changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, json_test="test.json"))
+    assert measure._eval_path(s, measure.Run(changed, run.dir, {}), ckpt, ["caption"], "") != path
+    whole = tmp_path / "evals" / f"{config_hash({**parts, 'data': to_dict(cfg.data)})}.generated.json"
+    whole.parent.mkdir(parents=True)
+    whole.write_text("{}")
+    assert measure._eval_path(s, run, ckpt, ["caption"], "") == whole.with_name(whole.name.replace(".generated", ""))
+    path.with_suffix(".generated.json").write_text("{}")  # the canonical key wins once it holds answers
+    assert measure._eval_path(s, run, ckpt, ["caption"], "") == path
+
+
 def test_paper_run_config_points_each_lm_size_at_its_local_checkpoint(tmp_path):
     argv = ["--preset", "paper", "--mamba-checkpoints", str(tmp_path / "m"), "--eat-checkpoint", str(tmp_path / "eat.pt"),
             "--tokenizer", str(tmp_path / "neox"), "--clap", str(tmp_path / "clap")]
