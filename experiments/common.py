@@ -78,6 +78,9 @@ class Settings:
     # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
     # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
     measured_on: set[str] = field(default_factory=set)
+    # Filled by `measure`: measurements made on another training of a stage than the run record read
+    # here describes (the same config trained twice); the Markdown and provenance list them.
+    other_trainings: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -420,6 +423,11 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
         notes = (notes.strip() + " " if notes else "") + (
             f"Probe rows were read from another run cache ({s.probe_runs.name}/): the same configs and seeds trained "
             "a second time, so the probes and the scores of a run come from two trainings of its config.")
+    if s.other_trainings:
+        notes = (notes.strip() + " " if notes else "") + (
+            "These measurements were made on another training of the same config and seed than the run record "
+            "read here (GPU training is not bit-deterministic, so the two trainings differ): "
+            + "; ".join(sorted(s.other_trainings)) + ".")
     md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
     paths["md"].write_text("\n".join(md).rstrip() + "\n")
     prov = provenance(s, configs or {}, data_roots)
@@ -447,6 +455,7 @@ def provenance(s: Settings, configs: dict[str, ExperimentConfig], data_roots: Se
         # Where the answers and probe rows this output read were measured (device + library versions
         # recorded beside each in the cache): with `--cached`, not the device above.
         **({"measured_on": [json.loads(m) for m in sorted(s.measured_on)]} if s.measured_on else {}),
+        **({"other_trainings": sorted(s.other_trainings)} if s.other_trainings else {}),
         "wall_time_s": round(time.perf_counter() - s.started, 2),
     }
 

@@ -10,6 +10,11 @@ the LoRA table is the main table's run) measure it once:
   versions that made them; ``<key>.json``: their scores (``<key>.predictions.csv``: per example);
 - ``<key>.rows.json``: probe rows (token rank / similarity, state-update distances) of one stage.
 
+Each record also names the training it was measured on (`trained`: a hash of that stage's summary in
+the run's ``run.json``, which holds its final losses). A run record and a measurement can come from two
+trainings of one config (weights are not kept between machines, and GPU training is not
+bit-deterministic); where the hashes differ, the output's Markdown and provenance say so.
+
 Generating and scoring are separate steps so that they can happen on different machines: a GPU
 machine without the text scorers runs a script with ``--defer-scoring`` (train, generate, probe),
 ``export_measurements.py`` packs the records (run.json files and ``evals/``, no weights), and any
@@ -254,7 +259,9 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     generated = path.with_suffix(".generated.json")
     if path.is_file():  # already scored
         if generated.is_file():  # absent in caches written before answers were kept apart
-            _note_origin(s, json.loads(generated.read_text()))
+            record = json.loads(generated.read_text())
+            _note_origin(s, record)
+            _note_training(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
         return None if s.defer_scoring else json.loads(path.read_text())
     examples = test_examples(cfg, tasks)
     if generated.is_file():
@@ -270,6 +277,7 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
         record = _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
         _write_json(generated, record)
     _note_origin(s, record)
+    _note_training(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
     if s.defer_scoring:
         return None
     metrics, table = score_predictions(examples, record["predictions"], errors=record["errors"], config=cfg.eval)
@@ -306,7 +314,7 @@ def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> di
         return None if v is None or v != v else str(v)
 
     return {"ids": [ex.id for ex in examples], "predictions": [clean(v) for v in gen["prediction"]],
-            "errors": [clean(v) for v in gen["error"]], "made_on": _origin()}
+            "errors": [clean(v) for v in gen["error"]], "made_on": _origin(), "trained": trained(run.dir, checkpoint.parent.name)}
 
 
 def deferred(s: common.Settings, n_runs: int) -> dict[str, Any]:
@@ -339,9 +347,11 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
                                     f"{stage_name}: run the script where the run was trained and export its records")
         model, batch = _probe_inputs(run, stage_name, clips)
         rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
-        record = {"rows": rows, "made_on": _origin()}
+        record = {"rows": rows, "made_on": _origin(), "trained": trained(run.dir, stage(run, stage_name).parent.name)}
         _write_json(path, record)
     _note_origin(s, record)
+    if record.get("trained"):
+        _note_training(s, record, cache / run.dir.name, stage(run, stage_name).parent.name, f"{what} probe rows of {run.dir.name}")
     return [{**labels, **r} for r in record["rows"]]
 
 
@@ -369,6 +379,29 @@ def _note_origin(s: common.Settings, record: dict[str, Any]) -> None:
     """Record in `s` where a cached measurement was made (read by the provenance), if it says."""
     if record.get("made_on"):
         s.measured_on.add(json.dumps(record["made_on"], sort_keys=True))
+
+
+def trained(run_dir: Path, stage_dir: str) -> str | None:
+    """Which training of a stage a run record describes: a hash of the summary (final losses and all)
+    that `run_dir/run.json` holds for the stage stored in `stage_dir`; None without one."""
+    import hashlib
+
+    try:
+        stages = json.loads((run_dir / "run.json").read_text())["stages"]
+    except (OSError, KeyError, ValueError):
+        return None
+    summary = next((st.get("summary") for st in stages if Path(st["dir"]).name == stage_dir), None)
+    if summary is None:
+        return None
+    return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _note_training(s: common.Settings, record: dict[str, Any], run_dir: Path, stage_dir: str, what: str) -> None:
+    """Record in `s` a measurement made on another training of its stage than the run record at
+    `run_dir` describes (records that name no training are taken as they are)."""
+    made, here = record.get("trained"), trained(run_dir, stage_dir)
+    if made and here and made != here:
+        s.other_trainings.add(f"{what} ({stage_dir})")
 
 
 def _write_json(path: Path, value: Any) -> None:

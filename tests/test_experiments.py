@@ -262,6 +262,21 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     assert (out / "table_token_length.csv").read_bytes() == (smoke_figures / "table_token_length.csv").read_bytes()
     prov = json.loads((out / "table_token_length.json").read_text())
     assert prov["measured_on"] and all(m["device"] and m["versions"]["torch"] for m in prov["measured_on"])
+    assert "other_trainings" not in prov and "another training" not in (out / "table_token_length.md").read_text()
+    # a run record from another training of the same config (its stage-4 losses differ): the outputs name
+    # the answers and probe rows that were measured on the first one
+    retrained = tmp_path / "retrained"
+    shutil.copytree(elsewhere, retrained)
+    record = next(retrained.glob("*-cpu/run.json"))
+    info = json.loads(record.read_text())
+    stage4 = next(st for st in info["stages"] if st["name"] == "stage4")
+    stage4["summary"]["final_loss"] += 1.0
+    record.write_text(json.dumps(info))
+    table_token_length.main([*flags, "--cached", "cpu", "--runs", str(retrained), "--out", str(tmp_path / "mixed")])
+    mixed = json.loads((tmp_path / "mixed" / "table_token_length.json").read_text())["other_trainings"]
+    where = f"{record.parent.name} ({Path(stage4['dir']).name})"
+    assert f"answers of {where}" in mixed and f"tokens probe rows of {where}" in mixed
+    assert "another training of the same config" in (tmp_path / "mixed" / "table_token_length.md").read_text()
     # answers in one cache, probe rows in another (--probe-runs): the same CSV, and the outputs say so
     answers, probes = tmp_path / "answers", tmp_path / "probes"
     shutil.copytree(elsewhere, answers, ignore=shutil.ignore_patterns("*.rows.json"))
