@@ -430,7 +430,13 @@ def metric_rows(metrics: dict[str, Any] | None, **labels: Any) -> list[dict[str,
     for task in ("reasoning", "closed"):
         if task in metrics:
             m = metrics[task]
-            rows.append(dict(task=task, metric="accuracy", value=100 * m["accuracy"], chance=100 * m.get("chance", float("nan"))))
+            chance = 100 * m.get("chance", float("nan"))
+            rows.append(dict(task=task, metric="accuracy", value=100 * m["accuracy"], chance=chance))
+            # multiple-choice diagnostics (absent in scores cached before they existed)
+            if m.get("valid_choice_rate") is not None:
+                rows.append(dict(task=task, metric="valid_choice_rate", value=100 * m["valid_choice_rate"], chance=float("nan")))
+            if m.get("accuracy_among_valid") is not None:
+                rows.append(dict(task=task, metric="accuracy_among_valid", value=100 * m["accuracy_among_valid"], chance=chance))
     return [{**labels, **r} for r in rows]
 
 

@@ -45,13 +45,16 @@ def main(argv: list[str] | None = None) -> dict:
     order = list(STAGES.values())
     overall = data[data.category == "all"]
 
-    table = common.summary(overall, ["lm_size", "stage"], [("reasoning", "accuracy")])
+    table = common.summary(overall, ["lm_size", "stage"],
+                           [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid")])
     paper = pd.DataFrame([{"model": k, "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()])
     findings = [common.compare("reasoning", common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
                                common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
                                "with reasoning stage", "without", "%")]
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
-             "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. Paper: MMAU test-mini, Sound subset.")
+             "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. valid_choice_rate: answers that pick "
+             "exactly one choice under that rule (the others name none, or several, and count as wrong); "
+             "accuracy_among_valid: the accuracy over those answers (same chance). Paper: MMAU test-mini, Sound subset.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
                                 configs=measure.configs(runs), findings=findings)

@@ -37,6 +37,7 @@ from sam.metrics import (
     classification_metrics,
     exact_match_metrics,
     grouped_accuracy,
+    mmau_named_choice,
     mmau_string_match,
     normalized_answer_match,
     parse_labels,
@@ -364,15 +365,21 @@ def _score_captions(frame: pd.DataFrame, examples: list[Example], mask: pd.Serie
 
 
 def _score_answers(frame: pd.DataFrame, examples: list[Example], mask: pd.Series, group_keys: Sequence[str], multiple_choice: bool) -> dict[str, Any]:
-    correct, chance = [], []
+    correct, chance, named = [], [], {}
     for pos, ex in zip(frame.index[mask], examples):
         pred = frame.at[pos, "prediction"]
         if multiple_choice and ex.choices:
             correct.append(mmau_string_match(pred, ex.answer, ex.choices))
             chance.append(1.0 / len(ex.choices))
+            named[pos] = mmau_named_choice(pred, ex.choices)
         else:
             correct.append(normalized_answer_match(pred, ex.answer))
     frame.loc[mask, "correct"] = correct
+    if named:
+        if "named_choice" not in frame.columns:
+            frame["named_choice"] = pd.Series(None, index=frame.index, dtype=object)
+        for pos, choice in named.items():
+            frame.at[pos, "named_choice"] = choice
     sub = pd.DataFrame({k: frame.loc[mask, f"metadata.{k}"] for k in group_keys if f"metadata.{k}" in frame.columns})
     sub["correct"] = np.asarray(correct, dtype=float)
     out: dict[str, Any] = {
@@ -383,6 +390,11 @@ def _score_answers(frame: pd.DataFrame, examples: list[Example], mask: pd.Series
     }
     if chance:
         out["chance"] = float(np.mean(chance))
+        # Diagnostics: how often an answer picks exactly one choice, and the accuracy over those answers
+        # (None when none does); the chance level of the latter is the same 1 / len(choices).
+        hits = [c for pos, c in zip(frame.index[mask], correct) if named.get(pos) is not None]
+        out["valid_choice_rate"] = len(hits) / len(named)
+        out["accuracy_among_valid"] = float(np.mean(hits)) if hits else None
     return out
 
 

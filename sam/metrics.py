@@ -9,7 +9,8 @@ What lives here:
 - `caption_metrics`: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D through pycocoevalcap after its
   PTBTokenizer (Java), exactly as the coco-caption pipeline runs them; SPICE and SPIDEr only when
   a local Stanford CoreNLP 3.6.0 jar is configured.
-- `mmau_string_match`: MMAU's official string-match rule for multiple-choice answers.
+- `mmau_string_match`: MMAU's official string-match rule for multiple-choice answers;
+  `mmau_named_choice`: which choice an answer picks under it, if exactly one (a diagnostic).
 
 What this module must never do: download anything (pycocoevalcap's `Spice()` constructor fetches
 CoreNLP from the internet, so SPICE is run here through its jar with an explicit classpath), report
@@ -201,6 +202,19 @@ def mmau_string_match(prediction: str, answer: str, choices: Sequence[str]) -> b
         if words != ans:
             wrong |= words - ans
     return ans <= pred and not (pred & wrong)
+
+
+def mmau_named_choice(prediction: str, choices: Sequence[str]) -> str | None:
+    """The choice that `prediction` picks under MMAU's rule, or None where it picks none or several.
+
+    A diagnostic beside the accuracy, not part of MMAU's scoring: a model that answers with no
+    valid choice scores below 1/len(choices), so a low accuracy reads differently when most answers
+    name no choice. Choices with equal word sets count as one (the first is named)."""
+    picked: dict[frozenset[str], str] = {}
+    for c in choices:
+        if mmau_string_match(prediction, c, choices):
+            picked.setdefault(frozenset(_word_tokens(c)), c)
+    return next(iter(picked.values())) if len(picked) == 1 else None
 
 
 def normalized_answer_match(prediction: str, answer: str) -> bool:

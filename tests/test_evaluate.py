@@ -163,6 +163,21 @@ def test_a_fixed_answer_scores_what_it_should():
     assert metrics["reasoning"]["accuracy"] == 0.5
     assert frame.set_index("id")["correct"].to_dict() == {"r1": True, "r2": False}
     assert metrics["reasoning"]["by"]["category"]["order"]["accuracy"] == 0.0
+    # "Dog" is a valid pick in both questions (right in r1, wrong in r2)
+    assert metrics["reasoning"]["valid_choice_rate"] == 1.0 and metrics["reasoning"]["accuracy_among_valid"] == 0.5
+    assert frame.set_index("id")["named_choice"].to_dict() == {"r1": "Dog", "r2": "Dog"}
+
+
+def test_answers_that_pick_no_choice_are_counted_apart_from_wrong_picks():
+    examples = [ex for ex in _examples() if ex.task == "reasoning"]
+    answers = {"Which animal is heard in a?": "a cat", "Which comes first in b?": "thunder"}  # r1: wrong pick; r2: no choice
+    metrics, frame = evaluate_examples(lambda audio, prompts, n: [answers[next(q for q in answers if q in p)] for p in prompts],
+                                       examples, audio_loader=_loader)
+    m = metrics["reasoning"]
+    assert m["accuracy"] == 0.0 and m["valid_choice_rate"] == 0.5 and m["accuracy_among_valid"] == 0.0
+    assert frame.set_index("id")["named_choice"].to_dict() == {"r1": "Cat", "r2": None}
+    none, _ = evaluate_examples(lambda audio, prompts, n: ["thunder"] * len(prompts), examples, audio_loader=_loader)
+    assert none["reasoning"]["valid_choice_rate"] == 0.0 and none["reasoning"]["accuracy_among_valid"] is None
 
 
 def test_a_failing_batch_is_reported_and_the_run_continues():

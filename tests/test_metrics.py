@@ -14,6 +14,7 @@ from sam.metrics import (
     corenlp_status,
     exact_match_metrics,
     mean_average_precision,
+    mmau_named_choice,
     mmau_string_match,
     normalized_answer_match,
     parse_labels,
@@ -155,6 +156,16 @@ def test_mmau_exactly_one_choice_matches_when_choices_have_distinct_words():
     for choices in (GENDER, A_WOMAN, WOMAN_CHILD, DOORS, SPEECH, PRESENT):
         for answer in choices:
             assert [mmau_string_match(c, answer, choices) for c in choices] == [c == answer for c in choices]
+
+
+def test_mmau_named_choice_is_the_one_choice_an_answer_picks():
+    choices = ["Dog", "Cat", "Car horn", "Rain"]
+    assert mmau_named_choice("I hear a dog", choices) == "Dog"
+    assert mmau_named_choice("dog and cat", choices) is None  # picks two: no valid choice
+    assert mmau_named_choice("thunder", choices) is None and mmau_named_choice("", choices) is None
+    assert mmau_named_choice("yes", ["Yes", "No", "yes."]) == "Yes"  # equal word sets are one choice
+    for answer in choices:
+        assert mmau_named_choice(answer, choices) == answer
 
 
 def test_normalized_answer_match_ignores_case_and_punctuation_only():
