@@ -75,6 +75,9 @@ class Settings:
     train_procs: int = 1  # torchrun processes that train each missing run (DDP; one per GPU on CUDA)
     probe_runs: Path | None = None  # with `cached`: read probe rows from this run cache instead of `runs`
     parallel_runs: int = 1  # missing runs trained this many at a time, each in its own process (one GPU each)
+    # (I, N): this process is measurement worker I of N that --parallel-runs launched: it generates and
+    # probes only the uncached items whose cache key falls in its share, scores nothing, writes nothing.
+    measure_shard: tuple[int, int] | None = None
     # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
     # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
     measured_on: set[str] = field(default_factory=set)
@@ -115,10 +118,14 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
                         "matches one process at the same global batch), then measure it in this process")
     p.add_argument("--parallel-runs", type=int, default=1, metavar="N",
                    help="train the runs the cache lacks N at a time, each by `sam train` in its own process (one GPU "
-                        "each on CUDA, the CPU cores split between them on CPU), then measure them in this process")
+                        "each on CUDA, the CPU cores split between them on CPU), then generate and probe in N processes "
+                        "likewise (each its share of the items, --measure-shard), and score and write in this one")
     p.add_argument("--probe-runs", type=Path, default=None, metavar="DIR",
                    help="with --cached: read the probe rows from this run cache instead of --runs, for probes measured "
                         "on a second training of the same configs (the outputs say so); answers still come from --runs")
+    p.add_argument("--measure-shard", default=None, metavar="I/N",
+                   help="with --defer-scoring: generate and probe only the uncached items of share I of N (0-based); "
+                        "--parallel-runs N launches these workers itself, one per GPU, after training")
     for key, (what, _) in PAPER_INPUTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=Path, default=None, help=f"paper preset: {what}")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -144,6 +151,17 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
         p.error(f"--parallel-runs must be at least 1, got {args.parallel_runs}")
     if args.parallel_runs > 1 and (args.train_procs > 1 or args.cached):
         p.error("--parallel-runs trains several runs at once, one process each: not with --train-procs or --cached")
+    shard = None
+    if args.measure_shard is not None:
+        try:
+            i, n = (int(v) for v in args.measure_shard.split("/"))
+        except ValueError:
+            i, n = -1, 0
+        if not 0 <= i < n:
+            p.error(f"--measure-shard {args.measure_shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        if not args.defer_scoring:
+            p.error("--measure-shard measures a share of the items and writes nothing: use it with --defer-scoring")
+        shard = (i, n)
     if args.probe_runs is not None and not args.cached:
         p.error("--probe-runs assembles probe rows measured elsewhere: use it with --cached")
     if args.preset == "paper":
@@ -154,7 +172,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
     return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
                     [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes,
-                    args.defer_scoring, args.cached, args.train_procs, args.probe_runs, args.parallel_runs)
+                    args.defer_scoring, args.cached, args.train_procs, args.probe_runs, args.parallel_runs, shard)
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:

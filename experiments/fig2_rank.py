@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
             if name in STAGES:  # by name: other stages (text-only LM pretraining, reasoning) are not plotted
                 rows += measure.probe_rows(s, run, name, "tokens", ["connector.out", measure.last_layer(run.cfg)],
                                            **run.labels, stage=STAGES.index(name))
+    if s.defer_scoring:  # probe rows cached; outputs are written where the scores are (--cached)
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     data["site"] = data.site.where(data.site == "connector.out", "lm.last_layer")
     per_seed = seed_means(data)

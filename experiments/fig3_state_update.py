@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs = measure.grid(s, {k: [f"model.connector.layout={k}"] for k in LAYOUTS}, "layout")
     for run in runs:
         rows += measure.probe_rows(s, run, "stage4", "state", **run.labels)
+    if s.defer_scoring:  # probe rows cached; outputs are written where the scores are (--cached)
+        return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     over_layers = seed_means(data).groupby(["lm_size", "layout", "seed", "measure"], as_index=False).value.mean()
     table = (over_layers.groupby(["lm_size", "layout", "measure"]).value.apply(lambda v: common.fmt(list(v), 4))

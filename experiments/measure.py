@@ -130,31 +130,24 @@ def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, k
     With ``--parallel-runs N`` the runs the cache lacks are first trained N at a time (`train_parallel`)."""
     plan = [(size, name, changes, seed) for size in common.lm_sizes(s)
             for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
-    if s.parallel_runs > 1 and not s.cached:
+    if s.parallel_runs > 1 and not s.cached and s.measure_shard is None:
         check_paper_inputs(s)
         train_parallel([common.run_config(s, size, seed, changes) for size, _, changes, seed in plan], s.runs, s.parallel_runs)
+        measure_parallel(s)
     return [train(s, size, seed, changes, **({key: name} if variants else {})) for size, name, changes, seed in plan]
 
 
 def train_parallel(cfgs: Sequence[ExperimentConfig], runs: Path, slots: int) -> list[Path]:
     """Train the runs of `cfgs` that the cache lacks, `slots` at a time, each by `sam train` in a
-    process of its own: on CUDA one GPU per process (the visible ones, in order), on the CPU the
-    cores split between them (OMP_NUM_THREADS). Stages several runs share (LM pretraining, the
-    encoder stage) are trained once: the run cache's stage locks make the others wait for them.
-    Every launch runs to its end; then the failures are raised together, each with the log file it
-    left under `runs`, while the runs that trained stay cached. Returns the run folders trained."""
-    import subprocess
-    import time
-
-    from tqdm.auto import tqdm
-
+    process of its own (`_launch`: one GPU per process on CUDA, the CPU cores split between them
+    otherwise). Stages several runs share (LM pretraining, the encoder stage) are trained once: the
+    run cache's stage locks make the others wait for them. Every launch runs to its end; then the
+    failures are raised together, each with the log file it left under `runs`, while the runs that
+    trained stay cached. Returns the run folders trained."""
     from sam.config import save_yaml
     from sam.runs import run_dir_for
 
     dev, runs = device(), runs.resolve()
-    if dev == "cuda" and slots > torch.cuda.device_count():
-        raise RuntimeError(f"--parallel-runs {slots}: only {torch.cuda.device_count()} CUDA devices are visible")
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or [str(i) for i in range(slots)]
     todo: dict[str, tuple[ExperimentConfig, Path]] = {}
     for cfg in cfgs:
         run_dir = run_dir_for(cfg, runs, dev)
@@ -163,44 +156,104 @@ def train_parallel(cfgs: Sequence[ExperimentConfig], runs: Path, slots: int) -> 
     if not todo:
         return []
     runs.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for cfg, run_dir in todo.values():
+        config = runs / f".{run_dir.name}.parallel.yaml"
+        save_yaml(cfg, config)
+        cmd = [sys.executable, "-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", dev, "--no-progress"]
+        jobs.append(_Job(run_dir.name, cmd, runs / f".{run_dir.name}.parallel.log", lambda d=run_dir: (d / "model").is_dir(), config))
+    failed = _launch(jobs, slots, f"training {len(jobs)} runs, {slots} at a time", "run")
+    if failed:
+        raise RuntimeError(f"--parallel-runs: {len(failed)} of {len(todo)} runs failed to train: " + "; ".join(failed))
+    return [run_dir for _, run_dir in todo.values()]
+
+
+def measure_parallel(s: common.Settings) -> None:
+    """Generate and probe everything the script needs in `s.parallel_runs` worker processes (one GPU
+    each on CUDA): each reruns the script with ``--defer-scoring --measure-shard I/N`` and measures
+    only the uncached items whose cache key falls in its share. This process then finds them all
+    cached and scores (or defers) as usual. Failures are raised together with their logs. Settings
+    that belong to no script of experiments/ (a notebook's, say) launch nothing: their caller measures."""
+    n, runs = s.parallel_runs, s.runs.resolve()
+    script = common.REPO / "experiments" / f"{s.name}.py"
+    if not script.is_file():
+        return
+    args, skip = [], False
+    for a in s.argv[1:]:  # the script's own flags, less --parallel-runs (a worker measures; it launches nothing)
+        if skip or a.startswith("--parallel-runs"):
+            skip = a == "--parallel-runs"
+            continue
+        args.append(a)
+    runs.mkdir(parents=True, exist_ok=True)
+    jobs = [_Job(f"measurement share {i}/{n}", [sys.executable, str(script), *args, "--runs", str(runs), "--defer-scoring",
+                                                "--measure-shard", f"{i}/{n}"],
+                 runs / f".{s.name}.measure-{i}-of-{n}.log", lambda: True, cwd=Path.cwd()) for i in range(n)]  # paths as the caller gave them
+    failed = _launch(jobs, n, f"measuring in {n} processes", "share")
+    if failed:
+        raise RuntimeError(f"--parallel-runs: {len(failed)} of {n} measurement processes failed: " + "; ".join(failed))
+
+
+@dataclass
+class _Job:
+    """One process `_launch` runs: its command, its log, and how to tell that it did its work."""
+
+    name: str
+    cmd: list[str]
+    log: Path
+    succeeded: Any  # () -> bool, asked after the process exited with code 0
+    config: Path | None = None  # a launch file removed when the process ends
+    cwd: Path = common.REPO
+
+
+def _launch(jobs: Sequence[_Job], slots: int, desc: str, unit: str) -> list[str]:
+    """Run `jobs` as processes, `slots` at a time: on CUDA each on one visible GPU of its own, on the
+    CPU with the cores split between them (OMP_NUM_THREADS). A job's output goes to its log, which is
+    removed when it succeeds. Returns "name (exit code; log)" for each failure, after all ended."""
+    import subprocess
+    import time
+
+    from tqdm.auto import tqdm
+
+    dev = device()
+    if dev == "cuda" and slots > torch.cuda.device_count():
+        raise RuntimeError(f"--parallel-runs {slots}: only {torch.cuda.device_count()} CUDA devices are visible")
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or [str(i) for i in range(slots)]
     threads = str(max(1, (os.cpu_count() or 1) // slots))
-    pending, active, free, failed, done = list(todo.values()), {}, list(range(slots)), [], []
-    bar = tqdm(total=len(pending), desc=f"training {len(pending)} runs, {slots} at a time", unit="run", disable=not sys.stderr.isatty())
+    pending, active, free, failed = list(jobs), {}, list(range(slots)), []
+    bar = tqdm(total=len(pending), desc=desc, unit=unit, disable=not sys.stderr.isatty())
     try:
         while pending or active:
             while pending and free:
-                slot, (cfg, run_dir) = free.pop(0), pending.pop(0)
-                config, log = runs / f".{run_dir.name}.parallel.yaml", runs / f".{run_dir.name}.parallel.log"
-                save_yaml(cfg, config)
+                slot, job = free.pop(0), pending.pop(0)
                 env = {**os.environ, "OMP_NUM_THREADS": threads}
                 if dev == "cuda":
                     env["CUDA_VISIBLE_DEVICES"] = visible[slot]
-                cmd = [sys.executable, "-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs),
-                       "--device", dev, "--no-progress"]
-                with open(log, "w") as out:
-                    active[slot] = (subprocess.Popen(cmd, cwd=common.REPO, env=env, stdout=out, stderr=subprocess.STDOUT), run_dir, config, log)
+                with open(job.log, "w") as out:
+                    active[slot] = (subprocess.Popen(job.cmd, cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT), job)
             time.sleep(0.5)
-            for slot, (proc, run_dir, config, log) in list(active.items()):
+            for slot, (proc, job) in list(active.items()):
                 if proc.poll() is None:
                     continue
                 del active[slot]
                 free.append(slot)
-                config.unlink(missing_ok=True)
-                if proc.returncode == 0 and (run_dir / "model").is_dir():
-                    log.unlink(missing_ok=True)
-                    done.append(run_dir)
+                if job.config is not None:
+                    job.config.unlink(missing_ok=True)
+                if proc.returncode == 0 and job.succeeded():
+                    job.log.unlink(missing_ok=True)
                 else:
-                    failed.append(f"{run_dir.name} (exit code {proc.returncode}; log {log})")
+                    failed.append(f"{job.name} (exit code {proc.returncode}; log {job.log})")
                 bar.update(1)
-    finally:  # interrupted: stop the launches, keep what they wrote (their stages resume)
-        for proc, _, config, _ in active.values():
+    finally:  # interrupted: stop the launches, keep what they wrote (stages and measurements resume)
+        for proc, job in active.values():
             proc.terminate()
             proc.wait()
-            config.unlink(missing_ok=True)
+            if job.config is not None:
+                job.config.unlink(missing_ok=True)
+        for job in pending:
+            if job.config is not None:
+                job.config.unlink(missing_ok=True)
         bar.close()
-    if failed:
-        raise RuntimeError(f"--parallel-runs: {len(failed)} of {len(todo)} runs failed to train: " + "; ".join(failed))
-    return done
+    return failed
 
 
 def configs(runs: Sequence[Run]) -> dict[str, ExperimentConfig]:
@@ -263,6 +316,8 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
             _note_origin(s, record)
             _note_training(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
         return None if s.defer_scoring else json.loads(path.read_text())
+    if not generated.is_file() and not _in_shard(s, path.stem):
+        return None  # another measurement worker's item
     examples = test_examples(cfg, tasks)
     if generated.is_file():
         record = json.loads(generated.read_text())
@@ -339,6 +394,8 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
         raise FileNotFoundError(f"--probe-runs {cache}: no run record {run.dir.name}/run.json there, so its probe rows "
                                 f"cannot belong to {run.dir.name} (export that run's records into it)")
     path = cache / "evals" / f"{key}.rows.json"
+    if not path.is_file() and not _in_shard(s, key):
+        return []  # another measurement worker's item
     if path.is_file():
         record = json.loads(path.read_text())
     else:
@@ -379,6 +436,15 @@ def _note_origin(s: common.Settings, record: dict[str, Any]) -> None:
     """Record in `s` where a cached measurement was made (read by the provenance), if it says."""
     if record.get("made_on"):
         s.measured_on.add(json.dumps(record["made_on"], sort_keys=True))
+
+
+def _in_shard(s: common.Settings, key: str) -> bool:
+    """Whether this process measures the item cached under `key` (always, unless it is a
+    ``--measure-shard I/N`` worker: then the items whose key, read as a number, is I modulo N)."""
+    if s.measure_shard is None:
+        return True
+    i, n = s.measure_shard
+    return int(key, 16) % n == i
 
 
 def trained(run_dir: Path, stage_dir: str) -> str | None:

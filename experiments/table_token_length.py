@@ -23,8 +23,11 @@ def probe_summary(s: common.Settings, run: measure.Run) -> list[dict]:
     """Rank and state-update rows of the run after stage 4 (the probe rows Fig. 2 and Fig. 3 cache too),
     and the audio tokens per clip (from the probe batch's audio spans)."""
     tok = pd.DataFrame(measure.probe_rows(s, run, "stage4", "tokens", ["connector.out", measure.last_layer(run.cfg)]))
+    state = pd.DataFrame(measure.probe_rows(s, run, "stage4", "state"))
+    if tok.empty or state.empty:  # a measurement worker for whom these rows are another's share
+        return []
     rank = tok[tok.measure == "tau_rank_normalized"].groupby("site").value.mean()
-    state = pd.DataFrame(measure.probe_rows(s, run, "stage4", "state")).query("measure == 'relative'").value.mean()
+    state = state.query("measure == 'relative'").value.mean()
     values = {"rank connector.out": rank["connector.out"], "rank lm.last_layer": rank[measure.last_layer(run.cfg)],
               "relative state update": state, "tokens_per_clip": tok[tok.site == "connector.out"].tokens.mean()}
     return [{**run.labels, "task": "layout" if k == "tokens_per_clip" else "probe", "metric": k, "value": float(v),

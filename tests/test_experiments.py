@@ -350,6 +350,43 @@ def test_parallel_runs_train_missing_runs_in_their_own_processes_and_report_fail
         common.parse_args("x", "x", argv=["--parallel-runs", "2", "--train-procs", "2"])
 
 
+def test_parallel_runs_measure_in_worker_processes_and_the_script_only_assembles(smoke_figures, tmp_path_factory, tmp_path, monkeypatch):
+    """--parallel-runs N also measures in N processes (each `--defer-scoring --measure-shard I/N`, its
+    share of the answers and probe rows by cache key): the script's own process then generates and
+    probes nothing, and writes the same CSV as the one-process run."""
+    import shutil
+
+    import measure
+    import table_token_length
+
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke_runs_dir(tmp_path_factory), runs, copy_function=os.link, ignore=shutil.ignore_patterns("evals"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the script's own process measured an item the workers should have")
+
+    monkeypatch.setattr(measure, "_generate", refuse)
+    monkeypatch.setattr(measure, "_probe_inputs", refuse)
+    out = tmp_path / "out"
+    table_token_length.main(["--preset", "smoke", "--runs", str(runs), "--parallel-runs", "2", "--out", str(out)])
+    assert (out / "table_token_length.csv").read_bytes() == (smoke_figures / "table_token_length.csv").read_bytes()
+    made = [json.loads(p.read_text()) for p in (runs / "evals").glob("*.generated.json")]
+    assert len(made) == 3 and not list(runs.glob(".*.measure-*.log"))  # one answer set per layout; logs of workers that succeeded removed
+
+    # a worker measures only its share, writes nothing, and says it deferred
+    monkeypatch.undo()
+    for p in (runs / "evals").glob("*"):
+        p.unlink()
+    shares = []
+    for i in range(2):
+        assert table_token_length.main(["--preset", "smoke", "--runs", str(runs), "--defer-scoring", "--measure-shard", f"{i}/2"]) == {}
+        shares.append({p.name for p in (runs / "evals").glob("*.json")} - set().union(*shares))
+    assert shares[0] and shares[1] and len(shares[0]) + len(shares[1]) == 9  # 3 layouts x (answers, token rows, state rows)
+    for bad in (["--measure-shard", "2/2", "--defer-scoring"], ["--measure-shard", "x", "--defer-scoring"], ["--measure-shard", "0/2"]):
+        with pytest.raises(SystemExit):
+            common.parse_args("x", "x", argv=bad)
+
+
 def test_paper_preset_trains_on_openaqa_and_tests_on_the_given_test_sets(tmp_path):
     """The paper preset's runs read OpenAQA through data.source=openaqa, and their test split is
     AudioSet eval + AudioCaps test + MMAU as given (each task from its own set), assembled once
