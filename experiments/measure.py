@@ -127,7 +127,8 @@ def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
 def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, key: str = "variant") -> list[Run]:
     """Every LM size x variant x seed, trained or loaded from the cache. `variants` maps a label
     (stored in each run's labels under `key`) to its config changes; None = the preset as is.
-    With ``--parallel-runs N`` the runs the cache lacks are first trained N at a time (`train_parallel`)."""
+    With ``--parallel-runs N`` the runs the cache lacks are first trained N at a time (`train_parallel`),
+    then N worker processes generate and probe what the script will read (`measure_parallel`)."""
     plan = [(size, name, changes, seed) for size in common.lm_sizes(s)
             for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
     if s.parallel_runs > 1 and not s.cached and s.measure_shard is None:
