@@ -382,9 +382,10 @@ def bars(ax: plt.Axes, data: pd.DataFrame, task: str, metric: str, x: str, hue: 
         ax.axhline(chance, ls="--", color="0.2", label=f"chance ({chance:.1f})")
     ax.set(title=title, ylabel=ylabel, xlabel=x.replace("_", " ").replace("lm ", "LM "))
     handles = ax.get_legend_handles_labels()[0]
-    if handles:  # headroom above the tallest bar, so the legend (upper corner) never covers a bar
+    if handles:  # headroom above the tallest bar, so the legend (upper corner) never covers a bar or its error bar
         lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, hi + (hi - lo) * 0.09 * (len(handles) + 1))
+        rows = len(handles) + (1 if hue else 0)  # legend entries and its title
+        ax.set_ylim(lo, hi + (hi - lo) * (0.12 * rows + 0.1))
         ax.legend(fontsize=8, title=hue.replace("_", " ").replace("lora", "LoRA") if hue else None, title_fontsize=8)
 
 

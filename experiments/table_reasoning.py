@@ -18,14 +18,19 @@ STAGES = {"stage4": "without reasoning (stage 4)", "stage5": "with reasoning (st
 
 
 def plot(data: pd.DataFrame):
-    """The figure from the tidy table (the CSV): accuracy before/after stage 5, overall and by category."""
+    """The figure from the tidy table (the CSV): accuracy before/after stage 5, overall and by category,
+    and how often an answer picks exactly one choice (where the CSV has that diagnostic)."""
     sizes, order = common.sizes_in(data), list(STAGES.values())
-    fig, axes = common.figure(ncols=2, width=5.4)
+    valid = data[(data.category == "all") & (data.metric == "valid_choice_rate")]
+    fig, axes = common.figure(ncols=3 if len(valid) else 2, width=5.4)
     common.bars(axes[0], data[data.category == "all"], "reasoning", "accuracy", "lm_size", "stage", order=sizes,
                 hue_order=order, title="Multiple-choice accuracy before / after the reasoning stage", ylabel="accuracy (%)")
     common.bars(axes[1], data[(data.category != "all") & (data.lm_size == sizes[-1])], "reasoning", "accuracy",
                 "category", "stage", hue_order=order, title=f"By question category ({sizes[-1]} LM)", ylabel="accuracy (%)")
     axes[1].tick_params(axis="x", rotation=20)
+    if len(valid):
+        common.bars(axes[2], valid, "reasoning", "valid_choice_rate", "lm_size", "stage", order=sizes, hue_order=order,
+                    title="Answers that pick exactly one choice", ylabel="share of questions (%)")
     return fig
 
 
