@@ -444,8 +444,8 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
             "a second time, so the probes and the scores of a run come from two trainings of its config.")
     if s.other_trainings:
         notes = (notes.strip() + " " if notes else "") + (
-            "These measurements were made on another training of the same config and seed than the run record "
-            "read here (GPU training is not bit-deterministic, so the two trainings differ): "
+            "These measurements were made on another training of the same config and seed, not the one whose run "
+            "record is read here (GPU training is not bit-deterministic, so the two trainings differ): "
             + "; ".join(sorted(s.other_trainings)) + ".")
     md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
     paths["md"].write_text("\n".join(md).rstrip() + "\n")
