@@ -314,8 +314,7 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     if path.is_file():  # already scored
         if generated.is_file():  # absent in caches written before answers were kept apart
             record = json.loads(generated.read_text())
-            _note_origin(s, record)
-            _note_training(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
+            _note(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
         return None if s.defer_scoring else json.loads(path.read_text())
     if not generated.is_file() and not _in_shard(s, path.stem):
         return None  # another measurement worker's item
@@ -332,8 +331,7 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     else:
         record = _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
         _write_json(generated, record)
-    _note_origin(s, record)
-    _note_training(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
+    _note(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
     if s.defer_scoring:
         return None
     metrics, table = score_predictions(examples, record["predictions"], errors=record["errors"], config=cfg.eval)
@@ -397,6 +395,7 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
     path = cache / "evals" / f"{key}.rows.json"
     if not path.is_file() and not _in_shard(s, key):
         return []  # another measurement worker's item
+    stage_dir = stage(run, stage_name).parent.name  # names the training a record was measured on
     if path.is_file():
         record = json.loads(path.read_text())
     else:
@@ -405,11 +404,9 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
                                     f"{stage_name}: run the script where the run was trained and export its records")
         model, batch = _probe_inputs(run, stage_name, clips)
         rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
-        record = {"rows": rows, "made_on": _origin(), "trained": trained(run.dir, stage(run, stage_name).parent.name)}
+        record = {"rows": rows, "made_on": _origin(), "trained": trained(run.dir, stage_dir)}
         _write_json(path, record)
-    _note_origin(s, record)
-    if record.get("trained"):
-        _note_training(s, record, cache / run.dir.name, stage(run, stage_name).parent.name, f"{what} probe rows of {run.dir.name}")
+    _note(s, record, cache / run.dir.name, stage_dir, f"{what} probe rows of {run.dir.name}")
     return [{**labels, **r} for r in record["rows"]]
 
 
@@ -433,10 +430,15 @@ def _origin() -> dict[str, Any]:
                                                          if k in ("python", "torch", "mamba-ssm", "sam-audio")}}
 
 
-def _note_origin(s: common.Settings, record: dict[str, Any]) -> None:
-    """Record in `s` where a cached measurement was made (read by the provenance), if it says."""
+def _note(s: common.Settings, record: dict[str, Any], run_dir: Path, stage_dir: str, what: str) -> None:
+    """Record in `s` (for the provenance and Markdown) where a cached measurement was made, if it
+    says, and whether it was made on another training of its stage than the run record at `run_dir`
+    describes (records that name no training are taken as they are)."""
     if record.get("made_on"):
         s.measured_on.add(json.dumps(record["made_on"], sort_keys=True))
+    made = record.get("trained")
+    if made and trained(run_dir, stage_dir) not in (None, made):
+        s.other_trainings.add(f"{what} ({stage_dir})")
 
 
 def _in_shard(s: common.Settings, key: str) -> bool:
@@ -461,14 +463,6 @@ def trained(run_dir: Path, stage_dir: str) -> str | None:
     if summary is None:
         return None
     return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _note_training(s: common.Settings, record: dict[str, Any], run_dir: Path, stage_dir: str, what: str) -> None:
-    """Record in `s` a measurement made on another training of its stage than the run record at
-    `run_dir` describes (records that name no training are taken as they are)."""
-    made, here = record.get("trained"), trained(run_dir, stage_dir)
-    if made and here and made != here:
-        s.other_trainings.add(f"{what} ({stage_dir})")
 
 
 def _write_json(path: Path, value: Any) -> None:
