@@ -371,6 +371,38 @@ def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> di
             "errors": [clean(v) for v in gen["error"]], "made_on": _origin(), "trained": trained(run.dir, checkpoint.parent.name)}
 
 
+def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path) -> dict[str, Any] | None:
+    """Multiple-choice accuracy of the checkpoint by likelihood (`sam.evaluate.choice_likelihoods`: the
+    choice it finds most probable as its response) on the test split's reasoning questions.
+
+    The per-choice log-likelihoods are cached beside the answers (``<key>.likelihoods.json``). They
+    need the weights, so with ``--cached`` a run whose likelihoods were not measured where it was
+    trained gives None (its outputs then say "not measured"), as does ``--defer-scoring``."""
+    import pandas as pd
+
+    from sam.evaluate import choice_likelihoods, score_choice_likelihoods
+
+    path = _eval_path(s, run, checkpoint, ["reasoning"], "choice-likelihood").with_suffix(".likelihoods.json")
+    examples = None
+    if path.is_file():
+        record = json.loads(path.read_text())
+    elif s.cached or not _in_shard(s, path.name.split(".")[0]):
+        return None
+    else:
+        examples = test_examples(run.cfg, ["reasoning"])
+        table = choice_likelihoods(load(checkpoint), examples, batch_size=run.cfg.train.eval_batch_size)
+        record = {"ids": [ex.id for ex in examples], "rows": table.to_dict("records"), "made_on": _origin(),
+                  "trained": trained(run.dir, checkpoint.parent.name)}
+        _write_json(path, record)
+    _note(s, record, run.dir, checkpoint.parent.name, f"choice likelihoods of {run.dir.name}")
+    if s.defer_scoring:
+        return None
+    examples = examples or test_examples(run.cfg, ["reasoning"])
+    if record["ids"] != [ex.id for ex in examples]:
+        raise ValueError(f"{path}: its likelihoods are for other questions than the test split of {run.dir.name}: delete it to remeasure")
+    return score_choice_likelihoods(examples, pd.DataFrame(record["rows"]))
+
+
 def deferred(s: common.Settings, n_runs: int) -> dict[str, Any]:
     """What a ``--defer-scoring`` run of a script returns instead of its outputs (and says so)."""
     print(f"[{s.name}] --defer-scoring: answers and probe rows of {n_runs} runs cached under {s.runs / 'evals'}; "

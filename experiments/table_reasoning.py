@@ -5,6 +5,11 @@ stage 5) its instruction/reasoning stage, on the test scenes' 4-choice questions
 (temporal order, counting, co-occurrence, speech content), scored with MMAU's string-match rule;
 chance is 1 / number of choices. Paper finding checked: reasoning supervision raises MMAU-Sound
 accuracy (SAM-2.7B 22.83 -> SAM+OR-2.7B 56.77).
+
+Beside MMAU's rule, a second protocol: the choice the model finds most likely as its response
+(`measure.choice_likelihood`), which tells a model that knows the answer but does not write one in
+the expected form from a model that does not know it. It needs the weights, so runs measured only
+from cached answers (``--cached``) report it as not measured.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ def plot(data: pd.DataFrame):
     and how often an answer picks exactly one choice (where the CSV has that diagnostic)."""
     sizes, order = common.sizes_in(data), list(STAGES.values())
     valid = data[(data.category == "all") & (data.metric == "valid_choice_rate")]
-    fig, axes = common.figure(ncols=3 if len(valid) else 2, width=5.4)
+    likely = data[(data.category == "all") & (data.metric == "likelihood_accuracy")]
+    fig, axes = common.figure(ncols=2 + bool(len(valid)) + bool(len(likely)), width=5.4)
     common.bars(axes[0], data[data.category == "all"], "reasoning", "accuracy", "lm_size", "stage", order=sizes,
                 hue_order=order, title="Multiple-choice accuracy before / after the reasoning stage", ylabel="accuracy (%)")
     common.bars(axes[1], data[(data.category != "all") & (data.lm_size == sizes[-1])], "reasoning", "accuracy",
@@ -31,6 +37,9 @@ def plot(data: pd.DataFrame):
     if len(valid):
         common.bars(axes[2], valid, "reasoning", "valid_choice_rate", "lm_size", "stage", order=sizes, hue_order=order,
                     title="Answers that pick exactly one choice", ylabel="share of questions (%)")
+    if len(likely):
+        common.bars(axes[-1], likely, "reasoning", "likelihood_accuracy", "lm_size", "stage", order=sizes, hue_order=order,
+                    title="Accuracy of the most likely choice (likelihood protocol)", ylabel="accuracy (%)")
     return fig
 
 
@@ -41,6 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name, label in STAGES.items():
             m = measure.evaluate(s, run, measure.stage(run, name), ["reasoning"])
             rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
+            lk = measure.choice_likelihood(s, run, measure.stage(run, name))
+            if lk is not None:
+                rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}",
+                              value=100 * lk[k], chance=100 * lk["chance"]) for k in ("accuracy", "accuracy_per_token")]
             for cat, g in (m["reasoning"]["by"].get("category", {}) if m else {}).items():
                 rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
                                  value=100 * g["accuracy"], chance=m["reasoning"].get("chance", float("nan")) * 100))
@@ -51,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     overall = data[data.category == "all"]
 
     table = common.summary(overall, ["lm_size", "stage"],
-                           [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid")])
+                           [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid",
+                                                       "likelihood_accuracy", "likelihood_accuracy_per_token")])
     paper = pd.DataFrame([{"model": k, "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()])
     findings = [common.compare("reasoning", common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
                                common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
@@ -59,7 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
              "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. valid_choice_rate: answers that pick "
              "exactly one choice under that rule (the others name none, or several, and count as wrong); "
-             "accuracy_among_valid: the accuracy over those answers (same chance). Paper: MMAU test-mini, Sound subset.")
+             "accuracy_among_valid: the accuracy over those answers (same chance). likelihood_accuracy: a second protocol, "
+             "not the paper's: the choice whose text, as the response, the model finds most likely (summed log-probability; "
+             "_per_token: per-token mean), measured from the weights; n/a where only cached answers were available (the "
+             "weights were not kept). Paper: MMAU test-mini, Sound subset.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
                                 configs=measure.configs(runs), findings=findings)

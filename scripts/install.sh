@@ -33,6 +33,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.sam-installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
+  # No pip download cache: it would keep a second copy of every wheel (hundreds of MB) on machines
+  # whose disk is often the scarce resource; a re-run of this script installs nothing anyway.
+  export PIP_NO_CACHE_DIR=1
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
   # CPU torch first, pinned, so no dependency can pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0"

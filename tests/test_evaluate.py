@@ -14,9 +14,11 @@ from sam.evaluate import (
     CachedEncoder,
     ClapTextEncoder,
     TextClassifier,
+    choice_likelihoods,
     evaluate_examples,
     generate_predictions,
     make_text_encoder,
+    score_choice_likelihoods,
     score_predictions,
 )
 
@@ -210,3 +212,52 @@ def test_top_k_from_config_changes_micro_f1():
     two, _ = score_predictions(ex, ["dog rain"], class_names=CLASSES, text_encoder=enc, config=EvalConfig(f1_top_k=2))
     assert one["classification"]["micro_f1"] == pytest.approx(2 / 3)
     assert two["classification"]["micro_f1"] == pytest.approx(1.0)
+
+
+class LengthScorer:
+    """A real continuation_logprobs(): each response costs 1 nat per character and has one token per
+    word, plus the eos; records its batch sizes."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def continuation_logprobs(self, audio, prompts, continuations):  # type: ignore[no-untyped-def]
+        import torch
+
+        assert len(audio) == len(prompts) == len(continuations)
+        self.batches.append(len(prompts))
+        return (torch.tensor([-float(len(c)) for c in continuations]),
+                torch.tensor([len(c.split()) + 1 for c in continuations]))
+
+
+def test_choice_likelihoods_score_every_choice_and_report_bad_audio():
+    reasoning = [ex for ex in _examples() if ex.task == "reasoning"]
+    bad = Example("r3", "missing.wav", "Which?", "Dog", "reasoning", choices=["Dog", "Cat"])
+    scorer = LengthScorer()
+    table = choice_likelihoods(scorer, reasoning + [bad], batch_size=8, audio_loader=_loader)
+    assert scorer.batches == [8]  # two 4-choice questions per batch; the bad one never reaches the model
+    assert len(table) == 10 and table.set_index(["id", "choice"]).loc[("r1", 2), "logprob"] == -len("Car horn")
+    assert table[table.id == "r3"].error.str.startswith("audio: FileNotFoundError").all()
+    # the shortest choice is the most likely: "Dog" in both (right in r1, wrong in r2; "Cat" ties in r1 and comes later)
+    m = score_choice_likelihoods(reasoning + [bad], table)
+    assert (m["n"], m["n_failed"], m["accuracy"], m["chance"]) == (2, 1, 0.5, 0.25)
+    # per token "Dog" still wins both (-3/2 against "Rain" -4/2 and "Car horn" -8/3)
+    assert m["accuracy_per_token"] == 0.5
+    with pytest.raises(ValueError, match="'c1' has no choices"):
+        choice_likelihoods(scorer, _examples(), audio_loader=_loader)
+    with pytest.raises(RuntimeError, match="every example failed"):
+        choice_likelihoods(scorer, [bad], audio_loader=_loader)
+
+
+def test_likelihood_scoring_per_token_can_pick_a_longer_choice():
+    import pandas as pd
+
+    ex = Example("x", "a.wav", "Which?", "a very long answer", "reasoning", choices=["short", "a very long answer"])
+    # summed: -2 vs -4 picks "short"; per token: -2/2 = -1 vs -4/5 = -0.8 picks the long, right, one
+    table = pd.DataFrame({"id": ["x", "x"], "choice": [0, 1], "logprob": [-2.0, -4.0], "tokens": [2, 5]})
+    m = score_choice_likelihoods([ex], table)
+    assert m["accuracy"] == 0.0 and m["accuracy_per_token"] == 1.0 and m["chance"] == 0.5
+    with pytest.raises(ValueError, match="lacks columns"):
+        score_choice_likelihoods([ex], table.drop(columns="tokens"))
+    with pytest.raises(ValueError, match="no example has every choice scored"):
+        score_choice_likelihoods([ex], table.iloc[:1])

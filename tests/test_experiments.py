@@ -307,6 +307,29 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     assert "use one of them" in capsys.readouterr().err
 
 
+def test_table_reasoning_adds_likelihood_accuracy_where_weights_were_there(smoke_figures, tmp_path_factory, tmp_path):
+    """Table 5 reports the likelihood protocol beside MMAU's rule for runs measured with their weights;
+    from cached answers alone (no likelihood records) it leaves it out and says so, never inventing it."""
+    import shutil
+
+    import table_reasoning
+
+    data = pd.read_csv(smoke_figures / "table_reasoning.csv")
+    lk = data[data.metric == "likelihood_accuracy"]
+    assert len(lk) == 2 and lk.value.between(0, 100).all() and (lk.chance == 25.0).all()
+    assert set(data.metric) >= {"accuracy", "likelihood_accuracy", "likelihood_accuracy_per_token"}
+    runs = smoke_runs_dir(tmp_path_factory)
+    assert list((runs / "evals").glob("*.likelihoods.json"))
+    answers_only = tmp_path / "answers-only"
+    shutil.copytree(runs, answers_only, ignore=shutil.ignore_patterns("*.likelihoods.json", "*.safetensors", "*.pt"))
+    table_reasoning.main(["--preset", "smoke", "--cached", "cpu", "--runs", str(answers_only), "--out", str(tmp_path / "out")])
+    cached = pd.read_csv(tmp_path / "out" / "table_reasoning.csv")
+    assert not cached.metric.str.startswith("likelihood").any()
+    pd.testing.assert_frame_equal(cached, data[~data.metric.str.startswith("likelihood")].reset_index(drop=True), check_dtype=False)
+    md = (tmp_path / "out" / "table_reasoning.md").read_text()
+    assert "reasoning likelihood_accuracy" in md and "n/a" in md
+
+
 def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_for_it(smoke_figures, tmp_path_factory, tmp_path, monkeypatch):
     import measure
 

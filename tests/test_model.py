@@ -187,3 +187,26 @@ def test_merge_lora_keeps_the_function(trained: SAM, clips) -> None:  # type: ig
         _, merged = model(batch)
     assert not any("lora_" in n for n, _ in model.named_parameters())
     torch.testing.assert_close(merged, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_continuation_logprobs_match_the_training_loss_and_rank_the_true_caption_first(trained: SAM, clips) -> None:  # type: ignore[no-untyped-def]
+    from sam.data.types import Example
+    from sam.evaluate import choice_likelihoods, score_choice_likelihoods
+
+    fbank, captions = clips
+    # Batched (right-padded, responses of different lengths) equals the per-example training loss.
+    logp, count = trained.continuation_logprobs(fbank[:3], [INSTRUCTION] * 3, captions[:3])
+    for i in range(3):
+        with torch.no_grad():
+            loss, _ = trained(_batch(trained, fbank[i : i + 1], captions[i : i + 1]))
+        n = len(encode_example(trained.tokenizer, INSTRUCTION, captions[i])[0]) - len(encode_example(trained.tokenizer, INSTRUCTION)[0])
+        assert int(count[i]) == n
+        torch.testing.assert_close(logp[i], -loss * n, atol=1e-4, rtol=1e-4)
+    # The model trained to caption the clips finds each clip's own caption the most likely of all eight.
+    names = list(CLIPS)
+    examples = [Example(n, str(SAMPLES / f"{n}.flac"), INSTRUCTION, CLIPS[n], "reasoning", choices=captions) for n in names]
+    table = choice_likelihoods(trained, examples, batch_size=16, audio_loader=lambda ex: load_audio(ex.audio))
+    m = score_choice_likelihoods(examples, table)
+    assert m["n"] == 8 and m["accuracy"] == 1.0 and m["chance"] == 1 / 8
+    with pytest.raises(ValueError, match="2 prompts for 3 continuations"):
+        trained.continuation_logprobs(fbank[:2], [INSTRUCTION] * 2, captions[:3])
