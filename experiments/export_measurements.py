@@ -1,7 +1,7 @@
 """Move a run cache's measurements between machines without its weights.
 
 `export FILE` packs, from `--runs`, every run's record (``run.json``, ``config.yaml``, ``log.csv``)
-and the measurement cache (``evals/``: generated answers, scores, probe rows) into one .tar.gz,
+and the measurement cache (``evals/``: generated answers, scores, probe rows, choice likelihoods) into one .tar.gz,
 typically a few MB where the weights are GBs. `import FILE` unpacks it into another run cache,
 keeping any file that is already there (a differing one is reported, not overwritten).
 

@@ -8,7 +8,8 @@ the LoRA table is the main table's run) measure it once:
 
 - ``<key>.generated.json``: a run's generated answers for a task set, with the device and library
   versions that made them; ``<key>.json``: their scores (``<key>.predictions.csv``: per example);
-- ``<key>.rows.json``: probe rows (token rank / similarity, state-update distances) of one stage.
+- ``<key>.rows.json``: probe rows (token rank / similarity, state-update distances) of one stage;
+- ``<key>.likelihoods.json``: per-choice log-likelihoods of the reasoning questions (`choice_likelihood`).
 
 Each record also names the training it was measured on (`trained`: a hash of that stage's summary in
 the run's ``run.json``, which holds its final losses). A run record and a measurement can come from two
@@ -371,25 +372,33 @@ def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> di
             "errors": [clean(v) for v in gen["error"]], "made_on": _origin(), "trained": trained(run.dir, checkpoint.parent.name)}
 
 
-def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path) -> dict[str, Any] | None:
+def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path, other_audio: bool = False) -> dict[str, Any] | None:
     """Multiple-choice accuracy of the checkpoint by likelihood (`sam.evaluate.choice_likelihoods`: the
     choice it finds most probable as its response) on the test split's reasoning questions.
 
-    The per-choice log-likelihoods are cached beside the answers (``<key>.likelihoods.json``). They
-    need the weights, so with ``--cached`` a run whose likelihoods were not measured where it was
-    trained gives None (its outputs then say "not measured"), as does ``--defer-scoring``."""
+    `other_audio`: the control: every question is asked about the audio of the question half the
+    test list away (another scene), so the accuracy left is what the question text and the answer
+    priors give without listening. The per-choice log-likelihoods are cached beside the answers
+    (``<key>.likelihoods.json``). They need the weights, so with ``--cached`` a run whose likelihoods
+    were not measured where it was trained gives None (its outputs then say "not measured"), as does
+    ``--defer-scoring``."""
+    from dataclasses import replace
+
     import pandas as pd
 
     from sam.evaluate import choice_likelihoods, score_choice_likelihoods
 
-    path = _eval_path(s, run, checkpoint, ["reasoning"], "choice-likelihood").with_suffix(".likelihoods.json")
-    examples = None
+    variant = "choice-likelihood" + ("-other-audio" if other_audio else "")
+    path = _eval_path(s, run, checkpoint, ["reasoning"], variant).with_suffix(".likelihoods.json")
+    examples = test_examples(run.cfg, ["reasoning"])
+    if other_audio:
+        n = len(examples)
+        examples = [replace(ex, audio=examples[(i + n // 2) % n].audio) for i, ex in enumerate(examples)]
     if path.is_file():
         record = json.loads(path.read_text())
     elif s.cached or not _in_shard(s, path.name.split(".")[0]):
         return None
     else:
-        examples = test_examples(run.cfg, ["reasoning"])
         table = choice_likelihoods(load(checkpoint), examples, batch_size=run.cfg.train.eval_batch_size)
         record = {"ids": [ex.id for ex in examples], "rows": table.to_dict("records"), "made_on": _origin(),
                   "trained": trained(run.dir, checkpoint.parent.name)}
@@ -397,7 +406,6 @@ def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path) -> dict[st
     _note(s, record, run.dir, checkpoint.parent.name, f"choice likelihoods of {run.dir.name}")
     if s.defer_scoring:
         return None
-    examples = examples or test_examples(run.cfg, ["reasoning"])
     if record["ids"] != [ex.id for ex in examples]:
         raise ValueError(f"{path}: its likelihoods are for other questions than the test split of {run.dir.name}: delete it to remeasure")
     return score_choice_likelihoods(examples, pd.DataFrame(record["rows"]))

@@ -24,10 +24,11 @@ STAGES = {"stage4": "without reasoning (stage 4)", "stage5": "with reasoning (st
 
 def plot(data: pd.DataFrame):
     """The figure from the tidy table (the CSV): accuracy before/after stage 5, overall and by category,
-    and how often an answer picks exactly one choice (where the CSV has that diagnostic)."""
+    how often an answer picks exactly one choice, and the likelihood protocol with each question's own
+    audio and with another scene's (the last two where the CSV has them)."""
     sizes, order = common.sizes_in(data), list(STAGES.values())
     valid = data[(data.category == "all") & (data.metric == "valid_choice_rate")]
-    likely = data[(data.category == "all") & (data.metric == "likelihood_accuracy")]
+    likely = data[(data.category == "all") & data.metric.isin(["likelihood_accuracy", "likelihood_accuracy_other_audio"])]
     fig, axes = common.figure(ncols=2 + bool(len(valid)) + bool(len(likely)), width=5.4)
     common.bars(axes[0], data[data.category == "all"], "reasoning", "accuracy", "lm_size", "stage", order=sizes,
                 hue_order=order, title="Multiple-choice accuracy before / after the reasoning stage", ylabel="accuracy (%)")
@@ -38,8 +39,11 @@ def plot(data: pd.DataFrame):
         common.bars(axes[2], valid, "reasoning", "valid_choice_rate", "lm_size", "stage", order=sizes, hue_order=order,
                     title="Answers that pick exactly one choice", ylabel="share of questions (%)")
     if len(likely):
-        common.bars(axes[-1], likely, "reasoning", "likelihood_accuracy", "lm_size", "stage", order=sizes, hue_order=order,
-                    title="Accuracy of the most likely choice (likelihood protocol)", ylabel="accuracy (%)")
+        audio = likely.assign(stage=likely.stage + likely.metric.map({"likelihood_accuracy": "", "likelihood_accuracy_other_audio": ", other audio"}),
+                              metric="likelihood_accuracy")
+        common.bars(axes[-1], audio, "reasoning", "likelihood_accuracy", "lm_size", "stage", order=sizes,
+                    hue_order=[f"{o}{a}" for o in order for a in ("", ", other audio") if f"{o}{a}" in set(audio.stage)],
+                    title="Most likely choice (likelihood protocol), own vs other audio", ylabel="accuracy (%)")
     return fig
 
 
@@ -50,10 +54,11 @@ def main(argv: list[str] | None = None) -> dict:
         for name, label in STAGES.items():
             m = measure.evaluate(s, run, measure.stage(run, name), ["reasoning"])
             rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
-            lk = measure.choice_likelihood(s, run, measure.stage(run, name))
-            if lk is not None:
-                rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}",
-                              value=100 * lk[k], chance=100 * lk["chance"]) for k in ("accuracy", "accuracy_per_token")]
+            for suffix, other in (("", False), ("_other_audio", True)):
+                lk = measure.choice_likelihood(s, run, measure.stage(run, name), other_audio=other)
+                if lk is not None:
+                    rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}{suffix}",
+                                  value=100 * lk[k], chance=100 * lk["chance"]) for k in ("accuracy", "accuracy_per_token")]
             for cat, g in (m["reasoning"]["by"].get("category", {}) if m else {}).items():
                 rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
                                  value=100 * g["accuracy"], chance=m["reasoning"].get("chance", float("nan")) * 100))
@@ -65,18 +70,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = common.summary(overall, ["lm_size", "stage"],
                            [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid",
-                                                       "likelihood_accuracy", "likelihood_accuracy_per_token")])
+                                                       "likelihood_accuracy", "likelihood_accuracy_other_audio",
+                                                       "likelihood_accuracy_per_token")])
     paper = pd.DataFrame([{"model": k, "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()])
     findings = [common.compare("reasoning", common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
                                common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
                                "with reasoning stage", "without", "%")]
+    if (overall.metric == "likelihood_accuracy").any():  # the second protocol, where the weights were measured
+        findings.append(common.compare("reasoning", common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[1]),
+                                       common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[0]),
+                                       "most likely choice (likelihood protocol, not the paper's) with reasoning stage",
+                                       "without", "%"))
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
              "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. valid_choice_rate: answers that pick "
              "exactly one choice under that rule (the others name none, or several, and count as wrong); "
              "accuracy_among_valid: the accuracy over those answers (same chance). likelihood_accuracy: a second protocol, "
              "not the paper's: the choice whose text, as the response, the model finds most likely (summed log-probability; "
              "_per_token: per-token mean), measured from the weights; n/a where only cached answers were available (the "
-             "weights were not kept). Paper: MMAU test-mini, Sound subset.")
+             "weights were not kept). likelihood_accuracy_other_audio: the same with every question asked about another "
+             "test scene's audio, the control: what the question text and answer priors give without listening (chance "
+             "stays 25% only for a model without such priors). Paper: MMAU test-mini, Sound subset.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
                                 configs=measure.configs(runs), findings=findings)
