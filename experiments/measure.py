@@ -390,14 +390,14 @@ def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path, other_audi
 
     variant = "choice-likelihood" + ("-other-audio" if other_audio else "")
     path = _eval_path(s, run, checkpoint, ["reasoning"], variant).with_suffix(".likelihoods.json")
+    if not path.is_file() and (s.cached or not _in_shard(s, path.name.split(".")[0])):
+        return None
     examples = test_examples(run.cfg, ["reasoning"])
     if other_audio:
         n = len(examples)
         examples = [replace(ex, audio=examples[(i + n // 2) % n].audio) for i, ex in enumerate(examples)]
     if path.is_file():
         record = json.loads(path.read_text())
-    elif s.cached or not _in_shard(s, path.name.split(".")[0]):
-        return None
     else:
         table = choice_likelihoods(load(checkpoint), examples, batch_size=run.cfg.train.eval_batch_size)
         record = {"ids": [ex.id for ex in examples], "rows": table.to_dict("records"), "made_on": _origin(),

@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows, runs = [], measure.grid(s)
     for run in runs:
         for name, label in STAGES.items():
-            m = measure.evaluate(s, run, measure.stage(run, name), ["reasoning"])
+            checkpoint = measure.stage(run, name)
+            m = measure.evaluate(s, run, checkpoint, ["reasoning"])
             rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
             for suffix, other in (("", False), ("_other_audio", True)):
-                lk = measure.choice_likelihood(s, run, measure.stage(run, name), other_audio=other)
+                lk = measure.choice_likelihood(s, run, checkpoint, other_audio=other)
                 if lk is not None:
                     rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}{suffix}",
                                   value=100 * lk[k], chance=100 * lk["chance"]) for k in ("accuracy", "accuracy_per_token")]

@@ -25,7 +25,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -246,6 +246,27 @@ def _resolve_generate(model: Any) -> Generate:
     raise TypeError(f"model must have a generate(audio, prompts, max_new_tokens) method or be such a callable, got {type(model).__name__}")
 
 
+def _loaded_batches(items: Sequence[Any], size: int, load: Callable[[Any], Any], *, progress: bool, desc: str,
+                    unit: str) -> Iterator[tuple[list[Any], list[Any], list[tuple[Any, str]]]]:
+    """`items` in chunks of `size` with their audio loaded, for the batched runners below: yields
+    (the items that loaded, their audio, [(item, error)] for those whose audio failed), so a bad item
+    is reported and its batch goes on; a tqdm bar counts the items when `progress`."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            loaded, audio, failed = [], [], []
+            for item in chunk:
+                try:
+                    audio.append(load(item))
+                    loaded.append(item)
+                except Exception as e:
+                    failed.append((item, f"audio: {type(e).__name__}: {e}"))
+            yield loaded, audio, failed
+            bar.update(len(chunk))
+
+
 def generate_predictions(
     model: Any,
     examples: Sequence[Example],
@@ -271,19 +292,9 @@ def generate_predictions(
         unique.setdefault(_generation_key(ex), ex)
     keys = list(unique)
     answers: dict[str, tuple[str | None, str | None]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(keys), desc="generate", unit="clip")
-    for start in range(0, len(keys), batch_size):
-        batch_keys, audio = [], []
-        for key in keys[start : start + batch_size]:
-            try:
-                audio.append(load(unique[key]))
-                batch_keys.append(key)
-            except Exception as e:  # a bad item is reported, the batch goes on
-                answers[key] = (None, f"audio: {type(e).__name__}: {e}")
+    for batch_keys, audio, failed in _loaded_batches(keys, batch_size, lambda k: load(unique[k]), progress=progress,
+                                                     desc="generate", unit="clip"):
+        answers.update({key: (None, error) for key, error in failed})
         if batch_keys:
             prompts = [unique[k].instruction for k in batch_keys]
             try:
@@ -293,10 +304,6 @@ def generate_predictions(
                 answers.update({k: (t, None) for k, t in zip(batch_keys, texts)})
             except Exception as e:
                 answers.update({k: (None, f"generate: {type(e).__name__}: {e}") for k in batch_keys})
-        if bar is not None:
-            bar.update(len(keys[start : start + batch_size]))
-    if bar is not None:
-        bar.close()
     if keys and all(p is None for p, _ in answers.values()):
         raise RuntimeError(f"every example failed; first error: {next(iter(answers.values()))[1]}")
     rows = [{"id": ex.id, "prediction": answers[_generation_key(ex)][0], "error": answers[_generation_key(ex)][1]} for ex in examples]
@@ -531,20 +538,10 @@ def choice_likelihoods(
     load = audio_loader or default_audio_loader()
     per_batch = max(1, batch_size // max(len(ex.choices or ()) for ex in examples)) if examples else 1
     rows: list[dict[str, Any]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(examples), desc="choice likelihoods", unit="question")
-    for start in range(0, len(examples), per_batch):
-        batch, audio = [], []
-        for ex in examples[start : start + per_batch]:
-            try:
-                audio.append(load(ex))
-                batch.append(ex)
-            except Exception as e:  # a bad item is reported, the batch goes on
-                rows += [dict(id=ex.id, choice=i, logprob=None, tokens=None, error=f"audio: {type(e).__name__}: {e}")
-                         for i in range(len(ex.choices or ()))]
+    for batch, audio, failed in _loaded_batches(examples, per_batch, load, progress=progress, desc="choice likelihoods",
+                                                unit="question"):
+        rows += [dict(id=ex.id, choice=i, logprob=None, tokens=None, error=error)
+                 for ex, error in failed for i in range(len(ex.choices or ()))]
         if batch:
             flat = [(k, i, c) for k, ex in enumerate(batch) for i, c in enumerate(ex.choices or ())]
             try:
@@ -555,10 +552,6 @@ def choice_likelihoods(
             except Exception as e:
                 rows += [dict(id=batch[k].id, choice=i, logprob=None, tokens=None, error=f"score: {type(e).__name__}: {e}")
                          for k, i, _ in flat]
-        if bar is not None:
-            bar.update(len(examples[start : start + per_batch]))
-    if bar is not None:
-        bar.close()
     frame = pd.DataFrame(rows, columns=["id", "choice", "logprob", "tokens", "error"])
     if len(frame) and frame["logprob"].isna().all():
         raise RuntimeError(f"every example failed; first error: {frame['error'].iloc[0]}")

@@ -293,36 +293,39 @@ class SAM(nn.Module):
         """Log-likelihood of each response `continuations[i]` to `prompts[i]` about `audio[i]`.
 
         Returns (sum of log-probabilities, token count) per item, both [B] on the CPU. A response is
-        scored exactly as training supervises it (`encode_example`: its tokens and the closing eos),
-        in one right-padded forward pass; the LM is causal, so padding after a response changes
-        nothing before it. Used to score multiple-choice questions by likelihood
-        (`sam.evaluate.choice_likelihoods`), which needs no answer format from the model."""
+        scored exactly as training supervises it: the batch is built as the trainer's (`encode_example`,
+        right-padded by `collate`; the LM is causal, so padding after a response changes nothing
+        before it) and `forward`'s label-only head gives the logits of the response tokens alone. Used
+        to score multiple-choice questions by likelihood (`sam.evaluate.choice_likelihoods`), which
+        needs no answer format from the model."""
+        from sam.data.dataset import collate
+
         if self.tokenizer is None:
             raise ConfigError("continuation_logprobs needs a tokenizer: pass one to SAM(...) or set config.tokenizer")
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts for {len(continuations)} continuations")
-        device = self.language_model.device
-        fbank = self.features(audio).to(device)
+        fbank = self.features(audio)
         if fbank.shape[0] != len(prompts):
             raise ValueError(f"{len(prompts)} prompts for {fbank.shape[0]} audio clips")
-        encoded = [encode_example(self.tokenizer, p, c) for p, c in zip(prompts, continuations)]
-        width = max(len(ids) for ids, _ in encoded)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros(len(encoded), width, dtype=torch.long)
-        for i, (seq, lab) in enumerate(encoded):
-            ids[i, : len(seq)], labels[i, : len(lab)], mask[i, : len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
+        items = []
+        for f, p, c in zip(fbank, prompts, continuations):
+            ids, labels = encode_example(self.tokenizer, p, c)
+            items.append({"fbank": f, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pad_id": pad_id, "example": None})
+        batch = collate(items)
+        positions = label_positions(batch["labels"])
+        device = self.language_model.device
         was_training = self.training
         self.eval()
         try:
-            _, logits = self.forward({"fbank": fbank, "input_ids": ids.to(device), "attention_mask": mask.to(device)})
+            _, logits = self.forward({k: batch[k].to(device) for k in ("fbank", "input_ids", "attention_mask", "labels")}
+                                     | {"label_positions": positions.to(device)})
         finally:
             self.train(was_training)
-        n = logits.shape[1] - width  # audio tokens: position n - 1 + j predicts text token j
-        logp = torch.log_softmax(logits[:, n - 1 : n - 1 + width].float(), dim=-1).cpu()
-        scored = labels != IGNORE_INDEX
-        picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        targets = batch["labels"].gather(1, positions)  # IGNORE_INDEX on the filler positions
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        scored = targets != IGNORE_INDEX
+        picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         return (picked * scored).sum(1), scored.sum(1)
 
     # ---- checkpoints -----------------------------------------------------------------------
