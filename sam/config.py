@@ -72,6 +72,10 @@ class ConnectorConfig:
     hidden_dim: int = 0  # MLP hidden width; 0 -> LM d_model
     pool_time: int = 1  # for layout=pool: average this many time steps into one token
     separator: str = "&&"  # text whose LM embedding separates time steps / frequency bands
+    # 0: audio tokens are the MLP's output as is. > 0: each token is RMS-normalized and scaled by a learned
+    # gain that starts at token_norm / sqrt(lm_dim), so every audio token enters the LM with L2 norm
+    # token_norm (set it near the LM's text-embedding norm; the MLP alone gives tokens ~10x larger).
+    token_norm: float = 0.0
 
 
 @dataclass
@@ -494,7 +498,8 @@ SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp", "ssd_chunk_size")}
 
 # Settings added after runs had been cached under hashes that did not include them: left out of
 # every hash while they hold these defaults, so those runs keep their names.
-HASH_OMIT_AT_DEFAULT = {"data": {"json_train": "", "json_test": "", "audio_dir": "", "valid_permille": 20}}
+HASH_OMIT_AT_DEFAULT = {"data": {"json_train": "", "json_test": "", "audio_dir": "", "valid_permille": 20},
+                        "model.connector": {"token_norm": 0.0}}
 
 
 def hash_tree(cfg: Any) -> Any:
@@ -502,8 +507,12 @@ def hash_tree(cfg: Any) -> Any:
     tree = to_dict(cfg)
     if dataclasses.is_dataclass(cfg) and isinstance(tree, dict):
         for section, defaults in HASH_OMIT_AT_DEFAULT.items():
-            if isinstance(tree.get(section), dict):
-                tree[section] = {k: v for k, v in tree[section].items() if not (k in defaults and v == defaults[k])}
+            *parents, leaf = section.split(".")
+            node = tree
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and isinstance(node.get(leaf), dict):
+                node[leaf] = {k: v for k, v in node[leaf].items() if not (k in defaults and v == defaults[k])}
     return tree
 
 

@@ -7,6 +7,9 @@ Layouts (the paper's token-length ablation):
 - ``freq_major``: the same patches in frequency-major order, separators between frequency bands.
 - ``pool``: mean over F, then mean over every ``pool_time`` time steps -> ceil(T / pool_time) tokens.
 
+With ``token_norm > 0`` every audio token is RMS-normalized after the MLP and scaled by a learned gain
+(`token_norm` module), so the audio enters the LM at the scale of its text embeddings.
+
 The MLP (`mlp`) sees exactly the layout's tokens, so a hook on it gives probes' ``connector.in``.
 Separators are LM embeddings, not connector weights: this module never owns or trains them; they are
 passed to `forward` (fresh from the LM's table) or fixed with `set_separator`.
@@ -39,6 +42,12 @@ class Connector(nn.Module):
         in_dim = enc_dim * grid_shape[1] if self.layout == "concat" else enc_dim
         hidden = conn_cfg.hidden_dim or lm_dim
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, lm_dim))
+        if conn_cfg.token_norm < 0:
+            raise ValueError(f"connector.token_norm must be >= 0, got {conn_cfg.token_norm}")
+        self.token_norm: nn.Module = nn.Identity()
+        if conn_cfg.token_norm > 0:
+            self.token_norm = nn.RMSNorm(lm_dim, eps=1e-6)
+            nn.init.constant_(self.token_norm.weight, conn_cfg.token_norm / math.sqrt(lm_dim))
         self.register_buffer("separator", torch.zeros(0, lm_dim), persistent=False)
 
     @property
@@ -86,7 +95,7 @@ class Connector(nn.Module):
         b, t, f, _ = grid.shape
         if self.layout == "concat" and f != self.grid_shape[1]:
             raise ValueError(f"concat layout was built for F={self.grid_shape[1]} frequency patches, got F={f}")
-        tokens = self.mlp(self.layout_tokens(grid))
+        tokens = self.token_norm(self.mlp(self.layout_tokens(grid)))
         if not self.uses_separator:
             return tokens
         sep = self.separator if sep_embeds is None else sep_embeds

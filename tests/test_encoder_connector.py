@@ -213,3 +213,23 @@ def test_connector_layouts_place_patches_and_separators_in_order() -> None:
     with pytest.raises(ValueError, match="separator"):
         Connector(ConnectorConfig(layout="time_major"), 5, 6, (4, 3))(grid)
     assert math.isclose(conn.num_tokens(4, 3), 12 + 2)
+
+
+def test_connector_token_norm_sets_each_audio_tokens_norm_and_keeps_default_run_names() -> None:
+    from sam.config import config_hash, hash_tree, preset
+
+    grid = torch.randn(2, 4, 8, 16) * 5
+    plain = Connector(ConnectorConfig(), 16, 32, (4, 8))
+    normed = Connector(ConnectorConfig(token_norm=0.7), 16, 32, (4, 8))
+    normed.mlp.load_state_dict(plain.mlp.state_dict())
+    out = normed(grid)
+    assert torch.allclose(out.norm(dim=-1), torch.full(out.shape[:2], 0.7), atol=1e-4)
+    assert not torch.allclose(plain(grid).norm(dim=-1), torch.full(out.shape[:2], 0.7), atol=1e-2)
+    with pytest.raises(ValueError, match="token_norm"):
+        Connector(ConnectorConfig(token_norm=-1.0), 16, 32, (4, 8))
+    cfg, changed = preset("cpu"), preset("cpu")
+    changed.model.connector.token_norm = 0.7
+    assert config_hash(changed) != config_hash(cfg)
+    # at its default the setting is left out of the hash, so runs cached before it existed keep their names
+    assert "token_norm" not in hash_tree(cfg)["model"]["connector"]
+    assert hash_tree(changed)["model"]["connector"]["token_norm"] == 0.7

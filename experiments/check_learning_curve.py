@@ -1,0 +1,238 @@
+"""Why does SAM ignore its audio? Train the preset's small LM under recipe variants and measure.
+
+Each variant is a list of config changes on the preset's curriculum (run cache shared, so the
+text-only LM stage and the encoder pretraining train once per seed). After stage 4, on the first
+`--clips` test scenes, it measures:
+- classification and caption answers with each scene's own audio and with another scene's audio
+  (scene i gets scene i + n/2's audio; same prompts), generated here and scored with ``--score``
+  (the text scorers need not be on the machine that trains);
+- the classification response loss with own vs other audio (teacher forced, no decoding);
+- where the class information goes: one logistic regression per class on the mean-pooled encoder
+  output (the gate's probe ceiling), and on the LM's residual stream at the last audio token and
+  at the last prompt token (what the answer is decoded from), per layer, fit on `--probe-train`
+  training scenes;
+- the audio tokens' norm against the text embeddings', their raw tau-rank and the share of their
+  energy that varies across clips.
+
+    python experiments/check_learning_curve.py --preset gpu --variants recipe,steps_x3   # measure
+    python experiments/check_learning_curve.py --preset gpu --score                      # score, write
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AUDIO_STAGES = ("stage1", "stage2", "stage3", "stage4")
+
+
+def _steps(factor: float) -> list[str]:
+    return [f"train.stages.{name}.steps*{factor}" for name in AUDIO_STAGES]
+
+
+# name -> (what it changes, config changes). "stages.NAME.steps*F" multiplies a stage's steps (and warmup).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "recipe": ("the preset as it is", []),
+    "steps_x3": ("3x the audio stages' steps", _steps(3)),
+    "steps_x10": ("10x the audio stages' steps", _steps(10)),
+    "token_norm": ("audio tokens RMS-normalized to the text-embedding norm", ["model.connector.token_norm=0.7"]),
+    "token_norm_x3": ("token_norm and 3x the audio steps", ["model.connector.token_norm=0.7", *_steps(3)]),
+    "cls_stage1": ("stage 1 on classification only, twice as long",
+                   ["train.stages.stage1.tasks=[classification]", "train.stages.stage1.steps*2"]),
+}
+
+
+def variant_config(preset: str, name: str, seed: int) -> Any:
+    """The preset's small-LM config with a variant's changes, at `seed`."""
+    from sam.config import apply_overrides, preset as make_preset
+
+    cfg = make_preset(preset, "small")
+    cfg.train.seed = cfg.data.seed = seed
+    plain = []
+    for change in VARIANTS[name][1]:
+        key, _, value = change.partition("*") if "*" in change else (change, "", "")
+        if not value:
+            plain.append(change)
+            continue
+        parts = key.split(".")  # train.stages.<name>.steps
+        stage = next(s for s in cfg.train.stages if s.name == parts[2])
+        stage.steps = int(round(stage.steps * float(value)))
+        stage.warmup_steps = max(1, stage.steps // 10)
+    for i, stage in enumerate(cfg.train.stages):  # overrides address stages by index
+        plain = [c.replace(f"train.stages.{stage.name}.", f"train.stages.{i}.") for c in plain]
+    return apply_overrides(cfg, plain)
+
+
+def _deranged(examples: list[Any]) -> list[Any]:
+    """The same examples, each with the audio of the example n/2 places on (another scene)."""
+    n = len(examples)
+    return [replace(ex, audio=examples[(i + n // 2) % n].audio) for i, ex in enumerate(examples)]
+
+
+def _batches(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int):
+    from sam.data.dataset import SAMDataset, collate
+
+    ds = SAMDataset(examples, exp.model.audio, tokenizer, exp.data.root, cache_dir=Path(exp.data.root) / "features")
+    device = next(model.parameters()).device
+    for i in range(0, len(ds), batch_size):
+        batch = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+        yield {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def hidden_features(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> dict[str, np.ndarray]:
+    """Per example: mean-pooled encoder output, and each LM layer's residual stream at the last audio
+    token and at the last prompt token (the position the first answer token is predicted from)."""
+    import torch
+
+    import probes
+
+    layers = len(model.language_model.backbone.layers)
+    names = ["lm.embed", *[f"lm.layers.{i}" for i in range(layers)]]
+    out: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for batch in _batches(model, exp, tokenizer, examples, batch_size):
+            grid = model.audio_tower(batch["fbank"])
+            out.setdefault("encoder_mean", []).append(grid.float().mean(dim=(1, 2)).cpu().numpy())
+            _, cache = probes.run_with_cache(model, batch, names)
+            n_audio = model.num_audio_tokens(batch["fbank"].shape[1])
+            prompt_len = (batch["labels"] == -100).long().cumprod(dim=1).sum(dim=1)  # tokens before the response
+            rows = torch.arange(len(prompt_len), device=prompt_len.device)
+            for name in names:
+                h = cache[name].float()
+                out.setdefault(f"{name}@audio_last", []).append(h[:, n_audio - 1].cpu().numpy())
+                out.setdefault(f"{name}@prompt_last", []).append(h[rows, n_audio + prompt_len - 1].cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def probe_maps(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
+    """Test mAP of one standardized logistic regression per class, for every feature site."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sam.metrics import mean_average_precision
+
+    keep = (y_train.sum(0) > 0) & (y_train.sum(0) < len(y_train))
+    out = {}
+    for site in train:
+        clf = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=300, C=0.1), n_jobs=-1))
+        clf.fit(train[site], y_train[:, keep])
+        scores = np.zeros((len(y_test), y_train.shape[1]))
+        scores[:, keep] = clf.predict_proba(test[site])
+        out[site] = 100 * mean_average_precision(y_test, scores)[0]
+    return out
+
+
+def response_loss(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in _batches(model, exp, tokenizer, examples, batch_size):
+            n = int((batch["labels"] != -100).sum())
+            total += float(model(batch)[0]) * n
+            count += n
+    return total / count
+
+
+def token_stats(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> dict[str, float]:
+    import torch
+
+    from probes import tau_effective_rank
+
+    tokens = []
+    with torch.no_grad():
+        for batch in _batches(model, exp, tokenizer, examples, batch_size):
+            tokens.append(model.encode_audio(batch["fbank"]).float().cpu())
+    audio = torch.cat(tokens)  # [clips, N, d]
+    text = model.language_model.get_input_embeddings().weight.detach().float().cpu()
+    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio ** 2).sum(-1).mean()
+    return {"audio_token_norm": float(audio.norm(dim=-1).mean()), "text_embedding_norm": float(text.norm(dim=-1).mean()),
+            "energy_varying_across_clips": float(varying),
+            "raw_tau_rank": float(np.mean([tau_effective_rank(x, tau=0.99) for x in audio]))}
+
+
+def measure(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Train (or load) one variant and measure it; returns the record written to `--records`."""
+    import torch
+
+    from sam.data import build_examples
+    from sam.data.dataset import SAMDataset
+    from sam.evaluate import generate_predictions, label_matrix
+    from sam.runs import get_tokenizer, stage_model, train_or_load
+
+    exp = variant_config(args.preset, name, args.seed)
+    t0 = time.time()
+    run_dir = train_or_load(exp, args.runs)
+    trained_s = time.time() - t0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = stage_model(run_dir, "stage4", device).eval()
+    tok = get_tokenizer(exp, args.runs)
+    test = {task: build_examples(exp.data, "test", [task])[: args.clips] for task in ("classification", "caption")}
+    bs, n_new = args.batch_size, exp.train.max_new_tokens
+    tok = get_tokenizer(exp, args.runs)
+    answers = {}
+    features = SAMDataset([], exp.model.audio, tok, exp.data.root, cache_dir=Path(exp.data.root) / "features")
+
+    def generate(fbanks: list[Any], prompts: list[str], n: int) -> list[str]:
+        return model.generate(torch.stack(fbanks), prompts, max_new_tokens=n)
+
+    for task, exs in test.items():
+        for cond, items in (("own", exs), ("other_audio", _deranged(exs))):
+            gen = generate_predictions(generate, items, batch_size=bs, max_new_tokens=n_new, audio_loader=features.features)
+            answers[f"{task}/{cond}"] = gen["prediction"].tolist()
+    cls = test["classification"]
+    train_cls = build_examples(exp.data, "train", ["classification"])[: args.probe_train]
+    classes = sorted({c for ex in train_cls + cls for c in ex.labels})
+    feats_train = hidden_features(model, exp, tok, train_cls, bs)
+    feats_test = hidden_features(model, exp, tok, cls, bs)
+    record = {
+        "variant": name, "changes": VARIANTS[name][1], "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
+        "run": run_dir.name, "trained_s": trained_s, "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "loss_own": response_loss(model, exp, tok, cls, bs), "loss_other_audio": response_loss(model, exp, tok, _deranged(cls), bs),
+        "probe_map": probe_maps(feats_train, feats_test, label_matrix(train_cls, classes), label_matrix(cls, classes)),
+        **token_stats(model, exp, tok, cls, bs),
+        "classes": classes, "test": {task: [ex.id for ex in exs] for task, exs in test.items()}, "answers": answers,
+    }
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="gpu")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips", type=int, default=500, help="test scenes measured per task")
+    p.add_argument("--probe-train", type=int, default=1000, help="training scenes the linear probes are fit on")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per forward / generate batch while measuring")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--records", type=Path, default=Path("runs/curve"), help="where measurement records go / are read")
+    p.add_argument("--score", action="store_true", help="score the records and write the outputs")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default figures/<preset>)")
+    args = p.parse_args(argv)
+    if args.score:
+        from learning_curve_report import write_report
+
+        write_report(args)
+        return
+    args.records.mkdir(parents=True, exist_ok=True)
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        record = measure(args, name)
+        path = args.records / f"{args.preset}-{name}-s{args.seed}.json"
+        path.write_text(json.dumps(record, indent=1))
+        print(f"[curve] {name}: loss own {record['loss_own']:.3f} vs other {record['loss_other_audio']:.3f}; "
+              f"probe mAP {json.dumps({k: round(v, 1) for k, v in record['probe_map'].items()})} -> {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
