@@ -122,7 +122,8 @@ def probe_maps(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_trai
     keep = (y_train.sum(0) > 0) & (y_train.sum(0) < len(y_train))
     out = {}
     for site in train:
-        clf = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=300, C=0.1), n_jobs=-1))
+        # serial on purpose: joblib's process pool hung on a sandboxed GPU machine (gVisor) and cost a whole run
+        clf = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=300, C=0.1)))
         clf.fit(train[site], y_train[:, keep])
         scores = np.zeros((len(y_test), y_train.shape[1]))
         scores[:, keep] = clf.predict_proba(test[site])
@@ -159,8 +160,15 @@ def token_stats(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch
             "raw_tau_rank": float(np.mean([tau_effective_rank(x, tau=0.99) for x in audio]))}
 
 
-def measure(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Train (or load) one variant and measure it; returns the record written to `--records`."""
+def _phase(record: dict[str, Any], path: Path, what: str, t0: float) -> None:
+    """Write the record so far (a killed job keeps what it measured) and log the phase."""
+    record.setdefault("phases_s", {})[what] = round(time.time() - t0, 1)
+    path.write_text(json.dumps(record, indent=1))
+    print(f"[curve] {record['variant']}: {what} done at {time.time() - t0:.0f} s", flush=True)
+
+
+def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
+    """Train (or load) one variant and measure it, writing the record to `path` after each phase."""
     import torch
 
     from sam.data import build_examples
@@ -171,13 +179,15 @@ def measure(args: argparse.Namespace, name: str) -> dict[str, Any]:
     exp = variant_config(args.preset, name, args.seed)
     t0 = time.time()
     run_dir = train_or_load(exp, args.runs)
-    trained_s = time.time() - t0
+    record: dict[str, Any] = {
+        "variant": name, "changes": VARIANTS[name][1], "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
+        "run": run_dir.name, "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES), "complete": False}
+    _phase(record, path, "train", t0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = stage_model(run_dir, "stage4", device).eval()
     tok = get_tokenizer(exp, args.runs)
     test = {task: build_examples(exp.data, "test", [task])[: args.clips] for task in ("classification", "caption")}
     bs, n_new = args.batch_size, exp.train.max_new_tokens
-    tok = get_tokenizer(exp, args.runs)
     answers = {}
     features = SAMDataset([], exp.model.audio, tok, exp.data.root, cache_dir=Path(exp.data.root) / "features")
 
@@ -188,20 +198,20 @@ def measure(args: argparse.Namespace, name: str) -> dict[str, Any]:
         for cond, items in (("own", exs), ("other_audio", _deranged(exs))):
             gen = generate_predictions(generate, items, batch_size=bs, max_new_tokens=n_new, audio_loader=features.features)
             answers[f"{task}/{cond}"] = gen["prediction"].tolist()
+    record.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu", answers=answers,
+                  test={task: [ex.id for ex in exs] for task, exs in test.items()})
+    _phase(record, path, "generate", t0)
     cls = test["classification"]
+    record.update(loss_own=response_loss(model, exp, tok, cls, bs), loss_other_audio=response_loss(model, exp, tok, _deranged(cls), bs),
+                  **token_stats(model, exp, tok, cls, bs))
+    _phase(record, path, "losses", t0)
     train_cls = build_examples(exp.data, "train", ["classification"])[: args.probe_train]
     classes = sorted({c for ex in train_cls + cls for c in ex.labels})
     feats_train = hidden_features(model, exp, tok, train_cls, bs)
     feats_test = hidden_features(model, exp, tok, cls, bs)
-    record = {
-        "variant": name, "changes": VARIANTS[name][1], "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
-        "run": run_dir.name, "trained_s": trained_s, "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES),
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "loss_own": response_loss(model, exp, tok, cls, bs), "loss_other_audio": response_loss(model, exp, tok, _deranged(cls), bs),
-        "probe_map": probe_maps(feats_train, feats_test, label_matrix(train_cls, classes), label_matrix(cls, classes)),
-        **token_stats(model, exp, tok, cls, bs),
-        "classes": classes, "test": {task: [ex.id for ex in exs] for task, exs in test.items()}, "answers": answers,
-    }
+    record.update(classes=classes, complete=True,
+                  probe_map=probe_maps(feats_train, feats_test, label_matrix(train_cls, classes), label_matrix(cls, classes)))
+    _phase(record, path, "probes", t0)
     return record
 
 
@@ -227,9 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.variants.split(","):
         if name not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        record = measure(args, name)
         path = args.records / f"{args.preset}-{name}-s{args.seed}.json"
-        path.write_text(json.dumps(record, indent=1))
+        record = measure(args, name, path)
         print(f"[curve] {name}: loss own {record['loss_own']:.3f} vs other {record['loss_other_audio']:.3f}; "
               f"probe mAP {json.dumps({k: round(v, 1) for k, v in record['probe_map'].items()})} -> {path}", flush=True)
 

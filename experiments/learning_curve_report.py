@@ -1,0 +1,137 @@
+"""Scores `check_learning_curve.py`'s measurement records and writes `learning_curve.{csv,md,png,json}`.
+
+Kept apart from the measuring script because scoring needs the text scorers (MiniLM, the
+coco-caption tokenizer's Java), which the machine that trains may lack. Classification answers are
+scored as everywhere else in the project (`sam.evaluate.TextClassifier` scores -> mAP), next to the
+exact expected mAP of random scores on the same clips (`sam.baselines.random_map`); "audio use" is
+own minus other-audio with a paired bootstrap 95% CI over the test clips.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _examples(record: dict[str, Any], task: str) -> list[Any]:
+    """The record's test examples of `task`, rebuilt from the (deterministic) scene composer by id."""
+    from check_learning_curve import variant_config
+
+    from sam.data import build_examples
+
+    exp = variant_config(record["preset"], record["variant"], record["seed"])
+    by_id = {ex.id: ex for ex in build_examples(exp.data, "test", [task])}
+    missing = [i for i in record["test"][task] if i not in by_id]
+    if missing:
+        raise ValueError(f"record {record['variant']}: test example {missing[0]!r} is not in this corpus' test split")
+    return [by_id[i] for i in record["test"][task]]
+
+
+def score_record(record: dict[str, Any], encoder: Any) -> list[dict[str, Any]]:
+    """Tidy rows (metric, value, ci_low, ci_high) of one record."""
+    from sam.baselines import fast_map, map_ci, paired_bootstrap_ci, random_map
+    from sam.data.types import label_matrix
+    from sam.evaluate import TextClassifier
+    from sam.metrics import caption_metrics
+
+    base = {k: record[k] for k in ("variant", "what", "seed", "audio_steps")}
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, value: float, ci: tuple[float, float] = (np.nan, np.nan)) -> None:
+        rows.append({**base, "metric": metric, "value": float(value), "ci_low": ci[0], "ci_high": ci[1]})
+
+    answers = record.get("answers", {})
+    if "classification/own" in answers:
+        exs = _examples(record, "classification")
+        classes = sorted({c for ex in exs for c in ex.labels} | set(record.get("classes", [])))
+        y = label_matrix(exs, classes)
+        clf = TextClassifier(classes, encoder)
+        own, other = (clf.scores([a or "" for a in answers[f"classification/{c}"]]) for c in ("own", "other_audio"))
+        add("mAP own", 100 * fast_map(y, own), tuple(100 * v for v in map_ci(y, own)))
+        add("mAP other audio", 100 * fast_map(y, other), tuple(100 * v for v in map_ci(y, other)))
+        use = paired_bootstrap_ci(len(y), lambda i: fast_map(y[i], own[i]), lambda i: fast_map(y[i], other[i]))
+        add("mAP audio use", 100 * (fast_map(y, own) - fast_map(y, other)), (100 * use[0], 100 * use[1]))
+        add("mAP random scores", 100 * random_map(y))
+        add("distinct answers", len(set(answers["classification/own"])))
+    if "caption/own" in answers:
+        exs = _examples(record, "caption")
+        refs = [ex.metadata.get("references") or [ex.answer] for ex in exs]
+        per = {}
+        for cond in ("own", "other_audio"):
+            corpus, table = caption_metrics([a or "" for a in answers[f"caption/{cond}"]], refs)
+            per[cond] = table["CIDEr-D"].to_numpy(dtype=float) * 100
+            add(f"CIDEr-D {cond.replace('_', ' ')}", 100 * corpus["CIDEr-D"])
+        use = paired_bootstrap_ci(len(per["own"]), lambda i: per["own"][i].mean(), lambda i: per["other_audio"][i].mean())
+        add("CIDEr-D audio use", per["own"].mean() - per["other_audio"].mean(), use)
+    for key in ("loss_own", "loss_other_audio", "audio_token_norm", "text_embedding_norm", "energy_varying_across_clips", "raw_tau_rank"):
+        if key in record:
+            add(key.replace("_", " "), record[key])
+    for site, value in record.get("probe_map", {}).items():
+        add(f"probe mAP {site}", value)
+    return rows
+
+
+def plot(data: pd.DataFrame):
+    """mAP own vs other audio against random scores and the probe ceiling; probe mAP along the LM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(data.variant))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    pick = lambda m: data[data.metric == m].groupby("variant").value.mean().reindex(variants)  # noqa: E731
+    x = np.arange(len(variants))
+    for off, metric, label in ((-0.2, "mAP own", "own audio"), (0.2, "mAP other audio", "another scene's audio")):
+        ax1.bar(x + off, pick(metric), width=0.4, label=label)
+    ax1.plot(x, pick("mAP random scores"), "k_", ms=30, mew=2, label="random scores")
+    ax1.plot(x, pick("probe mAP encoder_mean"), "r^", label="linear probe on the encoder")
+    ax1.set(xticks=x, xticklabels=variants, ylabel="classification mAP (%)", title="Does the LM use the audio?")
+    ax1.tick_params(axis="x", rotation=30)
+    ax1.legend(fontsize=7)
+    for variant in variants:
+        sub = data[(data.variant == variant) & data.metric.str.startswith("probe mAP lm.")]
+        for where, style in (("audio_last", "-"), ("prompt_last", "--")):
+            part = sub[sub.metric.str.endswith(where)]
+            ax2.plot(range(len(part)), part.value, style, label=f"{variant}, {where.replace('_', ' ')}")
+    ax2.set(xlabel="LM site (embedding, then each layer)", ylabel="linear-probe mAP (%)",
+            title="Class information along the LM")
+    ax2.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(args: argparse.Namespace) -> pd.DataFrame:
+    """Score every record under `args.records` for `args.preset` and write the outputs to `args.out`."""
+    from sam.evaluate import make_text_encoder
+
+    paths = sorted(args.records.glob(f"{args.preset}-*.json"))
+    if not paths:
+        raise SystemExit(f"no measurement records {args.records}/{args.preset}-*.json: measure first")
+    encoder = make_text_encoder("minilm")
+    records = [json.loads(p.read_text()) for p in paths]
+    data = pd.DataFrame([row for r in records for row in score_record(r, encoder)])
+    out = args.out or (Path("figures") if args.preset == "cpu" else Path("figures") / args.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    data.to_csv(out / "learning_curve.csv", index=False)
+    table = data.pivot_table(index="metric", columns="variant", values="value", sort=False).round(2)
+    incomplete = [r["variant"] for r in records if not r.get("complete")]
+    (out / "learning_curve.md").write_text(
+        f"# Why the LM ignores its audio: recipe variants ({args.preset} preset, small LM, seed {args.seed})\n\n"
+        + table.to_markdown() + "\n\n"
+        + "mAP from generated text, as Table 1; 'random scores' is the exact expected mAP of a random ranking of the same clips; "
+          "'audio use' = own minus another scene's audio (95% CIs over clips in the CSV). "
+        + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}.\n" if incomplete else "\n"))
+    fig = plot(data)
+    fig.savefig(out / "learning_curve.png", dpi=150)
+    (out / "learning_curve.json").write_text(json.dumps({
+        "experiment": "check_learning_curve", "preset": args.preset, "records": [p.name for p in paths],
+        "measured_on": sorted({r.get("device", "?") for r in records}), "scored_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runs": {r["variant"]: r["run"] for r in records}}, indent=1))
+    print(f"[curve] wrote {out / 'learning_curve.csv'} ({len(data)} rows)")
+    return data
