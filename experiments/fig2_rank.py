@@ -37,7 +37,7 @@ def plot(data: pd.DataFrame):
     per_seed, sizes = seed_means(data), common.sizes_in(data)
     fig, axes = common.figure(ncols=3, nrows=2, width=4.6)
     for ax in axes[len(PANELS):]:
-        ax.set_visible(False)
+        ax.remove()
     for ax, (site, m, title, ylabel) in zip(axes, PANELS):
         sub = per_seed[(per_seed.site == site) & (per_seed.measure == m)]
         sns.lineplot(sub, x="stage", y="value", hue="lm_size", hue_order=sizes, marker="o", errorbar="sd", ax=ax)

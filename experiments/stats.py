@@ -97,7 +97,7 @@ class Finding:
         return cls(**{"measurement": "", "verdict": "", "rule": "", **given})
 
 
-def test_statistics(diffs: Sequence[float], test: str = "t", margin: float = math.nan) -> dict[str, float]:
+def seed_statistics(diffs: Sequence[float], test: str = "t", margin: float = math.nan) -> dict[str, float]:
     """n, effect, 95% CI, p and p_other of per-seed differences under `test` (see the module doc)."""
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; expected one of {TESTS}")
@@ -250,7 +250,7 @@ RULES = {
 def _finding(key: str, a: pd.Series, b: pd.Series, a_name: str, b_name: str, unit: str, test: str,
              margin: float = math.nan) -> Finding:
     d, runs = paired_by_seed(a, b)
-    stats = test_statistics(d.tolist(), test, margin)
+    stats = seed_statistics(d.tolist(), test, margin)
     measurement = f"{a_name} {fmt(a.tolist(), 2)}{unit} vs {b_name} {fmt(b.tolist(), 2)}{unit} (mean ± sd over runs)"
     rule = RULES[test] + (f"; margin {margin:g}{unit}" if test != "t" else "")
     f = Finding(key, measurement, "inconclusive", rule, test, unit, margin,

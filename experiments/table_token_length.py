@@ -85,7 +85,7 @@ def plot(data: pd.DataFrame):
     for ax, (task, metric, title, ylabel) in zip(axes, panels):
         common.bars(ax, data, task, metric, "lm_size", "layout", order=sizes, hue_order=order, title=title, ylabel=ylabel)
     for ax in axes[len(panels):]:
-        ax.set_visible(False)
+        ax.remove()
     return fig
 
 

@@ -21,7 +21,7 @@ import stats  # noqa: E402
 def finding(diffs, test="t", margin=math.nan, preset="cpu") -> stats.Finding:
     """A finding over the given per-seed differences, every run passing the gate, judged alone."""
     f = stats.Finding("joint_finetuning", "m", "", "", test, margin=margin,
-                      seed_differences=[[k, d] for k, d in enumerate(diffs)], **stats.test_statistics(diffs, test, margin))
+                      seed_differences=[[k, d] for k, d in enumerate(diffs)], **stats.seed_statistics(diffs, test, margin))
     f.p_holm, f.family, f.gate = f.p, 1, ""
     f.verdict = stats.decide(f, preset)
     return f
@@ -35,6 +35,23 @@ def test_no_effect_gives_a_verdict_at_most_at_the_nominal_rate_and_a_large_effec
     assert wrong >= 0.02  # the test is not vacuous: at n = 3 it does reject about 5% of the time
     assert np.mean([finding(rng.normal(3, 0.5, 3)).verdict == "held" for _ in range(500)]) >= 0.97
     assert np.mean([finding(rng.normal(-3, 0.5, 3)).verdict == "did not hold" for _ in range(500)]) >= 0.97
+
+
+def test_statistics_match_scipys_one_sample_t_test_and_t_interval():
+    from scipy import stats as st
+
+    d = [0.4, 1.3, 0.2, 0.9]
+    s = stats.seed_statistics(d)
+    ref = st.ttest_1samp(d, 0.0)
+    lo, hi = st.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=st.sem(d))
+    assert s["n"] == 4 and s["p"] == pytest.approx(ref.pvalue) and (s["ci_low"], s["ci_high"]) == pytest.approx((lo, hi))
+    ns = stats.seed_statistics(d, "non-superiority", 1.0)
+    assert ns["p"] == pytest.approx(st.ttest_1samp(d, 1.0, alternative="less").pvalue)
+    assert ns["p_other"] == pytest.approx(st.ttest_1samp(d, 0.0, alternative="greater").pvalue)
+    # significant at 0.05 exactly when the one-sided 95% upper bound is below the margin
+    upper = np.mean(d) + st.t.ppf(0.95, len(d) - 1) * st.sem(d)
+    for margin in (upper - 1e-6, upper + 1e-6):
+        assert (stats.seed_statistics(d, "non-superiority", margin)["p"] < 0.05) == (upper < margin)
 
 
 def test_the_old_two_standard_error_rule_would_fail_the_nominal_rate():
@@ -65,7 +82,7 @@ def test_holm_matches_a_hand_computed_example_and_controls_the_family():
 
 
 def test_tost_holds_only_when_equivalence_is_shown_both_ways():
-    f = stats.Finding("joint_finetuning", "m", "", "", "TOST", margin=1.0, **stats.test_statistics([0.1, -0.1, 0.05], "TOST", 1.0))
+    f = stats.Finding("joint_finetuning", "m", "", "", "TOST", margin=1.0, **stats.seed_statistics([0.1, -0.1, 0.05], "TOST", 1.0))
     f.p_holm, f.family, f.gate = f.p, 1, ""
     assert stats.decide(f, "cpu") == "held" and f.ci_low > -1 and f.ci_high < 1
     assert finding([2.0, 2.1, 1.9], "TOST", 1.0).verdict == "did not hold"
@@ -89,7 +106,7 @@ def test_not_better_holds_below_the_margin_and_fails_when_the_challenger_is_bett
     held = np.mean([finding(rng.normal(1.0, 1.0, 3), "non-superiority", 1.0).verdict == "held" for _ in range(2000)])
     assert held <= 0.065
     with pytest.raises(ValueError, match="margin"):
-        stats.test_statistics([0.1, 0.2], "non-superiority")
+        stats.seed_statistics([0.1, 0.2], "non-superiority")
 
 
 def test_seed_is_the_unit_sizes_are_averaged_within_each_seed():
