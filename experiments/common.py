@@ -11,7 +11,6 @@ Markdown file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import json
 import os
@@ -363,7 +362,7 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
     paths["md"].write_text("\n".join(md).rstrip() + "\n")
     prov = provenance(s, configs or {}, data_roots)
-    prov["findings"] = [dict(dataclasses.asdict(f), claim=f.claim) for f in findings]
+    prov["findings"] = [f.to_dict() for f in findings]
     paths["json"].write_text(json.dumps(prov, indent=2, sort_keys=False) + "\n")
     return paths
 

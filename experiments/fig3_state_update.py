@@ -22,6 +22,7 @@ LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major":
 
 MODELS = ("trained", "untrained (control)")
 PANELS = {"distance": "||h_t - h_(t-1)|| (absolute)", "relative": "||h_t - h_(t-1)|| / ||h_(t-1)|| (ratio)"}
+MEASURE_TITLES = {"distance": "absolute", "relative": "relative"}
 
 
 def seed_means(data: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +43,7 @@ def plot(data: pd.DataFrame):
             here = sub[sub.lm_size == size]
             sns.lineplot(here, x="layer", y="value", hue="layout", hue_order=list(LAYOUTS.values()), style="model",
                          style_order=[m for m in MODELS if m in set(here.model)], marker="o", errorbar="sd", ax=ax)
-            ax.set(title=f"{size} LM: state change per token ({measure_name})", xlabel="LM layer (index)",
+            ax.set(title=f"{size} LM: state change per token ({MEASURE_TITLES[measure_name]})", xlabel="LM layer (index)",
                    ylabel=ylabel, yscale="log")
             ax.set_xticks(sorted(here.layer.unique()))
             ax.legend(fontsize=7)

@@ -25,6 +25,7 @@ audio-use gate (`gate_status`). Effect, CI, n and p are reported in every case.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,11 @@ class Finding:
     @property
     def claim(self) -> str:
         return paper_numbers.FINDINGS[self.key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding for provenance JSON (NaN as null, so strict JSON readers accept it), with its claim."""
+        d = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(self).items()}
+        return {**d, "claim": self.claim}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Finding":

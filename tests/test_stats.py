@@ -176,7 +176,8 @@ def test_findings_md_recomputes_from_committed_csvs_and_corrects_over_the_preset
     other = stats.compare("joint_finetuning", pd.Series([1.0, 1.2, 0.9], index=pd.MultiIndex.from_product([["small"], seeds], names=["lm_size", "seed"])),
                           pd.Series([1.0, 1.0, 1.0], index=pd.MultiIndex.from_product([["small"], seeds], names=["lm_size", "seed"])), "A", "B")
     (tmp_path / "x.json").write_text(json.dumps({"experiment": "x", "preset": "cpu", "seeds": seeds, "configs": {},
-                                                "findings": [dict(other.__dict__)]}))
+                                                "findings": [other.to_dict()]}))
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     text = run_all.findings_markdown(tmp_path)
     assert "old text" not in text and "large LM mAP" in text and stats.GATE_NOT_MEASURED in text
     assert "**held**" not in text
