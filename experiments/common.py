@@ -11,10 +11,8 @@ Markdown file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import shlex
@@ -36,10 +34,13 @@ import pandas as pd  # noqa: E402
 from sam.config import ExperimentConfig, apply_overrides, config_hash, preset, to_dict  # noqa: E402
 
 import paper_numbers  # noqa: E402  (experiments/ is on sys.path when a script runs)
+import stats  # noqa: E402
+from stats import (Finding, compare, compare_equivalent, compare_not_better, fmt, per_seed, spread,  # noqa: E402,F401
+                   summary)
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("smoke", "cpu", "gpu", "paper")
-DEFAULT_SEEDS = {"smoke": 1, "cpu": 3, "gpu": 3, "paper": 1}
+DEFAULT_SEEDS = stats.FIXED_SEEDS  # fixed per preset: verdicts are computed from this count only
 VERSIONED = ("torch", "transformers", "peft", "tokenizers", "safetensors", "numpy", "scipy", "pandas",
              "scikit-learn", "matplotlib", "seaborn", "pycocoevalcap", "mamba-ssm", "causal-conv1d", "sam-audio")
 
@@ -100,7 +101,7 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     p.add_argument("--preset", choices=PRESETS, default=None, help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: figures/ for the cpu preset, figures/<preset>/ for the others)")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: 1 smoke/paper, 3 cpu/gpu)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the preset's fixed count, 1 smoke/paper, 3 cpu/gpu; verdicts are only computed from that count)")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="trained-run cache shared by all scripts (default: runs/)")
     p.add_argument("--sizes", default=None, metavar="SIZE[,SIZE...]",
                    help="LM sizes to run, a subset of the preset's (default: all of them, e.g. small,medium,large)")
@@ -277,96 +278,6 @@ def paper_test_json(s: Settings) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Seeds: spread and verdicts
-
-
-def spread(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
-
-
-def fmt(values: Sequence[float], digits: int = 1) -> str:
-    """'mean ± std (n=k)', or the single value when there is one seed."""
-    m, sd, n = spread(values)
-    if n == 0:
-        return "n/a"
-    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {sd:.{digits}f} (n={n})"
-
-
-@dataclass
-class Finding:
-    """One of the paper's findings checked against our runs."""
-
-    key: str
-    measurement: str
-    verdict: str  # held | did not hold | inconclusive
-    rule: str
-
-    @property
-    def claim(self) -> str:
-        return paper_numbers.FINDINGS[self.key]
-
-
-def compare(key: str, better: Sequence[float], worse: Sequence[float], better_name: str, worse_name: str,
-            unit: str = "") -> Finding:
-    """Verdict on the claim "`better` > `worse`" from values paired by run (LM size x seed).
-
-    held: the mean paired difference is positive and more than twice its standard error;
-    did not hold: negative by the same margin; inconclusive otherwise, and always with fewer than
-    two pairs (one run gives no spread to judge against).
-    """
-    if len(better) != len(worse):
-        raise ValueError(f"{key}: {len(better)} values for {better_name} but {len(worse)} for {worse_name}; pair them by seed")
-    d = np.asarray(better, dtype=float) - np.asarray(worse, dtype=float)
-    d = d[np.isfinite(d)]
-    m, sd, n = spread(d)
-    se = sd / math.sqrt(n) if n > 1 else math.inf
-    t = m / se if n > 1 and se > 0 else (math.copysign(math.inf, m) if n > 1 and m != 0 else 0.0)
-    verdict = "held" if t > 2 else "did not hold" if t < -2 else "inconclusive"
-    measurement = f"{better_name} {fmt(better, 2)}{unit} vs {worse_name} {fmt(worse, 2)}{unit}; difference {fmt(d, 2)}{unit}"
-    return Finding(key, measurement, verdict, "paired over runs (LM size x seed): held if the mean difference > 2 standard errors")
-
-
-def per_seed(data: pd.DataFrame, task: str, metric: str, **where: Any) -> list[float]:
-    """The values of one (task, metric) for the rows matching `where`, ordered by LM size and seed, so
-    two calls that differ only in `where` give lists paired element by element (for `compare`)."""
-    sel = (data.task == task) & (data.metric == metric)
-    for col, val in where.items():
-        sel &= data[col] == val
-    return data[sel].sort_values([c for c in ("lm_size", "seed") if c in data], kind="stable").value.tolist()
-
-
-def summary(data: pd.DataFrame, by: Sequence[str], metrics: Sequence[tuple[str, str]], digits: int = 1) -> pd.DataFrame:
-    """One row per group of `by`: each (task, metric) as 'mean ± sd (n=seeds)', and its chance level
-    beside it where the evaluation reports one."""
-    rows = []
-    for key, g in data.groupby(list(by), sort=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for task, metric in metrics:
-            v = g[(g.task == task) & (g.metric == metric)]
-            row[f"{task} {metric}"] = fmt(v.value.tolist(), digits)
-            if "chance" in v and v.chance.notna().any():
-                row[f"{task} {metric} chance"] = round(float(v.chance.mean()), digits)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def compare_not_better(key: str, challenger: Sequence[float], incumbent: Sequence[float], challenger_name: str,
-                       incumbent_name: str, unit: str = "") -> Finding:
-    """Verdict on a claim of the form "`challenger` does not consistently beat `incumbent`": it does
-    not hold when the challenger is better by more than two standard errors; with fewer than two
-    seeds it stays inconclusive."""
-    f = compare(key, challenger, incumbent, challenger_name, incumbent_name, unit)
-    if spread([b - w for b, w in zip(challenger, incumbent)])[2] >= 2:
-        f.verdict = "did not hold" if f.verdict == "held" else "held"
-    f.rule = "paired over runs (LM size x seed): held unless the challenger is better by more than 2 standard errors"
-    return f
-
-
-# ------------------------------------------------------------------------------------------------
 # Outputs
 
 
@@ -436,8 +347,9 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
         md += ["", f"## {heading}", ""] if heading else [""]
         md.append(t.to_markdown(index=False, floatfmt=".4g", missingval="–"))
     if findings:
-        md += ["", "| paper finding | our measurement | verdict |", "|---|---|---|"]
-        md += [f"| {f.claim} | {f.measurement} | {f.verdict} |" for f in findings]
+        stats.judge(findings, s.preset, s.out / "audio_use.csv")
+        md += ["", "Findings (verdict corrected over this table's findings only; `findings.md` applies Holm over every "
+                   "finding of the preset):", "", *stats.findings_table(findings)]
     if s.probe_runs is not None:
         notes = (notes.strip() + " " if notes else "") + (
             f"Probe rows were read from another run cache ({s.probe_runs.name}/): the same configs and seeds trained "
@@ -450,7 +362,7 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
     paths["md"].write_text("\n".join(md).rstrip() + "\n")
     prov = provenance(s, configs or {}, data_roots)
-    prov["findings"] = [dict(dataclasses.asdict(f), claim=f.claim) for f in findings]
+    prov["findings"] = [f.to_dict() for f in findings]
     paths["json"].write_text(json.dumps(prov, indent=2, sort_keys=False) + "\n")
     return paths
 

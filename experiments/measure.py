@@ -41,7 +41,7 @@ import common
 TASKS_MAIN = ("classification", "caption")
 PROBE_CLIPS = {"smoke": 8, "cpu": 32, "gpu": 64, "paper": 64}  # test scenes the probes run on
 ROW_KEYS = ("task", "metric", "value", "chance")
-PROBE_CACHE_VERSION = 1  # part of the probe-row cache key: bump it when a probe's definition changes
+PROBE_CACHE_VERSION = 2  # part of the probe-row cache key: bump it when a probe's definition changes
 
 
 @dataclass
@@ -422,7 +422,8 @@ def deferred(s: common.Settings, n_runs: int) -> dict[str, Any]:
 
 def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: Sequence[str] = (), **labels: Any) -> list[dict]:
     """Probe rows of the run's model after stage `stage_name` on the first `PROBE_CLIPS` test scenes:
-    `what` = "tokens" (`token_rows` at `sites`) or "state" (`state_rows`), cached under <runs>/evals/."""
+    `what` = "tokens" (`token_rows` at `sites`) or "state" (`state_rows`), cached under <runs>/evals/.
+    `stage_name` UNTRAINED probes the run's config at its seed's random initialization (the control)."""
     if what not in ("tokens", "state"):
         raise ValueError(f"probe_rows: what must be 'tokens' or 'state', got {what!r}")
     clips = PROBE_CLIPS[s.preset]
@@ -435,7 +436,7 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
     path = cache / "evals" / f"{key}.rows.json"
     if not path.is_file() and not _in_shard(s, key):
         return []  # another measurement worker's item
-    stage_dir = stage(run, stage_name).parent.name  # names the training a record was measured on
+    stage_dir = UNTRAINED if stage_name == UNTRAINED else stage(run, stage_name).parent.name  # the training measured
     if path.is_file():
         record = json.loads(path.read_text())
     else:
@@ -460,9 +461,19 @@ def _probe_inputs(run: Run, stage_name: str, clips: int) -> tuple[Any, dict[str,
     key = (str(run.dir), stage_name, clips)
     if key not in _PROBED:
         _PROBED.clear()  # free the previous model before loading the next
-        model = load_stage(run, stage_name)
+        model = untrained(run) if stage_name == UNTRAINED else load_stage(run, stage_name)
         _PROBED[key] = (model, probe_batch(model, run.cfg, clips))
     return _PROBED[key]
+
+
+UNTRAINED = "untrained"  # probe_rows' stage name for the random-init control
+
+
+def untrained(run: Run) -> Any:
+    """The run's SAM at its seed's random initialization, built as training builds it (same config)."""
+    from sam.runs import build_model, get_tokenizer
+
+    return build_model(run.cfg, get_tokenizer(run.cfg, run.dir.parent), torch.device(device())).eval()
 
 
 def _origin() -> dict[str, Any]:
@@ -552,14 +563,16 @@ def probe_batch(model: Any, cfg: ExperimentConfig, n_clips: int) -> dict[str, An
 
 
 def token_rows(model: Any, batch: dict[str, Any], sites: Sequence[str], tau: float = 0.99, **labels: Any) -> list[dict]:
-    """tau-effective rank (raw and normalized) and token similarity of each clip's audio tokens per site."""
+    """tau-effective rank (raw, normalized, and over windows of as many tokens as the concat layout
+    gives: one per time step of the encoder grid) and token similarity of each clip's audio tokens per site."""
     import probes
     from probes.tables import token_measures
 
     with torch.no_grad():
         _, cache = probes.run_with_cache(model, batch, list(sites), device="cpu", dtype=torch.float64)
-    t = token_measures(cache, list(sites), taus=(tau,))
-    t = t[t.measure.isin(["tau_rank", "tau_rank_normalized", "similarity"])]
+    window = model.audio_tower.grid_shape(batch["fbank"].shape[1])[0]
+    t = token_measures(cache, list(sites), taus=(tau,), window=window)
+    t = t[t.measure.isin(["tau_rank", "tau_rank_normalized", "tau_rank_window", "similarity"])]
     return [{**labels, **r} for r in t[["site", "clip", "measure", "value", "tokens"]].to_dict("records")]
 
 

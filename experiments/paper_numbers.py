@@ -4,7 +4,8 @@ Source: T. Lee, J. Jung, H. Lee, "SAM: A Mamba-2 State-Space Audio-Language Mode
 arXiv:2509.15680 v2 (Interspeech 2026). The full text is not available to this project: numbers
 tagged "paper" are from the abstract and captions, numbers tagged "digest" from third-party
 summaries of the full paper (column labels corrected as noted in the project's paper notes).
-This module holds data only; it must never compute, round or "adjust" a number.
+This module holds data (and the two row-label helpers below); it must never compute, round or
+"adjust" a number.
 """
 from __future__ import annotations
 
@@ -21,6 +22,19 @@ MAIN_TABLE: dict[str, dict[str, float]] = {
 }
 # Which paper row stands for each of our LM sizes (the cpu/gpu presets' stand-ins).
 SAM_ROW_FOR_SIZE = {"small": "SAM-130M (r=256)", "medium": "SAM-780M (r=256)", "large": "SAM-2.7B (r=256)"}
+
+
+
+def paper_label(row: str) -> str:
+    """A row of the paper's tables, labelled as the paper's (never to be read as our measurement)."""
+    return f"paper: {row}"
+
+
+def ours_label(lm_size: str, d_model: int, n_layer: int, lora_rank: int | None = None) -> str:
+    """Our row of one LM size, named for what it is: its actual width x depth (and LoRA rank), e.g.
+    "ours, small LM (d128 x 2, LoRA r8)" - not the paper model it stands in for."""
+    return f"ours, {lm_size} LM (d{d_model} x {n_layer}" + (f", LoRA r{lora_rank}" if lora_rank else "") + ")"
+
 
 # Captioning and other single numbers for SAM-2.7B.
 AUDIOCAPS_SPICE_2_7B = 17.6  # paper (abstract)

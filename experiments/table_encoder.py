@@ -50,6 +50,22 @@ def swapped(run: measure.Run, donor: measure.Run):
     return model
 
 
+def findings(data: pd.DataFrame) -> list[common.Finding]:
+    """The paper's findings this table checks, from its tidy table (the CSV)."""
+    def per(**where: object) -> pd.Series:
+        return common.per_seed(data, "classification", "mAP", **where)
+
+    out = [common.compare("joint_finetuning", per(encoder="finetuned"), per(encoder="frozen"),
+                          "finetuned mAP", "frozen mAP", "%")]
+    if len(common.sizes_in(data)) > 1:
+        swapped = data[(data.encoder == "swapped") & (data.task == "classification") & (data.metric == "mAP")]
+        other = swapped.groupby(["lm_size", "seed"]).value.mean()  # mean over the other sizes' encoders
+        matched = per(encoder="finetuned")
+        out.append(common.compare("encoder_matched", matched[matched.index.isin(other.index)], other,
+                                  "matched encoder mAP", "mean of other sizes' encoders", "%"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_encoder", __doc__, argv=argv)
     rows, sizes = [], common.lm_sizes(s)
@@ -70,22 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = common.summary(data, ["lm_size", "encoder", "encoder_from"], METRICS)
 
-    def per(**where: object) -> list[float]:
-        return common.per_seed(data, "classification", "mAP", **where)
-
-    findings = [common.compare("joint_finetuning", per(encoder="finetuned"), per(encoder="frozen"),
-                               "finetuned mAP", "frozen mAP", "%")]
-    if len(sizes) > 1:
-        swapped = data[(data.encoder == "swapped") & (data.task == "classification") & (data.metric == "mAP")]
-        other = swapped.groupby(["lm_size", "seed"]).value.mean().reset_index().sort_values(["lm_size", "seed"])
-        matched = [per(encoder="finetuned", lm_size=z, seed=k)[0] for z, k in zip(other.lm_size, other.seed)]
-        findings.append(common.compare("encoder_matched", matched, other.value.tolist(), "matched encoder mAP",
-                                       "mean of other sizes' encoders", "%"))
     notes = (f"Percent, mean ± sd over seeds, {common.test_data(s)}. Frozen = the encoder keeps its "
              "stage-0 weights through stages 1-4. Swapped = a finetuned model evaluated with another size's "
              "finetuned encoder, no retraining (our protocol). The paper reports only the directions.")
     return common.write_outputs(s, data, plot(data), table, title="Table 3: encoder frozen, finetuned, swapped across LM sizes",
-                                notes=notes, configs=measure.configs(runs), findings=findings)
+                                notes=notes, configs=measure.configs(runs), findings=findings(data))
 
 
 if __name__ == "__main__":

@@ -34,28 +34,33 @@ def plot(data: pd.DataFrame):
     return fig
 
 
+def findings(data: pd.DataFrame) -> list[common.Finding]:
+    """The paper's findings this table checks, from its tidy table (the CSV)."""
+    data, sizes = data.assign(lora_rank=data.lora_rank.astype(int)), common.sizes_in(data)
+    out = [common.compare("lora_rank", common.per_seed(data, "classification", "mAP", lora_rank=RANKS[1]),
+                          common.per_seed(data, "classification", "mAP", lora_rank=RANKS[0]),
+                          f"rank {RANKS[1]} mAP", f"rank {RANKS[0]} mAP (paired by size and seed)", "%")]
+    if len(sizes) > 1:
+        gap = gains(data)
+        out.append(common.compare("lora_rank", common.per_seed(gap, "classification", "mAP", lm_size=sizes[0]),
+                                  common.per_seed(gap, "classification", "mAP", lm_size=sizes[-1]),
+                                  f"{sizes[0]} LM gain", f"{sizes[-1]} LM gain", " pp"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_lora_rank", __doc__, argv=argv)
-    runs, sizes = measure.grid(s, {r: [f"model.lora.rank={r}"] for r in RANKS}, "lora_rank"), common.lm_sizes(s)
+    runs = measure.grid(s, {r: [f"model.lora.rank={r}"] for r in RANKS}, "lora_rank")
     rows = [r for run in runs for r in measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)]
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
-    gap = gains(data)
 
     table = common.summary(data, ["lm_size", "lora_rank"], METRICS)
-    findings = [common.compare("lora_rank", common.per_seed(data, "classification", "mAP", lora_rank=RANKS[1]),
-                               common.per_seed(data, "classification", "mAP", lora_rank=RANKS[0]),
-                               f"rank {RANKS[1]} mAP", f"rank {RANKS[0]} mAP (paired by size and seed)", "%")]
-    if len(sizes) > 1:
-        findings.append(common.compare(
-            "lora_rank", common.per_seed(gap, "classification", "mAP", lm_size=sizes[0]),
-            common.per_seed(gap, "classification", "mAP", lm_size=sizes[-1]),
-            f"{sizes[0]} LM gain", f"{sizes[-1]} LM gain", " pp"))
     notes = (f"Percent, mean ± sd over seeds, {common.test_data(s)}. The paper reports only the "
              "direction (rank 8 < 256, larger gap for small LMs); its Table 1 rows use rank 256.")
     return common.write_outputs(s, data, plot(data), table, title="Table 2: LoRA rank by LM size", notes=notes,
-                                configs=measure.configs(runs), findings=findings)
+                                configs=measure.configs(runs), findings=findings(data))
 
 
 if __name__ == "__main__":

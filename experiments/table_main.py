@@ -30,29 +30,38 @@ def plot(data: pd.DataFrame):
     return fig
 
 
+def findings(data: pd.DataFrame) -> list[common.Finding]:
+    """The paper's findings this table checks, from its tidy table (the CSV)."""
+    sizes = common.sizes_in(data)
+    if len(sizes) < 2:
+        return []
+    return [common.compare("scaling", common.per_seed(data, "classification", "mAP", lm_size=sizes[-1]),
+                           common.per_seed(data, "classification", "mAP", lm_size=sizes[0]),
+                           f"{sizes[-1]} LM mAP", f"{sizes[0]} LM mAP", "%")]
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_main", __doc__, argv=argv)
-    runs, sizes = measure.grid(s), common.lm_sizes(s)
+    runs = measure.grid(s)
     rows = [r for run in runs for r in measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)]
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
 
     ours = common.summary(data, ["lm_size"], [m for m in METRICS if ((data.task == m[0]) & (data.metric == m[1])).any()])
-    ours.insert(1, "paper row", [paper_numbers.SAM_ROW_FOR_SIZE[z] for z in ours.lm_size])
-    paper = pd.DataFrame([{"model": k, **v} for k, v in paper_numbers.MAIN_TABLE.items()])
-    paper["AudioCaps SPICE"] = [paper_numbers.AUDIOCAPS_SPICE_2_7B if k.startswith("SAM-2.7B") else None for k in paper.model]
-    findings = []
-    if len(sizes) > 1:
-        findings.append(common.compare("scaling", common.per_seed(data, "classification", "mAP", lm_size=sizes[-1]),
-                                       common.per_seed(data, "classification", "mAP", lm_size=sizes[0]),
-                                       f"{sizes[-1]} LM mAP", f"{sizes[0]} LM mAP", "%"))
+    shape = {r.labels["lm_size"]: r.cfg.model for r in runs}
+    ours.insert(0, "model", [paper_numbers.ours_label(z, shape[z].lm.d_model, shape[z].lm.n_layer, shape[z].lora.rank)
+                             for z in ours.lm_size])
+    ours.insert(2, "stands in for", [paper_numbers.paper_label(paper_numbers.SAM_ROW_FOR_SIZE[z]) for z in ours.lm_size])
+    paper = pd.DataFrame([{"model": paper_numbers.paper_label(k), **v} for k, v in paper_numbers.MAIN_TABLE.items()])
+    paper["AudioCaps SPICE"] = [paper_numbers.AUDIOCAPS_SPICE_2_7B if k.startswith("SAM-2.7B") else None
+                                for k in paper_numbers.MAIN_TABLE]
     notes = ("Ours: test scenes of the embedded real-audio corpus (percent; mean ± sd over seeds; chance = the "
              "expected score of a random ranking / uniform guess). The paper's columns are different datasets "
              "(ESC-50, DCASE17, FSD50K, AudioSet, AudioCaps), so compare directions and ratios to chance, not values.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": ours, "Paper (reported)": paper},
                                 title="Table 1: classification and captioning by LM size", notes=notes,
-                                configs=measure.configs(runs), findings=findings)
+                                configs=measure.configs(runs), findings=findings(data))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,20 @@ def plot(data: pd.DataFrame):
     return fig
 
 
+def findings(data: pd.DataFrame) -> list[common.Finding]:
+    """The paper's findings this table checks, from its tidy table (the CSV)."""
+    overall, order = data[data.category == "all"], list(STAGES.values())
+    out = [common.compare("reasoning", common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
+                          common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
+                          "with reasoning stage", "without", "%")]
+    if (overall.metric == "likelihood_accuracy").any():  # the second protocol, where the weights were measured
+        out.append(common.compare("reasoning", common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[1]),
+                                  common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[0]),
+                                  "most likely choice (likelihood protocol, not the paper's) with reasoning stage",
+                                  "without", "%"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_reasoning", __doc__, argv=argv)
     rows, runs = [], measure.grid(s)
@@ -66,22 +80,14 @@ def main(argv: list[str] | None = None) -> dict:
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
-    order = list(STAGES.values())
     overall = data[data.category == "all"]
 
     table = common.summary(overall, ["lm_size", "stage"],
                            [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid",
                                                        "likelihood_accuracy", "likelihood_accuracy_other_audio",
                                                        "likelihood_accuracy_per_token")])
-    paper = pd.DataFrame([{"model": k, "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()])
-    findings = [common.compare("reasoning", common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
-                               common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
-                               "with reasoning stage", "without", "%")]
-    if (overall.metric == "likelihood_accuracy").any():  # the second protocol, where the weights were measured
-        findings.append(common.compare("reasoning", common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[1]),
-                                       common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[0]),
-                                       "most likely choice (likelihood protocol, not the paper's) with reasoning stage",
-                                       "without", "%"))
+    paper = pd.DataFrame([{"model": paper_numbers.paper_label(k), "MMAU-Sound accuracy (%)": v}
+                          for k, v in paper_numbers.MMAU_SOUND.items()])
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
              "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. valid_choice_rate: answers that pick "
              "exactly one choice under that rule (the others name none, or several, and count as wrong); "
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
              "stays 25% only for a model without such priors). Paper: MMAU test-mini, Sound subset.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
-                                configs=measure.configs(runs), findings=findings)
+                                configs=measure.configs(runs), findings=findings(data))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Works on SAM, `sam.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
 `Mamba2ForCausalLM` by hooking the real modules (never re-implementing a model):
 - `run_with_cache` / `hooked`: record activations at stable site names (`probes.hooks`);
-- `tau_effective_rank`, `effective_rank`, `stable_rank` (`probes.rank`), `token_similarity`
+- `tau_effective_rank`, `windowed_tau_rank`, `effective_rank`, `stable_rank` (`probes.rank`), `token_similarity`
   (`probes.similarity`), and `token_measures` for tidy tables over cached sites (`probes.tables`);
 - `state_update_distance`: exact SSM state-update distances per layer, head and token (`probes.state`);
 - `probes.plots`: the figures' plotting helpers (imported on demand: it needs matplotlib).
@@ -11,7 +11,7 @@ Works on SAM, `sam.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
 This package imports nothing from `sam`.
 """
 from .hooks import ActivationCache, hooked, run_with_cache, site_names
-from .rank import effective_rank, stable_rank, tau_effective_rank
+from .rank import effective_rank, stable_rank, tau_effective_rank, windowed_tau_rank
 from .similarity import token_similarity
 from .state import state_update_distance, state_update_distance_ref, state_updates
 from .tables import token_measures
@@ -29,4 +29,5 @@ __all__ = [
     "tau_effective_rank",
     "token_measures",
     "token_similarity",
+    "windowed_tau_rank",
 ]

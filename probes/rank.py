@@ -96,3 +96,24 @@ def stable_rank(X: ArrayLike, center: bool = True) -> float | Tensor:
     top = s2[:, 0]
     rank = torch.where(top > 0, s2.sum(-1) / top.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(top))
     return _out(rank, single)
+
+
+def windowed_tau_rank(X: ArrayLike, window: int, tau: float = 0.99, center: bool = True) -> float | Tensor:
+    """tau-effective rank over contiguous, non-overlapping windows of `window` tokens, averaged over
+    the windows (a trailing window shorter than `window` is dropped; fewer tokens than `window` give
+    one window of them all).
+
+    Comparing token sets of different lengths by their rank confounds length: the rank is bounded by
+    min(N, d), and dividing by it changes the scale per length. At one window length the rank of a
+    long sequence and of a short one are bounded alike, so their difference is the tokens' own.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1 token, got {window}")
+    Xt, single = as_tokens(X)
+    n = Xt.shape[-2]
+    if n <= window:
+        return tau_effective_rank(X, tau, center)
+    k = n // window
+    windows = Xt[:, : k * window].reshape(Xt.shape[0] * k, window, Xt.shape[-1])
+    ranks = tau_effective_rank(windows, tau, center).reshape(Xt.shape[0], k).mean(-1)
+    return _out(ranks, single)

@@ -105,8 +105,12 @@ def test_paper_run_config_points_each_lm_size_at_its_local_checkpoint(tmp_path):
      ([0.9], [0.1], "inconclusive")],
 )
 def test_compare_gives_verdict_from_paired_seeds(better, worse, verdict):
-    f = common.compare("joint_finetuning", better, worse, "finetuned", "frozen")
-    assert f.verdict == verdict and "finetuned" in f.measurement and f.claim
+    index = pd.MultiIndex.from_product([["small"], range(len(better))], names=["lm_size", "seed"])
+    f = common.compare("joint_finetuning", pd.Series(better, index=index), pd.Series(worse, index=index), "finetuned", "frozen")
+    assert f.verdict == common.stats.GATE_NOT_MEASURED  # never judged before the audio-use gate is read
+    f.p_holm, f.family, f.gate = f.p, 1, ""
+    assert common.stats.decide(f, "cpu" if len(better) == 3 else "smoke") == verdict
+    assert "finetuned" in f.measurement and f.claim and f.n == len(better)
 
 
 def test_write_outputs_writes_four_outputs_with_filled_provenance(tmp_path):
@@ -179,8 +183,8 @@ def test_findings_md_lists_every_paper_finding_with_a_verdict(smoke_figures):
     text = (smoke_figures / "findings.md").read_text()
     for claim in paper_numbers.FINDINGS.values():
         assert f"## {claim}" in text
-    # one LM size and one seed cannot settle a comparison
-    assert "**held**" not in text and "**did not hold**" not in text and "**inconclusive**" in text
+    # no audio-use gate measured on smoke, and one seed cannot settle a comparison anyway
+    assert "**held**" not in text and "**did not hold**" not in text and "not testable" in text
 
 
 def test_findings_md_orders_each_findings_rows_by_preset_then_folder(tmp_path):

@@ -129,6 +129,10 @@ def test_token_measures_table_is_tidy_per_site_clip_and_measure():
     x = cache.tokens("lm.layers.1")[2]
     row = table[(table.site == "lm.layers.1") & (table["clip"] == 2) & (table.measure == "tau_rank") & (table.tau == 0.99)]
     assert row.value.item() == probes.tau_effective_rank(x, 0.99)
+    assert "tau_rank_window" not in set(table.measure)  # only with a window
+    windowed = probes.token_measures(cache, taus=(0.99,), window=4)
+    row = windowed[(windowed.site == "lm.layers.1") & (windowed["clip"] == 2) & (windowed.measure == "tau_rank_window")]
+    assert row.value.item() == probes.windowed_tau_rank(x, 4, 0.99) <= 4
 
 
 def test_plots_draw_rank_lines_and_state_updates_from_the_tidy_tables():

@@ -96,3 +96,21 @@ def test_bad_token_shapes_are_refused_with_the_reason():
         probes.token_similarity(torch.randn(1, 4))
     with pytest.raises(ValueError, match="NaN"):
         probes.effective_rank(torch.tensor([[float("nan"), 1.0]]))
+
+
+def test_windowed_rank_does_not_grow_with_sequence_length_where_the_normalized_rank_shrinks():
+    rng = np.random.default_rng(3)
+    basis = rng.normal(size=(4, 64))  # every token lies in one 4-dim subspace
+    short, long = (rng.normal(size=(n, 4)) @ basis for n in (16, 128))
+    # normalized by min(N, d) the long set looks 4x "lower rank" though both span the same 4 dims
+    assert probes.tau_effective_rank(short, normalized=True) == pytest.approx(4 * probes.tau_effective_rank(long, normalized=True), rel=0.3)
+    assert probes.windowed_tau_rank(long, 16) == pytest.approx(probes.windowed_tau_rank(short, 16)) == 4
+    # each window is ranked on its own: a set whose halves span different dims has a lower windowed rank
+    halves = np.concatenate([rng.normal(size=(16, 2)) @ basis[:2], rng.normal(size=(16, 2)) @ basis[2:]])
+    assert probes.tau_effective_rank(halves) >= 3 and probes.windowed_tau_rank(halves, 16) == 2
+    # batches give per-clip means; a short remainder is dropped; fewer tokens than the window: the whole set
+    batch = torch.as_tensor(np.stack([long[:40], long[40:80]]))
+    assert probes.windowed_tau_rank(batch, 16).tolist() == [4.0, 4.0]
+    assert probes.windowed_tau_rank(short[:5], 16) == probes.tau_effective_rank(short[:5])
+    with pytest.raises(ValueError, match="window"):
+        probes.windowed_tau_rank(short, 0)
