@@ -199,3 +199,18 @@ def test_corpus_archive_round_trip_restores_identical_files_and_names_bad_member
     assert not (tmp_path / "dst2" / "corpus" / "manifest.jsonl").exists()  # a failed import never looks complete
     assert main(["prepare-data", "--from-archive", str(tmp_path / "nope.tar"), "--root", str(tmp_path)]) == 1
     assert "nope.tar" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_soundfont_notes_render_deterministically_one_per_slot(tmp_path):
+    import io
+
+    from sam.data.sources import FLUID_SF2, SLOT_S, render_notes, sf2_presets
+
+    assert (0, 40, "Violin") in sf2_presets(FLUID_SF2) and (128, 0, "Standard") in sf2_presets(FLUID_SF2)
+    notes = [(0, 40, 67, 100), (0, 0, 60, 70)]
+    first, again = render_notes(FLUID_SF2, notes, tmp_path), render_notes(FLUID_SF2, notes, tmp_path)
+    assert first == again  # same bytes: the manifest (and every cache keyed on it) is reproducible
+    for wav in first:
+        wave, sr = sf.read(io.BytesIO(wav))
+        assert wave.shape[0] == round(SLOT_S * sr) and np.abs(wave).max() > 0.01
+        assert np.abs(wave[-sr // 10 :]).max() < 0.01 * np.abs(wave).max()  # the note has died out before the next slot
