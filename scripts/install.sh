@@ -7,8 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-dev}"
-APT_PACKAGES=(ufoai-sound openttd-opensfx sonic-pi-samples asterisk-core-sounds-en-wav
-              asterisk-core-sounds-en default-jre-headless)
+# Corpus sources (about 430 MB of .debs; fluidsynth renders the two soundfonts note by note).
+APT_PACKAGES=(ufoai-sound openttd-opensfx sonic-pi-samples fillets-ng-data colobot-common-sounds
+              asterisk-core-sounds-en-wav asterisk-core-sounds-en
+              asterisk-core-sounds-es-wav asterisk-core-sounds-es asterisk-core-sounds-fr-wav asterisk-core-sounds-fr
+              asterisk-core-sounds-it-wav asterisk-core-sounds-it asterisk-core-sounds-ru-wav asterisk-core-sounds-ru
+              fluid-soundfont-gm avldrums.lv2-soundfont fluidsynth default-jre-headless)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

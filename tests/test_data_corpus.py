@@ -1,4 +1,5 @@
-"""The embedded corpus: real clips from the four Debian sources, every row decodes, enough classes."""
+"""The embedded corpus: real clips from the Debian sources, every row decodes, enough classes with enough
+source clips in every split, and labels only where a rule derives them."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import soundfile as sf
 
 from sam.audio import load_audio
 from sam.data.corpus import (
-    OPENSFX_CAT, CorpusError, parse_opensfx_cat, prepare_corpus, read_asterisk_transcripts, read_class_map,
+    NO_LABEL, OPENSFX_CAT, CorpusError, parse_opensfx_cat, prepare_corpus, read_asterisk_transcripts, read_class_map,
     read_manifest, trim_silence,
 )
 from sam.data.summary import corpus_summary, format_summary
@@ -26,13 +27,17 @@ def corpus_root() -> Path:
     return ROOT
 
 
-def test_extraction_finds_over_1100_clips_from_all_four_sources(corpus_root):
+def test_extraction_finds_5000_clips_and_5_hours_from_every_source(corpus_root):
     rows = read_manifest(corpus_root)
     per_source = Counter(r["source"] for r in rows)
     print("clips per source:", dict(per_source), "total", len(rows))
-    assert len(rows) >= 1100
-    assert set(per_source) == {"ufoai-sound", "openttd-opensfx", "sonic-pi-samples", "asterisk-core-sounds-en"}
-    assert per_source["openttd-opensfx"] == 71  # 73 catalogue entries, two are empty placeholders
+    assert len(rows) >= 5000 and sum(r["duration"] for r in rows) >= 5 * 3600
+    assert set(per_source) == {
+        "ufoai-sound", "openttd-opensfx", "sonic-pi-samples", "fillets-ng-data", "colobot-common-sounds",
+        *(f"asterisk-core-sounds-{lang}" for lang in ("en", "es", "fr", "it", "ru")),
+        "fluid-soundfont-gm (rendered by fluidsynth)", "avldrums.lv2-soundfont (rendered by fluidsynth)",
+    }
+    assert per_source["openttd-opensfx"] == 62  # 73 catalogue entries: 11 (two empty placeholders) no rule labels
     assert len({r["id"] for r in rows}) == len(rows)
     assert all(r["licence"] and r["licence"] != "unknown" for r in rows)
 
@@ -46,14 +51,35 @@ def test_manifest_rows_decode_with_their_stated_duration(corpus_root):
         assert sf.info(corpus_root / r["path"]).samplerate == 16000
 
 
-def test_classes_cover_20_labels_with_5_source_clips_each(corpus_root):
+def test_48_classes_each_with_25_source_clips_and_none_in_over_a_quarter_of_clips(corpus_root):
     cmap = read_class_map(corpus_root)
     rows = read_manifest(corpus_root)
     counts = Counter(lab for r in rows for lab in r["labels"])
     print("classes:", {k: v["clips"] for k, v in cmap["classes"].items()})
-    assert len(cmap["classes"]) >= 20
+    assert len(cmap["classes"]) >= 48 and cmap["min_clips"] == 25
     for name, info in cmap["classes"].items():
-        assert info["clips"] == counts[name] >= 5
+        assert info["clips"] == counts[name] >= 25, name
+        assert counts[name] <= 0.25 * len(rows), name
+    assert all(n < 25 for n in cmap["dropped"].values())
+
+
+def test_every_class_has_5_source_clips_in_test_and_no_audio_is_in_two_splits(corpus_root):
+    import hashlib
+
+    from sam.data.scenes import assign_splits
+
+    rows = read_manifest(corpus_root)
+    classes = sorted(read_class_map(corpus_root)["classes"])
+    split_of = assign_splits(rows, classes)
+    per_split = Counter((lab, split_of[r["id"]]) for r in rows if r["id"] in split_of for lab in r["labels"])
+    for name in classes:
+        assert per_split[name, "test"] >= 5 and per_split[name, "valid"] >= 5, name
+    # Split by source clip: identical audio (the same file shipped twice) must not sit in two splits.
+    where: dict[str, str] = {}
+    for r in rows:
+        if r["id"] in split_of:
+            digest = hashlib.sha1((corpus_root / r["path"]).read_bytes()).hexdigest()
+            assert where.setdefault(digest, split_of[r["id"]]) == split_of[r["id"]], r["id"]
 
 
 def test_opensfx_captions_and_asterisk_transcripts_reach_the_manifest(corpus_root):
@@ -62,17 +88,49 @@ def test_opensfx_captions_and_asterisk_transcripts_reach_the_manifest(corpus_roo
     rows = {r["id"]: r for r in read_manifest(corpus_root)}
     assert rows["opensfx/06_ship_horn"]["caption"] == "Ship horn" and rows["opensfx/06_ship_horn"]["labels"] == ["horn"]
     text = read_asterisk_transcripts()
-    speech = [r for r in rows.values() if r["labels"] == ["speech"] and r["transcript"]]
+    speech = [r for r in rows.values() if r["labels"] == ["English speech"] and r["transcript"]]
     assert len(speech) > 500
     name = speech[0]["id"].removeprefix("asterisk/")
     assert speech[0]["transcript"] == text[name]
+    # Other languages: transcript from core-sounds-<lang>.txt.gz, speaker's sex from the voice folder.
+    it = rows["asterisk-it/agent-loggedoff"]
+    assert it["labels"] == ["Italian speech"] and it["transcript"] == "operatore disconnesso."
+    assert it["phrase"].startswith("a man saying")  # it_IT_m_Carlo
+    assert rows["asterisk-ru/agent-loginok"]["transcript"] == "Оператор зарегистрирован."
 
 
-def test_unreadable_entries_are_reported_and_skipped(corpus_root):
+def test_unreadable_and_unlabelable_entries_are_reported_and_skipped(corpus_root):
     report = json.loads((corpus_root / "corpus" / "report.json").read_text())
     skipped = {s["id"]: s["reason"] for s in report["skipped"]}
-    assert "opensfx/34_unused_nothing" in skipped and "no samples" in skipped["opensfx/34_unused_nothing"]
+    assert "silent" in skipped["asterisk/silence/1"]
+    # No rule derives a label: a Czech nickname, an unused OpenSFX slot, a soundfont's sound-effect preset.
+    for entry in ("fillets/barrel/en/bar-x-suckano", "opensfx/34_unused_nothing", "fluid/preset-0-122"):
+        assert skipped[entry] == NO_LABEL, entry
     assert all(i not in {r["id"] for r in read_manifest(corpus_root)} for i in skipped)
+
+
+def test_label_rules_read_names_and_never_guess():
+    from sam.data import classes as C
+
+    assert C.classify_instrument("Violin") == ("violin", "a violin", 55, 93)
+    assert C.classify_instrument("Sea Shore") is None and C.classify_instrument("Goblin") is None
+    assert C.classify_fillets("linux/key12") == (["keyboard typing"], "a key being typed on a keyboard")
+    assert C.classify_fillets("barrel/bar-x-suckano")[0] == []
+    assert C.classify_speech("Attivato.", "Italian", "man") == (["Italian speech"], 'a man saying "Attivato."')
+
+
+def test_folder_clips_without_a_label_are_reported_and_skipped(corpus_root, tmp_path):
+    rows = [r for r in read_manifest(corpus_root) if r["source"] == "sonic-pi-samples"][:4]
+    (tmp_path / "audio").mkdir()
+    lines = ["path,labels,caption"]
+    for i, r in enumerate(rows):
+        (tmp_path / "audio" / f"c{i}.wav").write_bytes((corpus_root / r["path"]).read_bytes())
+        lines.append(f"c{i}.wav,{'drums' if i else ''},real clip {i}")  # the first has no label
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    prepare_corpus(tmp_path, source="folder", min_clips=3, progress=False)
+    assert [r["id"] for r in read_manifest(tmp_path)] == ["folder/c1", "folder/c2", "folder/c3"]
+    skipped = json.loads((tmp_path / "corpus" / "report.json").read_text())["skipped"]
+    assert skipped == [{"id": "folder/c0", "origin": "labels.csv line 2", "reason": NO_LABEL}]
 
 
 def test_folder_source_builds_a_corpus_and_reports_bad_files(tmp_path):
@@ -106,8 +164,14 @@ def test_trim_silence_keeps_the_sound_and_drops_the_edges():
 
 def test_summary_reports_real_numbers(corpus_root):
     s = corpus_summary(corpus_root)
-    assert s["clips"] == len(read_manifest(corpus_root)) and s["classes"] >= 20
-    assert "asterisk-core-sounds-en" in format_summary(corpus_root)
+    assert s["clips"] == len(read_manifest(corpus_root)) and s["classes"] >= 48
+    assert 0 < s["largest_class_share"] <= 0.25
+    text = format_summary(corpus_root)
+    assert "asterisk-core-sounds-en" in text and "Italian speech" in text
+    from sam.data.summary import corpus_tables
+
+    table = corpus_tables(corpus_root)["classes"]
+    assert (table[["train", "valid", "test"]].sum(axis=1) == table["clips"]).all()  # every source clip in one split
 
 
 def test_corpus_archive_round_trip_restores_identical_files_and_names_bad_members(corpus_root, tmp_path, capsys):
@@ -135,3 +199,18 @@ def test_corpus_archive_round_trip_restores_identical_files_and_names_bad_member
     assert not (tmp_path / "dst2" / "corpus" / "manifest.jsonl").exists()  # a failed import never looks complete
     assert main(["prepare-data", "--from-archive", str(tmp_path / "nope.tar"), "--root", str(tmp_path)]) == 1
     assert "nope.tar" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_soundfont_notes_render_deterministically_one_per_slot(tmp_path):
+    import io
+
+    from sam.data.sources import FLUID_SF2, SLOT_S, render_notes, sf2_presets
+
+    assert (0, 40, "Violin") in sf2_presets(FLUID_SF2) and (128, 0, "Standard") in sf2_presets(FLUID_SF2)
+    notes = [(0, 40, 67, 100), (0, 0, 60, 70)]
+    first, again = render_notes(FLUID_SF2, notes, tmp_path), render_notes(FLUID_SF2, notes, tmp_path)
+    assert first == again  # same bytes: the manifest (and every cache keyed on it) is reproducible
+    for wav in first:
+        wave, sr = sf.read(io.BytesIO(wav))
+        assert wave.shape[0] == round(SLOT_S * sr) and np.abs(wave).max() > 0.01
+        assert np.abs(wave[-sr // 10 :]).max() < 0.01 * np.abs(wave).max()  # the note has died out before the next slot

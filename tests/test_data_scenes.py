@@ -170,3 +170,25 @@ def test_build_examples_caches_and_reasoning_exports_to_mmau_json(root, tmp_path
     write_mmau_json(reasoning[:2], tmp_path / "rendered.json", audio_dir=tmp_path / "wavs", corpus_root=root)
     rendered, rep = read_mmau(tmp_path / "rendered.json")
     assert rep.kept == 2 and Path(rendered[0].audio).is_file()
+
+
+def test_speech_questions_use_the_speakers_sex_and_distractors_in_the_same_language(composer):
+    from sam.data.classes import is_speech
+
+    said, mcqs, he = 0, 0, 0
+    for spec in composer.make_split("train", 400):
+        speech = [e for e in spec["events"] if is_speech(e["label"]) and e.get("transcript")]
+        if not speech:
+            continue
+        language = {e["label"] for e in speech}
+        for ex in composer.scene_examples(spec, TASKS):
+            if ex.instruction == "What does the speaker say?":
+                pronoun = "He" if speech[0]["phrase"].startswith("a man ") else "She"  # it_IT_m_Carlo is a man
+                assert ex.answer.startswith(f'{pronoun} says: "'), ex.answer
+                said, he = said + 1, he + (pronoun == "He")
+            if ex.choices and ex.instruction.startswith("What does the speaker say in the audio?"):
+                spoken = {t: lab for lab in language for t in composer.vocabulary("train").transcripts
+                          if composer.vocabulary("train").transcript_class[t] == lab}
+                assert all(c in spoken for c in ex.choices), ex.choices  # no distractor from another language
+                mcqs += 1
+    assert said >= 3 and mcqs >= 3 and he >= 1

@@ -42,6 +42,12 @@ CLASS_GROUPS: dict[str, str] = {
     "click": "an electronic device",
     "beep": "an electronic device",
     "drums": "a musical instrument",
+    "kick drum": "a musical instrument",
+    "snare drum": "a musical instrument",
+    "hi-hat": "a musical instrument",
+    "cymbal": "a musical instrument",
+    "tom drum": "a musical instrument",
+    "keyboard typing": "an electronic device",
     "tabla": "a musical instrument",
     "bass": "a musical instrument",
     "synth blip": "a musical instrument",
@@ -130,10 +136,12 @@ OPENSFX_RULES: list[tuple[str, list[str]]] = [
 
 # (regex on the sonic-pi sample name, labels, phrase).
 SONICPI_RULES: list[tuple[str, list[str], str]] = [
-    (r"^(bd_\w+|drum_bass_\w+|drum_heavy_kick|elec_soft_kick|elec_hollow_kick)$", ["drums"], "a kick drum hit"),
-    (r"^(sn_\w+|drum_snare_\w+|elec_\w*snare|drum_roll)$", ["drums"], "a snare drum"),
-    (r"^(drum_cymbal_\w+|drum_splash_\w+|elec_cymbal)$", ["drums"], "a cymbal crash"),
-    (r"^(drum_tom_\w+|elec_fuzz_tom)$", ["drums"], "a tom drum hit"),
+    (r"^(bd_\w+|drum_bass_\w+|drum_heavy_kick|elec_soft_kick|elec_hollow_kick)$", ["kick drum", "drums"], "a kick drum hit"),
+    (r"^(sn_\w+|drum_snare_\w+|elec_\w*snare)$", ["snare drum", "drums"], "a snare drum"),
+    (r"^drum_roll$", ["drums"], "a drum roll"),
+    (r"^drum_cymbal_(closed|pedal|open)$", ["hi-hat", "drums"], "a hi-hat"),
+    (r"^(drum_cymbal_\w+|drum_splash_\w+|elec_cymbal)$", ["cymbal", "drums"], "a cymbal crash"),
+    (r"^(drum_tom_\w+|elec_fuzz_tom)$", ["tom drum", "drums"], "a tom drum hit"),
     (r"^(tabla_\w+|loop_tabla)$", ["tabla"], "a tabla"),
     (r"^(bass_\w+|glitch_bass_g)$", ["bass"], "a deep bass note"),
     (r"^loop_(amen\w*|breakbeat|compus|garzul|mika|perc\d|safari|industrial|electric|mehackit\d|weirdo)$", ["drums"],
@@ -196,8 +204,127 @@ def classify_opensfx(caption: str) -> tuple[list[str], str]:
     return labels, phrase
 
 
-def classify_speech(transcript: str) -> tuple[list[str], str]:
-    """Asterisk prompts: spoken text is speech; bracketed transcripts (``[beep tone]``) are tones."""
+def classify_speech(transcript: str, language: str = "English", speaker: str = "woman") -> tuple[list[str], str]:
+    """Asterisk prompts: spoken text is speech in the prompt set's language; bracketed transcripts
+    (``[beep tone]``) are tones."""
     if transcript.startswith("["):
         return ["beep"], "an electronic tone"
-    return ["speech"], f'a woman saying "{transcript}"'
+    return [f"{language} speech"], f'a {speaker} saying "{transcript}"'
+
+
+def is_speech(label: str) -> bool:
+    """Speech classes: one per language ("English speech", "Spanish speech", ...)."""
+    return label == "speech" or label.endswith(" speech")
+
+
+# Asterisk prompt voices: the folder name says language, region and sex (``es_MX_f_Allison``).
+LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "it": "Italian", "ru": "Russian"}
+SPEAKERS = {"f": "woman", "m": "man"}
+
+# (regex on a fillets-ng sound path "folder/name", labels, phrase). Most fillets sounds carry Czech
+# nicknames (``bar-x-suckano``) that say too little to label them: they are reported and skipped.
+FILLETS_RULES: list[tuple[str, list[str], str]] = [
+    (r"^linux/(key|enter|space)\d+$", ["keyboard typing"], "a key being typed on a keyboard"),
+    (r"^share/sp-bubles_\d+$", ["water"], "bubbles in water"),
+    (r"^share/sp-impact_(light|heavy)_\d+$", ["impact"], "an object hitting a surface"),
+    (r"^keys/unlocking-\d+$", ["click"], "a key turning in a lock"),
+]
+
+# (regex on a General MIDI soundfont preset name, class, phrase, lowest note, highest note). The
+# class is the instrument the preset's samples were recorded from (or the synthesizer it imitates);
+# presets no rule claims (sound effects, synth effects, "Tinker Bell") are reported and skipped.
+INSTRUMENT_RULES: list[tuple[str, str, str, int, int]] = [
+    (r"^(yamaha grand piano|bright yamaha grand|honky tonk)$", "piano", "a piano", 33, 96),
+    (r"^(electric piano|rhodes ep|legend ep 2|detuned ep [12])$", "electric piano", "an electric piano", 36, 96),
+    (r"harpsichord", "harpsichord", "a harpsichord", 36, 89),
+    (r"^clavinet$", "clavinet", "a clavinet", 36, 89),
+    (r"^celesta$", "celesta", "a celesta", 60, 108),
+    (r"^glockenspiel$", "glockenspiel", "a glockenspiel", 72, 108),
+    (r"^music box$", "music box", "a music box", 60, 96),
+    (r"^vibraphone$", "vibraphone", "a vibraphone", 53, 89),
+    (r"^marimba$", "marimba", "a marimba", 45, 96),
+    (r"^xylophone$", "xylophone", "a xylophone", 65, 108),
+    (r"^(tubular bells|church bell)$", "bell", "a bell", 55, 84),
+    (r"^dulcimer$", "dulcimer", "a dulcimer", 55, 91),
+    (r"^(drawbarorgan|percussive organ|rock organ|detuned organ [12]|reed organ)$", "organ", "an organ", 36, 96),
+    (r"^church organ( 2)?$", "church organ", "a church organ", 36, 96),
+    (r"^(accordian|bandoneon|italian accordion)$", "accordion", "an accordion", 48, 84),
+    (r"^harmonica$", "harmonica", "a harmonica", 60, 84),
+    (r"^(nylon string guitar|steel string guitar|12 string guitar)$", "acoustic guitar", "an acoustic guitar", 40, 84),
+    (r"^(jazz guitar|clean guitar|palm muted guitar|funk guitar)$", "electric guitar", "an electric guitar", 40, 84),
+    (r"^(overdrive guitar|distortion guitar)$", "distorted guitar", "a distorted electric guitar", 40, 84),
+    (r"^ukulele$", "ukulele", "a ukulele", 60, 84),
+    (r"^mandolin$", "mandolin", "a mandolin", 55, 88),
+    (r"^(acoustic bass|fingered bass|picked bass|fretless bass|slap bass|pop bass)$", "bass guitar", "a bass guitar",
+     28, 60),
+    (r"^synth bass [1-4]$", "synth bass", "a synth bass", 28, 60),
+    (r"^(violin|slow violin|fiddle)$", "violin", "a violin", 55, 93),
+    (r"^viola$", "viola", "a viola", 48, 88),
+    (r"^cello$", "cello", "a cello", 36, 76),
+    (r"^contrabass$", "double bass", "a double bass", 28, 55),
+    (r"^pizzicato section$", "pizzicato strings", "plucked strings", 36, 84),
+    (r"^harp$", "harp", "a harp", 36, 96),
+    (r"^timpani$", "timpani", "timpani", 40, 60),
+    (r"^(strings|slow strings|tremolo|orchestral pad)$", "string ensemble", "a string ensemble", 36, 96),
+    (r"^(synth strings [1-3]|fantasia|warm pad|polysynth|space voice|bowed glass|metal pad|halo pad|sweep pad)$",
+     "synth pad", "a synthesizer pad", 36, 84),
+    (r"^(ahh choir|ohh voices)$", "choir", "a choir singing", 48, 79),
+    (r"^(trumpet|muted trumpet)$", "trumpet", "a trumpet", 55, 82),
+    (r"^trombone$", "trombone", "a trombone", 40, 72),
+    (r"^tuba$", "tuba", "a tuba", 28, 55),
+    (r"^french horns$", "french horn", "a french horn", 41, 77),
+    (r"^(brass section|brass 2)$", "brass section", "a brass section", 48, 80),
+    (r"^synth brass [1-4]$", "synth brass", "synthesizer brass", 36, 84),
+    (r"^(soprano|alto|tenor|baritone) sax$", "saxophone", "a saxophone", 44, 74),
+    (r"^oboe$", "oboe", "an oboe", 58, 91),
+    (r"^english horn$", "english horn", "an english horn", 52, 81),
+    (r"^bassoon$", "bassoon", "a bassoon", 34, 72),
+    (r"^clarinet$", "clarinet", "a clarinet", 50, 91),
+    (r"^piccolo$", "piccolo", "a piccolo", 74, 108),
+    (r"^flute$", "flute", "a flute", 60, 96),
+    (r"^recorder$", "recorder", "a recorder", 60, 96),
+    (r"^pan flute$", "pan flute", "a pan flute", 60, 96),
+    (r"^shakuhachi$", "shakuhachi", "a shakuhachi", 55, 90),
+    (r"^whistle$", "whistle", "a whistle", 60, 96),
+    (r"^ocarina$", "ocarina", "an ocarina", 60, 90),
+    (r"^(square lead|saw wave|calliope lead|chiffer lead|charang|fifth sawtooth wave|bass & lead|sine wave)$",
+     "synth lead", "a synthesizer lead", 48, 96),
+    (r"^sitar$", "sitar", "a sitar", 48, 77),
+    (r"^banjo$", "banjo", "a banjo", 48, 84),
+    (r"^shamisen$", "shamisen", "a shamisen", 50, 79),
+    (r"^(koto|taisho koto)$", "koto", "a koto", 55, 84),
+    (r"^kalimba$", "kalimba", "a kalimba", 60, 84),
+    (r"^bagpipe$", "bagpipe", "a bagpipe", 60, 77),
+    (r"^shenai$", "shehnai", "a shehnai", 60, 84),
+    (r"^steel drums$", "steel drums", "steel drums", 52, 76),
+    (r"^taiko drum$", "taiko drum", "a taiko drum", 36, 60),
+    (r"^(melodic tom|melo tom 2)$", "tom drum", "a tom drum", 40, 64),
+]
+
+# General MIDI percussion key map (the note numbers the avldrums kits follow): note -> class, phrase.
+DRUM_NOTES: dict[int, tuple[str, str]] = {
+    36: ("kick drum", "a kick drum hit"),
+    38: ("snare drum", "a snare drum"), 40: ("snare drum", "a snare drum"), 37: ("snare drum", "a snare rim click"),
+    42: ("hi-hat", "a closed hi-hat"), 44: ("hi-hat", "a pedal hi-hat"), 46: ("hi-hat", "an open hi-hat"),
+    41: ("tom drum", "a floor tom"), 43: ("tom drum", "a floor tom"), 45: ("tom drum", "a low tom"),
+    47: ("tom drum", "a mid tom"), 48: ("tom drum", "a high tom"), 50: ("tom drum", "a high tom"),
+    49: ("cymbal", "a crash cymbal"), 57: ("cymbal", "a crash cymbal"), 51: ("cymbal", "a ride cymbal"),
+    59: ("cymbal", "a ride cymbal"), 53: ("cymbal", "a ride cymbal bell"), 55: ("cymbal", "a splash cymbal"),
+    52: ("cymbal", "a china cymbal"),
+}
+
+
+def classify_fillets(key: str) -> tuple[list[str], str]:
+    """Labels and phrase of a fillets-ng sound from ``folder/name`` (language folder removed)."""
+    return _match(FILLETS_RULES, key) or ([], key.rsplit("/", 1)[-1])
+
+
+def classify_instrument(preset: str) -> tuple[str, str, int, int] | None:
+    """(class, phrase, lowest note, highest note) of a soundfont preset name, or None (no rule: skip it)."""
+    low = preset.strip().lower()
+    return next(((cls, phrase, lo, hi) for pat, cls, phrase, lo, hi in INSTRUMENT_RULES if re.search(pat, low)), None)
+
+
+CLASS_GROUPS.update({cls: "a musical instrument" for _, cls, *_ in INSTRUMENT_RULES})
+CLASS_GROUPS["choir"] = "a human voice"
+CLASS_GROUPS.update({f"{lang} speech": "a human voice" for lang in LANGUAGES.values()})

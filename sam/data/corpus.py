@@ -1,6 +1,11 @@
 """Build the embedded real-audio corpus: extract every clip of the Debian sound packages (or a user
 folder), decode, resample to 16 kHz mono, trim silence, and write wavs + manifest + class map.
 
+The sources: game sounds and soundtracks (ufoai, OpenSFX, sonic-pi, fillets-ng, colobot), Asterisk
+prompts in five languages with transcripts, and instrument / drum notes that fluidsynth renders from
+recorded-sample soundfonts (`sam.data.sources`). Every label comes from a rule on a name or metadata
+(`sam.data.classes`); an entry no rule labels is reported and skipped, never guessed.
+
 Layout written under ``root``::
 
     corpus/audio/<source>/<name>.wav   16 kHz mono PCM-16, leading/trailing silence trimmed
@@ -35,13 +40,14 @@ from tqdm import tqdm
 from sam.audio import AudioError, load_audio
 from sam.data import classes as C
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 SAMPLE_RATE = 16000
-MIN_CLIPS = 5
+MIN_CLIPS = 25  # a class needs this many source clips: enough for >= 5 in every split
 # Sound starts where a 10 ms frame first reaches 1% (-40 dB) of the clip's peak.
 TRIM_DB = -40.0
 MIN_SECONDS = 0.02
 SILENCE_PEAK = 1e-3  # a clip whose peak stays below -60 dBFS is silence, not a sound event
+NO_LABEL = "no label: no rule derives one from its name or metadata"  # reported, never guessed
 
 UFOAI_PK3 = Path("/usr/share/games/ufoai/base/0snd.pk3")
 UFOAI_COPYRIGHT = Path("/usr/share/doc/ufoai-sound/copyright")
@@ -55,7 +61,15 @@ DEBIAN_PACKAGES = {
     "sonic-pi-samples": [SONICPI_DIR],
     "asterisk-core-sounds-en-wav": [ASTERISK_DIR],
     "asterisk-core-sounds-en": [ASTERISK_TEXT],
+    "fillets-ng-data": [Path("/usr/share/games/fillets-ng/sound")],
+    "colobot-common-sounds": [Path("/usr/share/games/colobot/music")],
+    "fluid-soundfont-gm": [Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")],
+    "avldrums.lv2-soundfont": [Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2")],
+    "fluidsynth": [Path("/usr/bin/fluidsynth")],
 }
+for _lang in ("es", "fr", "it", "ru"):
+    DEBIAN_PACKAGES[f"asterisk-core-sounds-{_lang}"] = [Path(f"/usr/share/doc/asterisk-core-sounds-{_lang}/core-sounds-{_lang}.txt.gz")]
+    DEBIAN_PACKAGES[f"asterisk-core-sounds-{_lang}-wav"] = [Path(f"/usr/share/doc/asterisk-core-sounds-{_lang}-wav")]
 
 
 class CorpusError(RuntimeError):
@@ -192,14 +206,14 @@ def iter_asterisk(folder: Path = ASTERISK_DIR, transcripts: Path = ASTERISK_TEXT
         name = path.relative_to(folder).with_suffix("").as_posix()
         t = text.get(name)
         if t is None:
-            labels, phrase, caption, kind = ["speech"], "a woman speaking", "a woman speaking", "derived"
+            labels, phrase, caption, kind = ["English speech"], "a woman speaking", "a woman speaking", "derived"
         else:
             labels, phrase = C.classify_speech(t)
             caption, kind = t, "transcript"
         yield RawClip(
             id=f"asterisk/{name}", source="asterisk-core-sounds-en", origin=path.relative_to(folder.parent).as_posix(),
             data=path, labels=labels, phrase=phrase, caption=caption, caption_kind=kind,
-            licence="CC-BY-SA-3.0", transcript=t if labels == ["speech"] else None,
+            licence="CC-BY-SA-3.0", transcript=t if labels == ["English speech"] else None,
         )
 
 
@@ -249,6 +263,9 @@ def iter_debian() -> Iterator[RawClip]:
     yield from iter_opensfx()
     yield from iter_sonicpi()
     yield from iter_asterisk()
+    from sam.data.sources import iter_more  # sources.py builds on this module's RawClip
+
+    yield from iter_more()
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,8 +352,8 @@ def prepare_corpus(root: str | Path | Any = "data", force: bool = False, source:
     """Build ``root/corpus`` (idempotent: returns at once when a complete corpus is already there).
 
     `root` may be a path or a `DataConfig` (its ``root`` and ``source`` are used). ``source`` is
-    ``"debian"`` (the five Debian sound packages) or ``"folder"`` (``root/audio`` + ``root/labels.csv``).
-    Unreadable entries are printed, written to ``corpus/report.json`` and skipped. Returns ``root/corpus``.
+    ``"debian"`` (the Debian sound packages in `DEBIAN_PACKAGES`) or ``"folder"`` (``root/audio`` + ``root/labels.csv``).
+    Unreadable or unlabelled entries are printed, written to ``corpus/report.json`` and skipped. Returns ``root/corpus``.
     """
     root, source = _source_of(root, source)
     corpus = root / "corpus"
@@ -352,6 +369,9 @@ def prepare_corpus(root: str | Path | Any = "data", force: bool = False, source:
     corpus.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     for raw in tqdm(raws, desc=f"corpus ({source})", unit="clip", disable=not progress):
+        if not raw.labels:  # never guess a label: report the entry instead
+            skipped.append({"id": raw.id, "origin": raw.origin, "reason": NO_LABEL})
+            continue
         try:
             rows.append(_process(raw, root))
         except AudioError as e:

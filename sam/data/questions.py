@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from sam.data import classes as C
 from sam.data.types import TASKS, Example
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six"]
@@ -31,6 +32,7 @@ class Vocabulary:
     classes: list[str]
     groups: dict[str, str]
     transcripts: list[str]
+    transcript_class: dict[str, str] = field(default_factory=dict)  # transcript -> its speech class (language)
 
 
 def mcq_instruction(question: str, choices: list[str]) -> str:
@@ -40,7 +42,7 @@ def mcq_instruction(question: str, choices: list[str]) -> str:
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]+", "", text.lower()).strip()
+    return re.sub(r"[^\w ]+", "", text.lower()).strip()  # \w: letters of every script (Cyrillic too)
 
 
 def _cap(s: str) -> str:
@@ -49,7 +51,7 @@ def _cap(s: str) -> str:
 
 def _article(label: str) -> str:
     plural = label.endswith("s") or label in ("speech", "music", "fire", "water", "machinery", "gunshot")
-    if label in ("speech", "music", "fire", "water", "machinery", "footsteps", "drums", "tabla", "bass"):
+    if C.is_speech(label) or label in ("music", "fire", "water", "machinery", "footsteps", "drums", "tabla", "bass"):
         return label
     return label if plural and label != "gunshot" else ("an " if label[0] in "aeiou" else "a ") + label
 
@@ -64,7 +66,7 @@ class _Scene:
         self.all_labels = sorted({lab for e in self.events for lab in e["labels"]})
         self.absent = [c for c in vocab.classes if c not in self.all_labels]
         self.rng = np.random.default_rng(zlib.crc32(spec["id"].encode()))
-        self.speech = next((e for e in self.events if e["label"] == "speech" and e.get("transcript")), None)
+        self.speech = next((e for e in self.events if C.is_speech(e["label"]) and e.get("transcript")), None)
 
     def pick(self, seq: list, k: int) -> list:
         idx = self.rng.choice(len(seq), size=min(k, len(seq)), replace=False)
@@ -121,7 +123,8 @@ def _open(s: _Scene) -> list[tuple[str, str, str]]:
         rel = "While it is still going on" if s.overlaps(a, b) else "After it ends"
         out.append((f"What happens after the {a['label']} starts?", f"{rel}, {b['phrase']} can be heard.", "after"))
     if s.speech:
-        out.append(("What does the speaker say?", f'She says: "{s.speech["transcript"]}"', "transcript"))
+        pronoun = "He" if s.speech["phrase"].startswith("a man ") else "She"
+        out.append(("What does the speaker say?", f'{pronoun} says: "{s.speech["transcript"]}"', "transcript"))
     out.append(("Describe the sounds in this audio.", caption(s.spec, s.rng), "describe"))
     return out
 
@@ -223,7 +226,8 @@ def _mcq_speech(s: _Scene) -> MCQ | None:
     if not s.speech:
         return None
     said = s.speech["transcript"]
-    pool = [t for t in s.vocab.transcripts if _norm(t) != _norm(said)]
+    lang = s.speech["label"]  # distractors in the speaker's language: another language would give it away
+    pool = [t for t in s.vocab.transcripts if _norm(t) != _norm(said) and s.vocab.transcript_class.get(t, lang) == lang]
     if len(pool) < 3:
         return None
     return MCQ("What does the speaker say in the audio?", said, s.pick(pool, 3),

@@ -29,6 +29,7 @@ AMBIENCE_RMS = 10 ** (-40 / 20)
 MIN_ONSET_GAP = 0.5  # seconds between onsets, so "which comes first" has one answer
 FADE_OUT = 0.02  # seconds of fade on events cut to fit the scene
 SPEECH_WEIGHT = 4.0
+MIN_TEST = 5  # source clips of a class in the test split (and in valid), so its test metric rests on several clips
 
 
 def _rng(*keys: int | str) -> np.random.Generator:
@@ -39,7 +40,8 @@ def _rng(*keys: int | str) -> np.random.Generator:
 def assign_splits(rows: list[dict[str, Any]], classes: list[str], split_seed: int = 0,
                   fractions: tuple[float, float] = (0.1, 0.1)) -> dict[str, str]:
     """clip id -> split. Stratified by each clip's first class (or ambience) so every class with
-    >= 3 clips has at least one clip in each split; a clip is in exactly one split."""
+    >= 3 clips has at least one clip in each split, and every class with >= `MIN_TEST` * 5 clips at least
+    `MIN_TEST` in valid and in test; a clip is in exactly one split."""
     groups: dict[str, list[str]] = {}
     known = set(classes)
     for r in rows:
@@ -50,8 +52,9 @@ def assign_splits(rows: list[dict[str, Any]], classes: list[str], split_seed: in
     for key, ids in sorted(groups.items()):
         ids = sorted(ids)
         order = _rng(split_seed, key).permutation(len(ids))
-        n_val = max(1, round(fractions[0] * len(ids))) if len(ids) >= 3 else 0
-        n_test = max(1, round(fractions[1] * len(ids))) if len(ids) >= 3 else 0
+        least = MIN_TEST if len(ids) >= 5 * MIN_TEST else 1
+        n_val = max(least, round(fractions[0] * len(ids))) if len(ids) >= 3 else 0
+        n_test = max(least, round(fractions[1] * len(ids))) if len(ids) >= 3 else 0
         for rank, j in enumerate(order):
             out[ids[j]] = "test" if rank < n_test else "valid" if rank < n_test + n_val else "train"
     return out
@@ -80,7 +83,7 @@ class SceneComposer:
         for cid, split in sorted(self.split_of.items()):
             row = self.clips[cid]
             key = next((lab for lab in row["labels"] if lab in self.class_map), C.AMBIENCE)
-            if key == "speech" and (not row.get("transcript") or row["num_samples"] > self.max_event_samples):
+            if C.is_speech(key) and (not row.get("transcript") or row["num_samples"] > self.max_event_samples):
                 continue  # speech is only used whole, so its transcript is exactly what is heard
             self.pools[split].setdefault(key, []).append(cid)
 
@@ -98,8 +101,10 @@ class SceneComposer:
         k = int(rng.integers(1, self.max_events + 1))
         events: list[dict[str, Any]] = []
         used: set[str] = set()
-        # Speech has by far the most clips (and transcripts); draw it a few times more often than other classes.
-        w = np.array([SPEECH_WEIGHT if c == "speech" else 1.0 for c in available])
+        # Speech has by far the most clips (and transcripts); draw it a few times more often than other
+        # classes, SPEECH_WEIGHT shared among the languages.
+        n_speech = max(1, sum(C.is_speech(c) for c in available))
+        w = np.array([SPEECH_WEIGHT / n_speech if C.is_speech(c) else 1.0 for c in available])
         for cls in rng.choice(available, size=len(available), replace=False, p=w / w.sum()):
             if len(events) == k:
                 break
@@ -165,8 +170,8 @@ class SceneComposer:
 
         cache = getattr(self, "_vocab", {})
         if split not in cache:
-            transcripts = sorted({self.clips[c]["transcript"] for c in self.pools[split].get("speech", [])})
-            cache[split] = Vocabulary(self.classes, {c: self.class_map[c]["group"] for c in self.classes}, transcripts)
+            said = {self.clips[c]["transcript"]: key for key, ids in self.pools[split].items() if C.is_speech(key) for c in ids}
+            cache[split] = Vocabulary(self.classes, {c: self.class_map[c]["group"] for c in self.classes}, sorted(said), said)
             self._vocab = cache
         return cache[split]
 
