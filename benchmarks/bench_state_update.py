@@ -205,7 +205,7 @@ def phase_clock(device: torch.device, backend: str) -> Iterator[PhaseClock]:
     """probes.state's `ssm_inputs` and `update_stats` (and, on the Triton backend, the carry and
     chunk kernels) timed by one PhaseClock inside the block; the originals restored afterwards."""
     clock = PhaseClock(device)
-    state = probes.state
+    state = probes.state.runner  # where `state_updates` looks these names up
     patched: list[tuple[Any, str, Any]] = [(state, "ssm_inputs", state.ssm_inputs), (state, "update_stats", state.update_stats)]
     if backend == "triton":
         from probes import triton_state
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     model, ids, device = build(args)
     if args.overlap_layers:
-        probes.state.OVERLAP_LAYERS = args.overlap_layers
+        probes.state.runner.OVERLAP_LAYERS = args.overlap_layers
     cfg = model.config
     inputs = {"input_ids": ids}
     variants = [
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
         "triton_default_tile": triton_default_tile() if "triton" in args.backends else None,
-        "overlap_layers": probes.state.OVERLAP_LAYERS,
+        "overlap_layers": probes.state.runner.OVERLAP_LAYERS,
         "shape": args.shape,
         "lm": {k: getattr(cfg, k) for k in ("d_model", "n_layer", "d_state", "headdim", "ngroups", "chunk_size")} | {"nheads": nheads},
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

@@ -29,44 +29,7 @@ from typing import Any
 
 import numpy as np
 
-AUDIO_STAGES = ("stage1", "stage2", "stage3", "stage4")
-
-
-def _steps(factor: float) -> list[str]:
-    return [f"train.stages.{name}.steps*{factor}" for name in AUDIO_STAGES]
-
-
-# name -> (what it changes, config changes). "stages.NAME.steps*F" multiplies a stage's steps (and warmup).
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "recipe": ("the preset as it is", []),
-    "steps_x3": ("3x the audio stages' steps", _steps(3)),
-    "steps_x10": ("10x the audio stages' steps", _steps(10)),
-    "token_norm": ("audio tokens RMS-normalized to the text-embedding norm", ["model.connector.token_norm=0.7"]),
-    "token_norm_x3": ("token_norm and 3x the audio steps", ["model.connector.token_norm=0.7", *_steps(3)]),
-    "cls_stage1": ("stage 1 on classification only, twice as long",
-                   ["train.stages.stage1.tasks=[classification]", "train.stages.stage1.steps*2"]),
-}
-
-
-def variant_config(preset: str, name: str, seed: int) -> Any:
-    """The preset's small-LM config with a variant's changes, at `seed`."""
-    from sam.config import apply_overrides, preset as make_preset
-
-    cfg = make_preset(preset, "small")
-    cfg.train.seed = cfg.data.seed = seed
-    plain = []
-    for change in VARIANTS[name][1]:
-        key, _, value = change.partition("*") if "*" in change else (change, "", "")
-        if not value:
-            plain.append(change)
-            continue
-        parts = key.split(".")  # train.stages.<name>.steps
-        stage = next(s for s in cfg.train.stages if s.name == parts[2])
-        stage.steps = int(round(stage.steps * float(value)))
-        stage.warmup_steps = max(1, stage.steps // 10)
-    for i, stage in enumerate(cfg.train.stages):  # overrides address stages by index
-        plain = [c.replace(f"train.stages.{stage.name}.", f"train.stages.{i}.") for c in plain]
-    return apply_overrides(cfg, plain)
+from lib.variants import AUDIO_STAGES, VARIANTS, variant_config
 
 
 def _deranged(examples: list[Any]) -> list[Any]:

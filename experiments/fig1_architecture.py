@@ -12,8 +12,8 @@ import json
 import pandas as pd
 import torch
 
-import common
-import paper_numbers
+from lib import common
+from lib import paper_numbers
 from sam.config import PAPER_LM_NAMES
 from sam.lm import config_from_mamba_ssm
 from sam.model import SAM

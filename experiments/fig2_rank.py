@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import seaborn as sns
 
-import common
+from lib import common
 import measure
 
 STAGES = ("stage0", "stage1", "stage2", "stage3", "stage4")

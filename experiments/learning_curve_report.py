@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lib.variants import variant_config
+
 
 def _examples(record: dict[str, Any], task: str) -> list[Any]:
     """The record's test examples of `task`, rebuilt from the (deterministic) scene composer by id."""
-    from check_learning_curve import variant_config
-
     from sam.data import build_examples
 
     exp = variant_config(record["preset"], record["variant"], record["seed"])

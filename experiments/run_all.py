@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-import common
-import paper_numbers
-import stats
+from lib import common
+from lib import paper_numbers
+from lib import stats
 
 SCRIPTS = ("fig1_architecture", "table_main", "fig2_rank", "table_reasoning", "table_lora_rank", "table_encoder",
            "table_token_length", "fig3_state_update")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 import seaborn as sns
 
-import common
+from lib import common
 import measure
 
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("caption", "CIDEr-D")]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-import common
+from lib import common
 import measure
 
 RANKS = (8, 256)

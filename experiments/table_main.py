@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-import common
+from lib import common
 import measure
-import paper_numbers
+from lib import paper_numbers
 
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("classification", "micro_f1"),
            ("caption", "CIDEr-D"), ("caption", "METEOR"), ("caption", "SPICE")]

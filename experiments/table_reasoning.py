@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-import common
+from lib import common
 import measure
-import paper_numbers
+from lib import paper_numbers
 
 STAGES = {"stage4": "without reasoning (stage 4)", "stage5": "with reasoning (stage 5)"}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-import common
+from lib import common
 import measure
 
 LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import gzip
 import io
 import json
 import os
@@ -29,7 +28,6 @@ import re
 import struct
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +37,7 @@ from tqdm import tqdm
 
 from sam.audio import AudioError, load_audio
 from sam.data import classes as C
+from sam.data.clips import CorpusError, RawClip, read_transcripts
 
 CORPUS_VERSION = 2
 SAMPLE_RATE = 16000
@@ -70,26 +69,6 @@ DEBIAN_PACKAGES = {
 for _lang in ("es", "fr", "it", "ru"):
     DEBIAN_PACKAGES[f"asterisk-core-sounds-{_lang}"] = [Path(f"/usr/share/doc/asterisk-core-sounds-{_lang}/core-sounds-{_lang}.txt.gz")]
     DEBIAN_PACKAGES[f"asterisk-core-sounds-{_lang}-wav"] = [Path(f"/usr/share/doc/asterisk-core-sounds-{_lang}-wav")]
-
-
-class CorpusError(RuntimeError):
-    """The corpus cannot be built or read; the message says what is missing and what to do."""
-
-
-@dataclass
-class RawClip:
-    """One entry found in a source package, before decoding."""
-
-    id: str
-    source: str  # Debian package name, or "folder"
-    origin: str  # where inside the package the entry lives
-    data: bytes | Path
-    labels: list[str]
-    phrase: str  # noun phrase used in scene captions
-    caption: str  # human caption / transcript / derived description
-    caption_kind: str  # human | transcript | derived
-    licence: str
-    transcript: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,15 +167,7 @@ def iter_sonicpi(folder: Path = SONICPI_DIR) -> Iterator[RawClip]:
 
 def read_asterisk_transcripts(path: Path = ASTERISK_TEXT) -> dict[str, str]:
     """``name: text`` lines of core-sounds-en.txt.gz (``;`` lines are comments)."""
-    out: dict[str, str] = {}
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith(";") or ":" not in line:
-                continue
-            name, _, text = line.partition(":")
-            out[name.strip()] = " ".join(text.split())
-    return out
+    return read_transcripts(path)
 
 
 def iter_asterisk(folder: Path = ASTERISK_DIR, transcripts: Path = ASTERISK_TEXT) -> Iterator[RawClip]:

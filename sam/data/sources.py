@@ -19,7 +19,7 @@ from typing import Iterator
 import soundfile as sf
 
 from sam.data import classes as C
-from sam.data.corpus import CorpusError, RawClip, read_asterisk_transcripts
+from sam.data.clips import CorpusError, RawClip, read_transcripts
 
 ASTERISK_ROOT = Path("/usr/share/asterisk/sounds")
 ASTERISK_DOCS = Path("/usr/share/doc")
@@ -51,7 +51,7 @@ def iter_asterisk_lang(lang: str) -> Iterator[RawClip]:
     _, region, sex, voice = folder.name.split("_", 3)
     if lang not in C.LANGUAGES or sex not in C.SPEAKERS:
         raise CorpusError(f"{folder}: cannot read language/sex from the folder name")
-    text = read_asterisk_transcripts(ASTERISK_DOCS / f"asterisk-core-sounds-{lang}" / f"core-sounds-{lang}.txt.gz")
+    text = read_transcripts(ASTERISK_DOCS / f"asterisk-core-sounds-{lang}" / f"core-sounds-{lang}.txt.gz")
     for path in sorted(folder.rglob("*.wav")):
         name = path.relative_to(folder).with_suffix("").as_posix()
         t = text.get(name)

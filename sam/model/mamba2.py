@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sam.config import ConfigError, MambaConfig
-from sam.ssd import CPU_CHUNK_SIZE, ssd_chunked
+from sam.model.ssd import CPU_CHUNK_SIZE, ssd_chunked
 
 
 def check_config(cfg: MambaConfig) -> None:

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from sam.audio import load_audio, waves_to_features
 from sam.checkpoint import atomic_write_bytes
 from sam.config import ConfigError, SAMConfig, from_dict, to_dict
-from sam.connector import Connector
-from sam.encoder import AudioEncoder
-from sam.lm import MambaLM, padded_vocab_size
+from sam.model.connector import Connector
+from sam.model.encoder import AudioEncoder
+from sam.model.lm import MambaLM, padded_vocab_size
 from sam.prompt import IGNORE_INDEX, encode_example
 
 TRAINABLE_GROUPS = ("encoder", "connector", "lora", "lm", "head")
