@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md += [
         "",
         "Our PyTorch path picks its own chunk length on CPU (`sam.ssd.CPU_CHUNK_SIZE` = 32; results do not depend on it, "
-        "tests/test_ssd.py), while transformers uses the configured one; the 'chunk 32' column gives transformers the same freedom.",
+        "tests/model/test_ssd.py), while transformers uses the configured one; the 'chunk 32' column gives transformers the same freedom.",
         "On a machine shared with other jobs (see the load average), multi-threaded timings swing widely; the 1-thread rows are the stable ones.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}; commit {record['git_commit'][:10]}.",
     ]

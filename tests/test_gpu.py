@@ -386,7 +386,7 @@ def test_ddp_and_fsdp_on_two_gpus_match_one_gpu(tmp_path) -> None:
     on two H100s, FSDP vs one GPU: mean deviation 8.0e-7 against a mean update of 6.1e-3; the
     largest single deviation 2.4e-3 against the largest update 1.8e-2.)"""
     from sam.config import save_yaml
-    from tests.test_train import REPO, _finish, _train_cli, initial_weights, parallel_config, train_corpus_bpe, weights
+    from tests.support.training import REPO, finish_run, initial_weights, parallel_config, train_cli, train_corpus_bpe, weights
 
     if not (REPO / "data" / "corpus" / "manifest.jsonl").is_file():
         pytest.skip("needs the corpus in data/ (sam prepare-data, or --from-archive on a machine without the Debian packages)")
@@ -398,7 +398,7 @@ def test_ddp_and_fsdp_on_two_gpus_match_one_gpu(tmp_path) -> None:
         e = copy.deepcopy(exp)
         e.train.fsdp = fsdp
         save_yaml(e, tmp_path / f"{name}.yaml")
-        got[name] = weights(_finish(_train_cli(tmp_path / f"{name}.yaml", tmp_path / name, torchrun=procs, device="cuda")) / "model")
+        got[name] = weights(finish_run(train_cli(tmp_path / f"{name}.yaml", tmp_path / name, torchrun=procs, device="cuda")) / "model")
     one = got["one"]
     moved = {k: (one[k].float() - start[k].float()).abs() for k in one if k in start}
     top, mean = max(float(m.max()) for m in moved.values()), sum(float(m.sum()) for m in moved.values()) / sum(m.numel() for m in moved.values())

@@ -20,7 +20,7 @@ NOTEBOOKS = ("quickstart", "probes_tour", "rebuild_figures")
 
 @pytest.fixture(scope="module")
 def smoke_env(tmp_path_factory):
-    runs = tmp_path_factory.getbasetemp() / "smoke-runs"  # same folder as tests/test_experiments.py
+    runs = tmp_path_factory.getbasetemp() / "smoke-runs"  # same folder as tests/experiments/test_scripts.py
     runs.mkdir(exist_ok=True)
     figures = tmp_path_factory.mktemp("nb-figures")
     # rebuild_figures needs CSVs: the one experiment that trains nothing writes them quickly

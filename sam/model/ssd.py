@@ -72,7 +72,7 @@ class _ChunkedScan(torch.autograd.Function):
     Inputs: x [b, c, q, g, r, p], dt [b, c, q, g, r] (discretized), A [g, r], B and C [b, c, q, g, n],
     init [b, g, r, p, n]. Outputs: y [b, c, q, g, r, p] and the final state [b, g, r, p, n].
     Autograd through the same einsums saves and revisits many more full-size intermediates; the
-    explicit backward is about twice as fast on CPU. tests/test_ssd.py checks its gradients against
+    explicit backward is about twice as fast on CPU. tests/model/test_ssd.py checks its gradients against
     autograd through the token-by-token recurrence.
     """
 
@@ -239,7 +239,7 @@ def ssd_chunked(
     return y
 
 
-# Chunk length of `ssd_chunked` on CPU (results do not depend on it; tests/test_ssd.py). 64 is
+# Chunk length of `ssd_chunked` on CPU (results do not depend on it; tests/model/test_ssd.py). 64 is
 # ~10% faster than 32 on CPU, but 32 keeps even Mamba-2's initial decays (dt * |A| up to 1.6 a
 # token) inside _FACTOR_LIMIT, so the fast within-chunk form is the one that runs.
 CPU_CHUNK_SIZE = 32

@@ -22,7 +22,7 @@ import pytest
 # triton is no dev dependency (a 170-290 MB wheel of GPU compilers, 0.6-1 GB installed): `pip install triton` to run these.
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton to run the kernels under its interpreter)")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # float32 arithmetic: the PyTorch float32 path stays below ~2e-5 against float64 on these cases.
 REL32 = 1e-4
 # (name, b, T, H, P, G, N, chunk, decay, block_p x block_n tile or None[, triton precision[, chunks per carry segment]])
@@ -98,7 +98,7 @@ def run_checks() -> dict:
             "dtype": str(d.dtype),
         }
 
-    from tests.test_probes_state import tiny_hf, tiny_lm
+    from tests.support.models import tiny_hf, tiny_lm
 
     ids = torch.randint(0, 64, (3, 50), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(3, 50, dtype=torch.long)
@@ -211,7 +211,7 @@ def test_triton_precision_is_checked_whatever_the_backend(bad):
     from probes import triton_state
     from probes.state import TRITON_PRECISIONS, state_updates, update_stats
 
-    from tests.test_probes_state import tiny_lm
+    from tests.support.models import tiny_lm
 
     assert TRITON_PRECISIONS == ("ieee", "tf32x3")
     args = torch.zeros(1, 4, 2, 16), torch.zeros(1, 4, 1, 16), torch.zeros(1, 4, 2), torch.zeros(2)

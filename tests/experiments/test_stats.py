@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 
-import paper_numbers  # noqa: E402
-import stats  # noqa: E402
+from lib import paper_numbers  # noqa: E402
+from lib import stats  # noqa: E402
 
 
 def finding(diffs, test="t", margin=math.nan, preset="cpu") -> stats.Finding:

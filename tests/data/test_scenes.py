@@ -18,7 +18,7 @@ from sam.data.readers import read_mmau, write_mmau_json
 from sam.data.scenes import SPLITS, SceneComposer, render_scene
 from sam.data.types import TASKS
 
-ROOT = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2] / "data"
 
 
 @pytest.fixture(scope="session")

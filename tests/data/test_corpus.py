@@ -18,7 +18,7 @@ from sam.data.corpus import (
 )
 from sam.data.summary import corpus_summary, format_summary
 
-ROOT = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2] / "data"
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from sam.config import AudioConfig, ConnectorConfig, EncoderConfig
 from sam.connector import Connector
-from sam.encoder import AudioEncoder, EncoderCheckpointError, sincos_2d
+from sam.encoder import AudioEncoder, EncoderCheckpointError
+from tests.support.models import DEPTH, DIM, HEADS, eat_weights
 
 AUDIO_10S = AudioConfig()
 AUDIO_5S = AudioConfig(clip_seconds=5.0, target_frames=512)
-DIM, DEPTH, HEADS = 32, 2, 4
 
 
 def test_encoder_grid_shapes_for_10s_and_5s_clips() -> None:
@@ -68,32 +68,13 @@ def _eat_reference(state: dict[str, torch.Tensor], prefix: str, x: torch.Tensor,
     return h
 
 
-def _eat_weights(prefix: str, n_pos: int, fairseq: bool) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=gen) * 0.1  # noqa: E731
-    enc = prefix + ("modality_encoders.IMAGE." if fairseq else "")
-    sd = {
-        enc + "local_encoder.proj.weight": r(DIM, 1, 16, 16),
-        enc + "local_encoder.proj.bias": r(DIM),
-        enc + "extra_tokens": r(1, 1, DIM),
-        enc + "fixed_positional_encoder.positions": sincos_2d(DIM, n_pos // 8, 8).unsqueeze(0),
-    }
-    norm = enc + "context_encoder.norm." if fairseq else prefix + "pre_norm."
-    sd[norm + "weight"], sd[norm + "bias"] = 1 + r(DIM), r(DIM)
-    for i in range(DEPTH):
-        for name, shape in [("norm1", (DIM,)), ("attn.qkv", (3 * DIM, DIM)), ("attn.proj", (DIM, DIM)), ("norm2", (DIM,)), ("mlp.fc1", (4 * DIM, DIM)), ("mlp.fc2", (DIM, 4 * DIM))]:
-            sd[f"{prefix}blocks.{i}.{name}.weight"] = (1 + r(*shape)) if name.startswith("norm") else r(*shape)
-            sd[f"{prefix}blocks.{i}.{name}.bias"] = r(shape[0])
-    return sd
-
-
 def _eat_cfg(path: Path) -> EncoderConfig:
     return EncoderConfig(size="tiny", embed_dim=DIM, depth=DEPTH, num_heads=HEADS, norm_first=False, checkpoint=str(path))
 
 
 def test_fairseq_eat_checkpoint_loads_and_matches_reference_forward(tmp_path: Path) -> None:
     omegaconf = pytest.importorskip("omegaconf")
-    weights = _eat_weights("", 512, fairseq=True)
+    weights = eat_weights("", 512, fairseq=True)
     model_state = dict(weights)
     # Pretraining-only parts that the loader must skip: EMA teacher, CNN decoder.
     model_state["_ema"] = {"blocks.0.norm1.weight": torch.ones(DIM)}
@@ -116,7 +97,7 @@ def test_fairseq_eat_checkpoint_loads_and_matches_reference_forward(tmp_path: Pa
 def test_hf_eat_safetensors_loads_and_matches_reference_forward(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    weights = _eat_weights("model.", 96 * 8, fairseq=False)  # HF stores positions for max_length=96 patches
+    weights = eat_weights("model.", 96 * 8, fairseq=False)  # HF stores positions for max_length=96 patches
     stored = dict(weights, **{"model.fc_norm.weight": torch.ones(DIM), "model.fc_norm.bias": torch.zeros(DIM), "model.head.weight": torch.randn(5, DIM), "model.head.bias": torch.zeros(5)})
     save_file(stored, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "eat", "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "layer_norm_first": False}))
@@ -140,11 +121,11 @@ class NotAConfig:
 
 def test_eat_loader_refuses_pickled_code_and_mismatched_layouts(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
-    torch.save({"model": _eat_weights("", 512, fairseq=True), "extra": NotAConfig()}, path)
+    torch.save({"model": eat_weights("", 512, fairseq=True), "extra": NotAConfig()}, path)
     with pytest.raises(EncoderCheckpointError, match="refusing to unpickle .*NotAConfig"):
         AudioEncoder(_eat_cfg(path), AUDIO_5S)
     good = tmp_path / "good.pt"
-    torch.save({"model": _eat_weights("", 512, fairseq=True)}, good)
+    torch.save({"model": eat_weights("", 512, fairseq=True)}, good)
     with pytest.raises(EncoderCheckpointError, match="norm_first=false"):
         AudioEncoder(EncoderConfig(**{**_eat_cfg(good).__dict__, "norm_first": True}), AUDIO_5S)
     with pytest.raises(EncoderCheckpointError, match="depth"):

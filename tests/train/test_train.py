@@ -5,25 +5,30 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sam.checkpoint import load_latest
-from sam.config import ExperimentConfig, StageConfig, preset, save_yaml
+from sam.config import ExperimentConfig, preset, save_yaml
 from sam.data.corpus import prepare_corpus
-from sam.runs import build_model, run_dir_for, stage_dirs, train_or_load
-from sam.tokenizer import load_tokenizer
+from sam.runs import run_dir_for, stage_dirs, train_or_load
+from tests.support.training import (
+    base_config,
+    finish_run,
+    initial_weights,
+    parallel_config,
+    short_config,
+    train_cli,
+    train_corpus_bpe,
+    weights,
+)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GROUP_OF = {"audio_tower.": "encoder", "connector.": "connector"}
 
 
@@ -41,26 +46,6 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_corpus_bpe(tmp_path_factory.mktemp("tokenizer"))
 
 
-def train_corpus_bpe(folder: Path) -> Path:
-    """The BPE of `base_config`'s corpus (which must be built) trained into `folder`."""
-    from sam.data import corpus_texts
-    from sam.tokenizer import train_bpe
-
-    data = base_config(Path(".")).data
-    train_bpe(corpus_texts(data), data.bpe_vocab_size, folder)
-    return folder
-
-
-def base_config(tokenizer: Path) -> ExperimentConfig:
-    exp = preset("smoke")
-    exp.data.root = str(REPO / "data")
-    exp.data.n_valid = 4
-    exp.model.tokenizer = str(tokenizer)
-    exp.train.eval_batch_size = 2
-    exp.train.log_every = 1
-    return exp
-
-
 def curriculum_config(tokenizer: Path) -> ExperimentConfig:
     """Every stage of the smoke curriculum, 3 steps of 2 clips each (LM pretraining: 8 steps of 4
     texts; stages mixing several tasks: 6 steps). Learning rates are raised until so few steps
@@ -75,30 +60,6 @@ def curriculum_config(tokenizer: Path) -> ExperimentConfig:
     for s in exp.train.stages[4:]:  # probe batches that mix tasks: 3 steps of 2 clips at 5e-3 do not move them reliably
         s.steps, s.lr = 6, 2e-3
     return exp
-
-
-def short_config(tokenizer: Path, lora_dropout: float) -> ExperimentConfig:
-    """LM pretraining, stage 0, and a stage training encoder, connector and LoRA, with a checkpoint
-    every 2 steps."""
-    exp = base_config(tokenizer)
-    exp.model.lora.dropout = lora_dropout
-    exp.train.checkpoint_every = 2
-    exp.train.stages = [
-        StageConfig("stage_lm", ["text"], ["lm"], 3e-3, 3, 1, 4, grad_accum=2),
-        StageConfig("stage0", ["classification"], ["encoder", "classifier"], 5e-3, 2, 1, 2),
-        StageConfig("stage2", ["classification", "closed"], ["encoder", "connector", "lora"], 3e-3, 6, 1, 2, grad_accum=2),
-    ]
-    return exp
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def initial_weights(exp: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """The weights a run starts from (the seeded random init that `train_or_load` builds)."""
-    model = build_model(exp, load_tokenizer(exp.model.tokenizer), torch.device("cpu"))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -185,20 +146,6 @@ def test_part_stages_are_shared_across_lm_sizes_and_lora_ranks(tokenizer_dir: Pa
     assert weights(run_a / "model")["language_model.backbone.embedding.weight"].shape[1] != final_b["language_model.backbone.embedding.weight"].shape[1]
 
 
-def _train_cli(config: Path, runs: Path, env: dict[str, str] | None = None, torchrun: int = 0, device: str = "cpu") -> subprocess.Popen:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    cmd = launcher + ["-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", device, "--no-progress"]
-    return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen) -> Path:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    run_dir = Path(out.strip().splitlines()[-1])
-    assert (run_dir / "model").is_dir(), f"last output line is not a run directory:\n{out[-2000:]}\n{err[-2000:]}"
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def killed_and_resumed(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run A uninterrupted; run B SIGKILLed while it writes its step-4 checkpoint of stage2, then
@@ -208,8 +155,8 @@ def killed_and_resumed(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFac
     config = runs / "config.yaml"
     save_yaml(exp, config)
     stage_dir = stage_dirs(exp, runs, "cpu")[2]
-    reference = _train_cli(config, ref_runs)
-    proc = _train_cli(config, runs, {"SAM_CHECKPOINT_FAULT": "*stage2-*/checkpoints/step-00000004.pt", "SAM_CHECKPOINT_FAULT_SECONDS": "300"})
+    reference = train_cli(config, ref_runs)
+    proc = train_cli(config, runs, {"SAM_CHECKPOINT_FAULT": "*stage2-*/checkpoints/step-00000004.pt", "SAM_CHECKPOINT_FAULT_SECONDS": "300"})
     try:
         deadline = time.time() + 240
         while not list((stage_dir / "checkpoints").glob(".step-00000004.pt.tmp-*")):
@@ -224,8 +171,8 @@ def killed_and_resumed(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFac
         proc.communicate()
     after_kill = load_latest(stage_dir / "checkpoints")
     partial = list((stage_dir / "checkpoints").glob(".step-00000004.pt.tmp-*"))
-    resumed = _finish(_train_cli(config, runs))
-    return {"after_kill": after_kill, "partial": partial, "resumed": resumed, "reference": _finish(reference), "stage_dir": stage_dir}
+    resumed = finish_run(train_cli(config, runs))
+    return {"after_kill": after_kill, "partial": partial, "resumed": resumed, "reference": finish_run(reference), "stage_dir": stage_dir}
 
 
 def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(killed_and_resumed) -> None:
@@ -243,15 +190,6 @@ def test_sigkilled_run_resumed_equals_uninterrupted_run_bit_for_bit(killed_and_r
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     logs = [(d / "log.csv").read_text().splitlines() for d in (killed_and_resumed["resumed"], killed_and_resumed["reference"])]
     assert [row.split(",")[:4] for row in logs[0]] == [row.split(",")[:4] for row in logs[1]]  # stage, step, loss, lr
-
-
-def parallel_config(tokenizer: Path) -> ExperimentConfig:
-    """`short_config` for comparing torchrun with one process: LM pretraining (whole LM), stage 0
-    (encoder + classifier), then a stage training encoder, connector and LoRA over a frozen LM."""
-    exp = short_config(tokenizer, lora_dropout=0.0)  # dropout masks are per-rank random draws
-    exp.train.checkpoint_every = 0
-    exp.train.stages[-1].steps = 3
-    return exp
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +211,7 @@ def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(token
     exp = parallel_config(tokenizer_dir)
     config = tmp_path / "config.yaml"
     save_yaml(exp, config)
-    two_dir = _finish(_train_cli(config, tmp_path / "ddp", torchrun=2))
+    two_dir = finish_run(train_cli(config, tmp_path / "ddp", torchrun=2))
     assert_matches_one_process(weights(two_dir / "model"), one_process)
     info = json.loads((two_dir / "run.json").read_text())
     assert info["world_size"] == 2
@@ -288,7 +226,7 @@ def test_fsdp_torchrun_matches_one_process_and_resumes_to_the_same_weights(token
     exp.train.checkpoint_every = 2  # checkpoints change no numbers
     config, runs = tmp_path / "config.yaml", tmp_path / "fsdp"
     save_yaml(exp, config)
-    run_dir = _finish(_train_cli(config, runs, torchrun=2))
+    run_dir = finish_run(train_cli(config, runs, torchrun=2))
     uninterrupted = weights(run_dir / "model")
     assert_matches_one_process(uninterrupted, one_process)
 
@@ -303,7 +241,7 @@ def test_fsdp_torchrun_matches_one_process_and_resumes_to_the_same_weights(token
     logged = (stage_dir / "log.jsonl").read_text().splitlines()[:2]
     shutil.rmtree(stage_dir / "final")
     shutil.rmtree(run_dir)
-    resumed_dir = _finish(_train_cli(config, runs, torchrun=2))
+    resumed_dir = finish_run(train_cli(config, runs, torchrun=2))
     assert (stage_dir / "log.jsonl").read_text().splitlines()[:2] == logged, "stage2 was retrained, not resumed from step 2"
     resumed = weights(resumed_dir / "model")
     different = [k for k in uninterrupted if not torch.equal(resumed[k], uninterrupted[k])]

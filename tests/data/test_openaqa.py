@@ -18,7 +18,7 @@ from sam.data.build import corpus_texts
 from sam.prompt import PROMPT_TEMPLATE, format_prompt
 from sam.runs import train_or_load
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLIPS = 40
 
 

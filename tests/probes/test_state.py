@@ -14,29 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import probes
-from tests.test_ssd import _one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from probes.state import COLUMNS, ssm_inputs, update_stats, update_stats_ref
+from tests.support.models import tiny_hf, tiny_lm, tiny_sam_and_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REL = 1e-8
-
-
-def tiny_hf(n_groups: int = 2, seed: int = 0):
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Mamba2Config(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2, head_dim=8,
-        n_groups=n_groups, num_heads=8, conv_kernel=4, chunk_size=16, use_cache=False,
-    )
-    return Mamba2ForCausalLM(cfg).eval()
-
-
-def tiny_lm(ngroups: int = 2, seed: int = 0):
-    from sam.config import MambaConfig
-    from sam.lm import MambaLM
-
-    torch.manual_seed(seed)
-    return MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=64, d_state=8, headdim=8, ngroups=ngroups, chunk_size=16)).eval()
 
 
 def assert_frames_match(got: pd.DataFrame, ref: pd.DataFrame) -> None:
@@ -154,25 +137,6 @@ def test_recomputed_ssm_inputs_reproduce_the_models_own_final_states():
     for i in range(2):
         ours = _final_states(hf, {"input_ids": ids, "attention_mask": mask}, f"backbone.layers.{i}.mixer")
         torch.testing.assert_close(ours.float(), out.cache.get_recurrent_state(i).float(), rtol=1e-4, atol=1e-6)
-
-
-def tiny_sam_and_batch(seed: int = 0):
-    """A smoke-preset SAM (LoRA in place on in_proj/out_proj) and a right-padded batch of 2 clips."""
-    sam_model = pytest.importorskip("sam.model", reason="sam/model.py is not there")
-    from sam.config import preset
-
-    cfg = preset("smoke").model
-    torch.manual_seed(seed)
-    model = sam_model.SAM(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, 6:] = 0
-    batch = {
-        "fbank": torch.randn(2, cfg.audio.target_frames, cfg.audio.num_mel_bins, generator=g),
-        "input_ids": torch.randint(0, cfg.lm.vocab_size, (2, 9), generator=g),
-        "attention_mask": mask,
-    }
-    return model, batch
 
 
 def test_sam_audio_span_distances_equal_the_recurrence():

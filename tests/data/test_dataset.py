@@ -16,7 +16,7 @@ from sam.data.scenes import render_scene
 from sam.prompt import IGNORE_INDEX, format_prompt
 from sam.tokenizer import train_bpe
 
-ROOT = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2] / "data"
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import torch
 from sam import ssd
 from sam.ssd import ssd_chunked, ssd_recurrent_ref
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _inputs(length: int, batch: int = 2, heads: int = 4, headdim: int = 3, groups: int = 2, d_state: int = 5, dtype=torch.float64, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -24,15 +26,6 @@ def _inputs(length: int, batch: int = 2, heads: int = 4, headdim: int = 3, group
         dt_bias=r(heads),
         initial_state=r(batch, heads, headdim, d_state),
     )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine thread sync dominates."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ from sam.data.readers import (
     DatasetError, read_audiocaps, read_audioset, read_clotho, read_esc50, read_mmau, read_openaqa, write_mmau_json,
 )
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _wav(path: Path) -> None:
