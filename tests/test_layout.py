@@ -135,3 +135,11 @@ def test_no_import_cycles() -> None:
 def test_no_module_over_500_lines(folder: str) -> None:
     long = {str(p.relative_to(REPO)): n for p in sorted((REPO / folder).rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_readme_is_one_screenful_per_topic() -> None:
+    """README.md: at most 200 lines, no table cell over 400 characters (details live in docs/)."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines"
+    cells = [c.strip() for line in lines if line.startswith("|") for c in line.strip().strip("|").split("|")]
+    assert max(map(len, cells)) <= 400, f"a README table cell has {max(map(len, cells))} characters"
