@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset 
 from sam.prompt import IGNORE_INDEX  # noqa: E402
 from sam.mamba2 import set_ssd_chunk_size  # noqa: E402
 from sam.model import label_positions  # noqa: E402
+from benchmarks.report import cell, device_name, kernel_path, key_value_markdown, portable_command, versions  # noqa: E402
 from sam.train import CudaGraphs, Dist, audio_lm_tokens, compile_blocks, is_encoder_stage, make_optimizer, seed_all, train_step, uncompile_blocks  # noqa: E402
 
 # name -> how the step runs. compile: torch.compile mode of `sam.train.compile_blocks` (None = eager;
@@ -229,22 +228,6 @@ def profile_steps(step: Any, first: int, n: int, seconds_per_step: float, folder
     }
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "triton", "mamba-ssm", "causal-conv1d"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
@@ -415,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name(device),
         "load_average_1min": os.getloadavg()[0],  # other processes on the machine slow every number above
         "versions": versions(),
-        "kernels": _kernel_path(device) if not VARIANTS[best].get("kernels") else "pure PyTorch (sam.ssd)",
+        "kernels": kernel_path(device) if not VARIANTS[best].get("kernels") else "pure PyTorch (sam.ssd)",
         # Every variant timed in this process, on the same model and batches: ratios are side by side.
         "variants": {
             v: m if "error" in m else {
@@ -439,38 +422,6 @@ def _default_name(args: argparse.Namespace, device: torch.device) -> str:
     return f"bench_train_{args.preset}_{args.lm}_{device.type}"
 
 
-def _kernel_path(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "pure PyTorch (sam.ssd)"
-    from sam.mamba2 import _kernels
-
-    k = _kernels()
-    return "mamba_ssm Triton SSD kernels" if getattr(k, "chunk_scan", None) is not None else f"pure PyTorch ({getattr(k, 'error', '')})"
-
-
-def portable_command(script: str, argv: list[str]) -> str:
-    """The command line as recorded in a result file: absolute paths become repository-relative, or
-    ``<path>`` when outside the repository (result files name no particular machine)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("/"):
-            path = Path(arg)
-            arg = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else "<path>"
-        out.append(arg)
-    return " ".join([f"python benchmarks/{script}", *out])
-
-
-def key_value_markdown(title: str, rows: list[tuple[str, str]]) -> str:
-    """A benchmark result as a Markdown title + two-column table (shared by the benchmark scripts)."""
-    return f"# {title}\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
-
-
-def _cell(text: str, width: int) -> str:
-    """`text` shortened to `width` characters, safe inside a Markdown table cell."""
-    text = " ".join(str(text).replace("|", "/").split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def _markdown(r: dict[str, Any]) -> str:
     rows = [
         ("device", f"{r['device']} (1-min load average {r['load_average_1min']:.1f})"), ("model", f"LM {r['lm']}, encoder {r['encoder']}, layout {r['layout']}"),
@@ -486,7 +437,7 @@ def _markdown(r: dict[str, Any]) -> str:
     ]
     for v, m in r.get("variants", {}).items():
         if "error" in m:
-            rows.append((f"variant {v}", f"failed: {_cell(m['error'], 200)}"))
+            rows.append((f"variant {v}", f"failed: {cell(m['error'], 200)}"))
             continue
         full = f" ({100 * m['mfu_full_head_count']:.1f} % by the full-head count)" if "mfu_full_head_count" in m else ""
         rows.append((f"variant {v}", f"{m['seconds_per_step'] * 1e3:.1f} / {m['seconds_per_step_median'] * 1e3:.1f} ms, "
@@ -494,11 +445,11 @@ def _markdown(r: dict[str, Any]) -> str:
                      f"(warmup incl. compilation {m['warmup_seconds']:.0f} s)"))
         p = m.get("profile")
         if p:
-            top = "; ".join(f"{_cell(k, 60)} {ms:.1f} ms" for k, ms, _ in (p["top_gpu_ms_per_step"] or p["top_cpu_ms_per_step"])[:5])
+            top = "; ".join(f"{cell(k, 60)} {ms:.1f} ms" for k, ms, _ in (p["top_gpu_ms_per_step"] or p["top_cpu_ms_per_step"])[:5])
             rows.append((f"profile {v}", f"GPU kernels {p['gpu_kernel_ms_per_step']:.1f} ms/step (busy {100 * p['gpu_busy_fraction']:.0f} % of the step), "
                          f"{p['gpu_ops_per_step']:.0f} GPU ops/step; top: {top}"))
     if r.get("note"):  # a remark added to the result file after the run
-        rows.append(("note", _cell(r["note"], 1000)))
+        rows.append(("note", cell(r["note"], 1000)))
     rows += [
         ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
     ]

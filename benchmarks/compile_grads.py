@@ -10,7 +10,7 @@ run is the noise floor) and once with `sam.train.compile_blocks` (the trainer's 
 and writes each trainable parameter's relative gradient error to OUTDIR/diag_compile.json.
 LoRA B is set non-zero (every LoRA matrix then gets a gradient) except in the `-B0` settings,
 which keep peft's zero init as a fresh stage does. `DIAG_LIMIT_S` (seconds) stops starting new
-settings. A diagnostic of `train.compile` (see sam/train.py), not part of the library.
+settings. A diagnostic of `train.compile` (see sam/train/speed.py), not part of the library.
 """
 from __future__ import annotations
 

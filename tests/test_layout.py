@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Package roots whose modules are named from the repository root, and folders on sys.path of their own.
 PACKAGES = ("sam", "probes")
 SCRIPT_ROOTS = ("experiments",)
-SIZE_CHECKED = ("sam", "probes", "experiments", "tests")
+SIZE_CHECKED = ("sam", "probes", "experiments", "tests", "benchmarks")
 MAX_LINES = 500
 
 

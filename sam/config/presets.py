@@ -129,10 +129,9 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         cfg.model.encoder = EncoderConfig(size="base")
         cfg.model.lm = MambaConfig(**LM_SIZES["gpu"][lm_size], vocab_size=4096)
         cfg.model.lora = LoraConfig(rank=8)
-        # Sized so that one seed of the three LM sizes trains within an hour on an H100 (about
-        # 25 minutes for fig2_rank from a cold cache; eager bf16, 10-s scenes, features computed by
-        # loader workers and cached on disk). The curriculum has the cpu preset's shape, for the same
-        # measured reasons: the LM starts from scratch (see _scratch_curriculum).
+        # Sized so that one seed of the three LM sizes trains within an hour on one GPU (docs/design.md).
+        # The curriculum has the cpu preset's shape, for the same reasons: the LM starts from scratch
+        # (see _scratch_curriculum).
         cfg.data = DataConfig(n_train=4000, n_valid=200, n_test=500, bpe_vocab_size=4096, num_workers=6)
         stages = _scratch_curriculum(32, 600, 64, {"stage0": 600, "stage1": 300, "stage2": 150, "stage3": 100, "stage4": 200, "stage5": 100})
         cfg.train = TrainConfig(stages=stages, max_new_tokens=32, checkpoint_every=100)

@@ -11,7 +11,7 @@ Generation prefills the prompt with the parallel scan (carrying the final conv a
 it) and then steps one token at a time; it never steps through the prompt.
 
 Loading never unpickles arbitrary objects (safetensors, or `torch.load(weights_only=True)`), and
-this module never imports GPU-only packages (kernel dispatch lives in `sam.mamba2`).
+this module never imports GPU-only packages (kernel dispatch lives in `sam.model.mamba2`).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Parameter names and shapes are those of mamba_ssm's `Mamba2` (in_proj, conv1d, dt_bias, A_log, D,
 norm.weight, out_proj), so published checkpoints load unchanged. The in_proj output is split as
-[z, x, B, C, dt]. The forward pass runs the pure-PyTorch chunked scan of `sam.ssd`, or, on CUDA when
+[z, x, B, C, dt]. The forward pass runs the pure-PyTorch chunked scan of `sam.model.ssd`, or, on CUDA when
 mamba_ssm imports, its Triton kernels (and causal_conv1d's conv when installed). `SAM_KERNELS=torch`
 in the environment (or `Mamba2Mixer.kernels = "torch"`) forces the PyTorch path everywhere.
 
@@ -164,8 +164,8 @@ class _CausalConvSiLU(torch.autograd.Function):
             pre.addcmul_(xp[:, i : i + L], wt[i])
         ctx.save_for_backward(xp, wt, pre)
         ctx.dtypes = (x.dtype, w.dtype, bias.dtype)
-        # Always a fresh tensor: torch.compile (2.11, H100) gave this Function zero gradients in fp32,
-        # where a plain `.to(x.dtype)` returns F.silu's own output (tests/test_gpu.py).
+        # Always a fresh tensor: where `.to(x.dtype)` would return F.silu's own output, torch.compile
+        # gives this Function zero gradients in fp32 (tests/test_gpu.py checks compiled against eager).
         return F.silu(pre).to(x.dtype, copy=True)
 
     @staticmethod

@@ -12,7 +12,7 @@ accumulation steps, so two ranks under torchrun reproduce one process at the sam
 Data order is a pure function of (seed, stage, position): each epoch is a seeded permutation and a
 micro-batch is a slice of that stream, so resuming needs only the step counter. A checkpoint holds
 the trainable weights, optimizer, scheduler, every rank's RNG state and the data position; resuming
-from it continues bit for bit on CPU. The run cache and stage chaining live in `sam.runs`.
+from it continues bit for bit on CPU. The run cache and stage chaining live in `sam.train.runs`.
 
 This module must never change weights outside the stage's trainable groups, never write a
 checkpoint non-atomically, and never draw from the global RNG for data order.

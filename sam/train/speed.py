@@ -107,16 +107,14 @@ def check_compile(train: TrainConfig, device: torch.device, world_size: int) -> 
 def compile_blocks(module: nn.Module, device: torch.device, mode: str | None = None) -> list[nn.Module]:
     """`train.compile`: torch.compile, in place, every encoder block, Mamba-2 block and connector
     inside `module` (regional compilation: the blocks of one stack share a code object, so one
-    compilation serves them all). mamba_ssm's Triton kernels stay opaque (`sam.mamba2.opaque_kernels`):
+    compilation serves them all). mamba_ssm's Triton kernels stay opaque (`sam.model.mamba2.opaque_kernels`):
     they run eagerly between the compiled regions. Only `forward` is replaced, as an instance
     attribute; `uncompile_blocks` restores it. CUDA only (the speed it buys is fewer GPU kernels).
 
     Compiled dropout draws its masks from Inductor's generator, not eager's: the same distribution,
-    other masks (CUDA graphs differ from eager the same way); that alone made the compiled LoRA
-    gradients differ from eager when this was first measured. Under bf16 autocast with dropout off
-    (or `torch._inductor.config.fallback_random`), compiled and eager gradients agree to bf16
-    rounding on an H100, and in fp32 to TF32 rounding once `_CausalConvSiLU` returned a fresh tensor
-    (before, compiling it gave zero gradients in fp32; tests/test_gpu.py).
+    other masks (CUDA graphs differ from eager the same way), so with dropout on, compiled and eager
+    gradients differ by the masks alone. With dropout off (or `torch._inductor.config.fallback_random`)
+    they agree to bf16 rounding under bf16 autocast and to TF32 rounding in fp32 (tests/test_gpu.py).
     """
     if device.type != "cuda":
         raise ConfigError("train.compile needs a CUDA device (it compiles the blocks for the GPU; on CPU leave it false)")
@@ -130,7 +128,7 @@ def compile_blocks(module: nn.Module, device: torch.device, mode: str | None = N
 
 def uncompile_blocks(modules: Sequence[nn.Module]) -> None:
     """Undo `compile_blocks` on these modules (their plain `forward` again) and hand mamba_ssm's
-    kernels back unwrapped (`sam.mamba2.opaque_kernels(False)`): the model runs as before it was
+    kernels back unwrapped (`sam.model.mamba2.opaque_kernels(False)`): the model runs as before it was
     compiled."""
     for m in modules:
         vars(m).pop("forward", None)

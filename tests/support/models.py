@@ -30,7 +30,7 @@ def tiny_lm(ngroups: int = 2, seed: int = 0):
 
 def tiny_sam_and_batch(seed: int = 0):
     """A smoke-preset SAM (LoRA in place on in_proj/out_proj) and a right-padded batch of 2 clips."""
-    sam_model = pytest.importorskip("sam.model", reason="sam/model.py is not there")
+    sam_model = pytest.importorskip("sam.model", reason="sam.model is not there")
     from sam.config import preset
 
     cfg = preset("smoke").model
