@@ -71,3 +71,10 @@ def token_measures(cache: ActivationCache, names: Sequence[str] | None = None, t
             raise ValueError(f"site {name!r}: clips {empty} have no audio tokens in their span")
         rows.extend(_rows_for(name, clips, taus, center, window))
     return pd.DataFrame(rows, columns=["site", "part", "layer", "clip", "measure", "tau", "value", "tokens", "dim"])
+
+
+def state_update_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """A `state_update_distance` table reduced to the mean distance and relative distance per LM layer
+    and clip (over heads and positions): columns layer, clip, distance, relative, sorted by layer, clip.
+    The figure, the token-length table and `sam probe` all report state updates at this grain."""
+    return frame.groupby(["layer", "clip"], as_index=False)[["distance", "relative"]].mean()
