@@ -48,8 +48,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def variant_config(preset: str, name: str, seed: int) -> Any:
-    """The preset's small-LM config with a variant's changes, at `seed`."""
+def variant_config(preset: str, name: str, seed: int, extra: list[str] | tuple[str, ...] = ()) -> Any:
+    """The preset's small-LM config with a variant's changes (then `extra` overrides), at `seed`."""
     from sam.config import apply_overrides, preset as make_preset
 
     cfg = make_preset(preset, "small")
@@ -66,7 +66,7 @@ def variant_config(preset: str, name: str, seed: int) -> Any:
         stage.warmup_steps = max(1, stage.steps // 10)
     for i, stage in enumerate(cfg.train.stages):  # overrides address stages by index
         plain = [c.replace(f"train.stages.{stage.name}.", f"train.stages.{i}.") for c in plain]
-    return apply_overrides(cfg, plain)
+    return apply_overrides(cfg, [*plain, *extra])
 
 
 def _deranged(examples: list[Any]) -> list[Any]:
@@ -176,11 +176,11 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
     from sam.evaluate import generate_predictions, label_matrix
     from sam.runs import get_tokenizer, stage_model, train_or_load
 
-    exp = variant_config(args.preset, name, args.seed)
+    exp = variant_config(args.preset, name, args.seed, args.set)
     t0 = time.time()
     run_dir = train_or_load(exp, args.runs)
     record: dict[str, Any] = {
-        "variant": name, "changes": VARIANTS[name][1], "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
+        "variant": name, "changes": VARIANTS[name][1], "set": list(args.set), "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
         "run": run_dir.name, "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES), "complete": False}
     _phase(record, path, "train", t0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=500, help="test scenes measured per task")
     p.add_argument("--probe-train", type=int, default=1000, help="training scenes the linear probes are fit on")
+    p.add_argument("--set", nargs="*", default=[], help="extra dotted config overrides for every variant (key=value)")
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward / generate batch while measuring")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--records", type=Path, default=Path("runs/curve"), help="where measurement records go / are read")

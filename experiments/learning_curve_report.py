@@ -24,7 +24,7 @@ def _examples(record: dict[str, Any], task: str) -> list[Any]:
 
     from sam.data import build_examples
 
-    exp = variant_config(record["preset"], record["variant"], record["seed"])
+    exp = variant_config(record["preset"], record["variant"], record["seed"], record.get("set", []))
     by_id = {ex.id: ex for ex in build_examples(exp.data, "test", [task])}
     missing = [i for i in record["test"][task] if i not in by_id]
     if missing:
