@@ -26,13 +26,11 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -40,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
+from sam.rng import rng_state, seed_all, set_rng_state
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
 from sam.mamba2 import set_ssd_chunk_size
 from sam.prompt import IGNORE_INDEX, encode_example
@@ -101,27 +100,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 # --------------------------------------------------------------------------------------------
 # RNG
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def stage_seed(train: TrainConfig, stage_index: int) -> int:

@@ -80,3 +80,74 @@ def test_archive_with_safe_path_still_imports(tmp_path: Path) -> None:
     import_corpus(_archive(tmp_path / "ok.tar", "corpus/clips/x.wav"), tmp_path / "root", progress=False)
     back, sr = sf.read(tmp_path / "root" / "corpus" / "clips" / "x.wav", dtype="int16")
     assert sr == 16000 and np.array_equal(back, wave)
+
+
+class _RunsCode:
+    """A pickle payload that, when unpickled without restrictions, creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_planted_checkpoint_runs_no_code_and_falls_back_to_the_older_one(tmp_path: Path, capsys) -> None:
+    import torch
+
+    from sam.checkpoint import LATEST, checkpoint_path, load_latest, save_checkpoint
+
+    save_checkpoint(tmp_path, 2, {"step": 2, "w": torch.arange(3)})
+    marker = tmp_path.parent / f"{tmp_path.name}-pwned"
+    torch.save({"step": 9, "x": _RunsCode(marker)}, checkpoint_path(tmp_path, 9))
+    (tmp_path / LATEST).write_text("step-00000009.pt")  # whoever can plant a file can move the pointer too
+    state = load_latest(tmp_path)
+    assert not marker.exists()
+    assert state["step"] == 2
+    err = capsys.readouterr().err
+    assert "step-00000009.pt" in err and "cannot be loaded safely" in err
+
+
+def test_random_bytes_newest_checkpoint_is_named_and_skipped(tmp_path: Path, capsys) -> None:
+    import torch
+
+    from sam.checkpoint import LATEST, checkpoint_path, load_latest, save_checkpoint
+
+    save_checkpoint(tmp_path, 2, {"step": 2, "w": torch.arange(3)})
+    checkpoint_path(tmp_path, 4).write_bytes(np.random.default_rng(0).bytes(5000))
+    (tmp_path / LATEST).write_text("step-00000004.pt")
+    assert load_latest(tmp_path)["step"] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step-00000004.pt" in err[0] and "truncated or damaged" in err[0]
+
+
+def test_old_format_checkpoint_alone_is_a_one_line_error(tmp_path: Path) -> None:
+    import random
+
+    import torch
+
+    from sam.checkpoint import CheckpointError, checkpoint_path, load_latest
+
+    # The earlier layout pickled NumPy's RNG state (an ndarray) and Python's tuple: not weights-only.
+    torch.save({"step": 3, "rng": [{"numpy": np.random.get_state(), "python": random.getstate()}]}, checkpoint_path(tmp_path, 3))
+    with pytest.raises(CheckpointError, match=r"step-00000003\.pt: holds Python objects \(numpy\.") as e:
+        load_latest(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import torch
+
+    from sam.checkpoint import load_latest, save_checkpoint
+    from sam.rng import rng_state, seed_all, set_rng_state
+
+    seed_all(123)
+    random.random(), np.random.standard_normal(), torch.rand(2)  # noqa: B018 - advance every generator
+    save_checkpoint(tmp_path, 1, {"step": 1, "rng": [rng_state()]})
+    expected = (random.random(), float(np.random.standard_normal()), torch.rand(3))
+    seed_all(7)
+    set_rng_state(load_latest(tmp_path)["rng"][0])
+    got = (random.random(), float(np.random.standard_normal()), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
