@@ -101,6 +101,21 @@ def _row_problem(fields: list[str], n_header: int | None, first: int, last: int)
     return None
 
 
+def _physical_rows(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) of each row a csv.reader parses; csv errors name their line."""
+    last = 0
+    while True:
+        first = last + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DatasetError(f"{path}: line {first}: {e}") from None
+        last = reader.line_num
+        yield first, last, fields
+
+
 def _csv_rows(path: Path, required: set[str], comment: str | None = None) -> Iterator[tuple[int, dict[str, str] | _BadRow]]:
     """(line number, row dict or _BadRow) of a headed CSV; DatasetError if absent, undecodable in
     the header, or the header lacks `required`."""
@@ -109,25 +124,11 @@ def _csv_rows(path: Path, required: set[str], comment: str | None = None) -> Ite
         raise DatasetError(f"{path}: file does not exist")
     with _open_text(path) as f:
         lines = (ln for ln in f if not (comment and ln.startswith(comment)))
-        reader = csv.reader(lines, skipinitialspace=True)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            header = []
-        except csv.Error as e:
-            raise DatasetError(f"{path}: line 1: {e}") from None
+        rows = _physical_rows(csv.reader(lines, skipinitialspace=True), path)
+        header = [h.strip() for h in next(rows, (1, 1, []))[2]]
         if _row_problem(header, None, 1, 1) or not required <= set(header):
             raise DatasetError(f"{path}: header must contain {sorted(required)}, got {header}")
-        last = reader.line_num
-        while True:
-            first = last + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise DatasetError(f"{path}: line {first}: {e}") from None
-            last = reader.line_num
+        for first, last, fields in rows:
             if not fields:
                 continue  # a blank line, as csv.DictReader skips it
             why = _row_problem(fields, len(header), first, last)
@@ -273,17 +274,7 @@ def read_audioset(segments_csv: str | Path, labels_csv: str | Path, audio_dir: s
 
     def rows() -> Iterator[tuple[int, list[str] | _BadRow]]:
         with _open_text(path) as f:
-            reader = csv.reader(f, skipinitialspace=True)
-            last = 0
-            while True:
-                first = last + 1
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as e:
-                    raise DatasetError(f"{path}: line {first}: {e}") from None
-                last = reader.line_num
+            for first, last, fields in _physical_rows(csv.reader(f, skipinitialspace=True), path):
                 if fields and not fields[0].lstrip().startswith("#"):
                     why = _row_problem(fields, None, first, last)  # the field count is checked per row below
                     yield first, _BadRow(why) if why else fields
