@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 _LOG_FLOOR = float(torch.finfo(torch.float32).eps)
 
 
+# Two MPEG-1 Layer III frames of samples: how far libsndfile's declared MP3 length may overshoot.
+_MP3_SLACK = 2 * 1152
+
+
 class AudioError(ValueError):
     """Audio could not be used; the message names the file and the reason."""
 
@@ -91,11 +95,15 @@ def load_audio(path_or_bytes: str | Path | bytes | bytearray, sample_rate: int =
     try:
         with sf.SoundFile(source) as f:
             declared = f.frames
+            # libsndfile estimates an MP3's frame count (from the bitrate or a Xing/LAME tag) and
+            # misses encoder padding by up to a couple of MPEG frames: a shortfall that small is not
+            # truncation. A cut file falls short by far more.
+            slack = _MP3_SLACK if f.format == "MP3" else 0
             sr = f.samplerate
             data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"{name}: unsupported or corrupt audio ({e})") from None
-    if declared > 0 and data.shape[0] < declared:
+    if declared > 0 and data.shape[0] < declared - slack:
         raise AudioError(f"{name}: truncated ({data.shape[0]} of {declared} declared frames decoded)")
     if data.shape[0] == 0:
         raise AudioError(f"{name}: contains no samples (zero-length or unreadable audio)")
