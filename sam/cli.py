@@ -250,21 +250,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _expand_sites(patterns: list[str], available: list[str]) -> list[str]:
-    """Site patterns -> site names, in the order of `available`; `*` matches one dotted part
-    (`lm.layers.*` is every layer, not every layer's submodules too)."""
-    import re
+    from probes import expand_sites
 
-    sites: list[str] = []
-    for pattern in patterns:
-        if "*" in pattern:
-            regex = re.compile(".".join("[^.]+" if part == "*" else re.escape(part).replace(r"\*", "[^.]*") for part in pattern.split(".")))
-            hits = [n for n in available if regex.fullmatch(n)]
-        else:
-            hits = [pattern]
-        if not hits:
-            raise ConfigError(f"--sites {pattern!r} matches no probe site; this model has {', '.join(available[:12])}, ...")
-        sites += [h for h in hits if h not in sites]
-    return sites
+    try:
+        return expand_sites(patterns, available)
+    except KeyError as e:
+        raise ConfigError(f"--sites {e.args[0]}") from None
 
 
 def _state_update_rows(upd: Any) -> Any:
