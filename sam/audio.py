@@ -158,6 +158,8 @@ def _window(window_type: str, length: int) -> torch.Tensor:
 
 
 def _frame_geometry(sample_rate: int) -> tuple[int, int, int]:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 400:
+        raise ValueError(f"sample_rate: expected a whole number of Hz >= 400 (a 25 ms window of >= 10 samples), got {sample_rate!r}")
     win = int(sample_rate * 0.025)
     hop = int(sample_rate * 0.010)
     n_fft = 1 << (win - 1).bit_length()  # Kaldi rounds the window up to a power of two
@@ -180,7 +182,14 @@ def _frames_to_fbank(frames: torch.Tensor, sample_rate: int, num_mel_bins: int, 
 
 
 def _as_tensor(wave: np.ndarray | torch.Tensor, what: str = "wave") -> torch.Tensor:
-    t = torch.as_tensor(wave, dtype=torch.float32)
+    raw = torch.as_tensor(wave)
+    if not raw.is_floating_point():
+        # Integer PCM (int16 from sf.read(dtype="int16"), say) would enter fbank 32768 times too
+        # loud: its log-mel shifts by a constant and the model's normalization no longer fits.
+        raise ValueError(f"{what}: {raw.dtype} samples; pass float samples in [-1, 1] (int16 / 32768)")
+    t = raw.to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what}: holds NaN or infinite samples")
     if t.dim() == 2 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 1:
