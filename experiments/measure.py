@@ -79,7 +79,7 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
     else:
         if s.train_procs > 1:
             train_distributed(cfg, s.runs, s.train_procs)
-        run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
+        run_dir = train_or_load(cfg, s.runs)  # bars on a terminal, timed lines in a log
     return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
 
 

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
+from sam.progress import Progress
 from sam.rng import rng_state, seed_all, set_rng_state
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
 from sam.mamba2 import set_ssd_chunk_size
@@ -739,7 +740,8 @@ def train_stage(
     compiled = compile_blocks(module, device) if train.compile else []
     # CUDA graphs: one process, and not the encoder stage (its targets are built on the host in forward).
     graphs = CudaGraphs(module, trainable, train, device) if train.cuda_graphs and device.type == "cuda" and dist.world_size == 1 and not encoder_stage else None
-    bar = _progress(stage.name, start, stage.steps, progress and dist.is_main)
+    what = f"{stage.name} ({stage_index + 1} of {len(train.stages)} stages)"
+    bar = _progress(what, start, stage.steps, progress and dist.is_main, stage_dir / "progress.log" if dist.is_main else None)
     t0, loss_value, seen_clips, seen_tokens = time.perf_counter(), float("nan"), 0, 0
     for step in range(start, stage.steps):
         micro = [next(loader) for _ in range(stage.grad_accum)]
@@ -787,10 +789,8 @@ def train_stage(
     return summary
 
 
-def _progress(name: str, start: int, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=name, disable=not enabled, dynamic_ncols=True, leave=False)
+def _progress(name: str, start: int, total: int, enabled: bool, log: Path | None = None) -> Progress:
+    return Progress(name, total, initial=start, enabled=enabled, log=log)
 
 
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
