@@ -171,3 +171,15 @@ def test_csv_rows_with_bad_bytes_stray_commas_or_runaway_quotes_are_skipped_and_
     (tmp_path / "latin1.csv").write_bytes(b"audiocap_id,youtube_id,start_time,caption\n5,5,0,Caf\xe9 chatter\n1,1,0,ok\n")
     ex, rep = read_audiocaps(tmp_path / "latin1.csv", tmp_path)
     assert [e.answer for e in ex] == ["ok"] and "not UTF-8 text (byte 0xe9)" in dict(rep.bad)[2]
+
+
+def test_mmau_reader_skips_duplicate_ids_and_says_when_answers_differ(tmp_path):
+    items = json.loads((FIX / "mmau" / "mmau-test-mini.json").read_text())[:3]
+    twin = dict(items[0])
+    other = dict(items[1], answer=next(c for c in items[1]["choices"] if c != items[1]["answer"]))
+    (tmp_path / "m.json").write_text(json.dumps(items + [twin, other]))
+    ex, rep = read_mmau(tmp_path / "m.json", check_audio=False)
+    assert [e.id for e in ex] == [str(it["id"]) for it in items]
+    bad = dict(rep.bad)
+    assert bad[3] == f"duplicate id {items[0]['id']!r} (first at item 0)"
+    assert bad[4] == f"duplicate id {items[1]['id']!r} with a different answer (first at item 1)"

@@ -389,6 +389,7 @@ def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio
     report = ReadReport(str(path))
     items = _json_list(path)
     base = Path(audio_dir) if audio_dir else Path(path).parent
+    seen: dict[str, tuple[int, Any]] = {}
 
     def make(i: int, item: Any) -> list[Example]:
         if not isinstance(item, dict):
@@ -401,6 +402,11 @@ def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio
             raise _Skip(f"answer {answer!r} is not one of the choices")
         if task and item.get("task") != task:
             return []
+        if str(qid) in seen:  # one id, one question: a second copy would be scored twice or contradict the first
+            first, first_answer = seen[str(qid)]
+            differs = "with a different answer " if first_answer != answer else ""
+            raise _Skip(f"duplicate id {qid!r} {differs}(first at item {first})")
+        seen[str(qid)] = (i, answer)
         if isinstance(item.get("scene"), dict):
             audio: str | dict = item["scene"]
         else:
