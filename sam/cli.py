@@ -178,7 +178,10 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, ExperimentConfig | None]
 
     if not (Path(args.checkpoint) / "config.json").is_file():
         raise ConfigError(f"--checkpoint {args.checkpoint}: not a SAM checkpoint directory (no config.json)")
-    return SAM.from_pretrained(args.checkpoint).to(_device(args.device)).eval(), None
+    model = SAM.from_pretrained(args.checkpoint)
+    if model.tokenizer is None:
+        raise ConfigError(f"--checkpoint {args.checkpoint}: no tokenizer.json there (a SAM checkpoint keeps its tokenizer beside its weights)")
+    return model.to(_device(args.device)).eval(), None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -337,6 +340,9 @@ def _load_text_lm(model_dir: str, tokenizer_dir: str | None, device: str) -> tup
     except (OSError, ValueError) as e:
         flag = "--tokenizer" if tokenizer_dir else "--model (give --tokenizer)"
         raise ConfigError(f"{flag} {tok_dir}: no tokenizer could be loaded there ({str(e).splitlines()[0]})") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # ids past the embedding would index out of range on the first text
+        raise ConfigError(f"--tokenizer {tok_dir}: {len(tokenizer)} tokens, but the model embeds only {rows}; use the model's own tokenizer")
     return model.to(device).eval(), tokenizer
 
 

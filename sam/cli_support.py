@@ -23,9 +23,12 @@ EXIT_FAILURE = 1
 def _input_errors() -> tuple[type[BaseException], ...]:
     from sam.audio import AudioError
     from sam.data.readers import DatasetError
+    from sam.encoder import EncoderCheckpointError
+    from sam.lm import CheckpointError as LMCheckpointError
     from sam.paths import UnsafePathError
+    from sam.tokenizer import TokenizerError
 
-    return ConfigError, AudioError, DatasetError, UnsafePathError
+    return ConfigError, AudioError, DatasetError, UnsafePathError, TokenizerError, LMCheckpointError, EncoderCheckpointError
 
 
 def _failure_errors() -> tuple[type[BaseException], ...]:

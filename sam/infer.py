@@ -40,7 +40,7 @@ def answer_files(
     audio = model.config.audio
     keep = samples_for_frames(audio.target_frames, audio.sample_rate)
     shortest = samples_for_frames(1, audio.sample_rate)
-    progress = Progress(what, len(paths), unit="files")
+    progress = Progress(what, len(paths), unit="files", enabled=len(paths) > batch_size)
     for start in range(0, len(paths), batch_size):
         names, waves, results = [], [], {}
         for path in paths[start : start + batch_size]:

@@ -169,3 +169,40 @@ def test_ask_refuses_an_empty_question_and_negative_token_budget(checkpoint: Pat
     assert _err(capsys) == "sam ask: error: question: empty; ask a question or give an instruction"
     assert main(["ask", "--checkpoint", str(checkpoint), str(wav), "What is it?", "--max-new-tokens", "-1"]) == 2
     assert "--max-new-tokens: expected >= 1, got -1" in _err(capsys)
+
+
+def test_checkpoint_without_its_tokenizer_is_a_one_line_error(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    copy_dir = tmp_path / "model"
+    shutil.copytree(checkpoint, copy_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (copy_dir / name).unlink(missing_ok=True)
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    code = main(["ask", "--checkpoint", str(copy_dir), str(wav), "What is it?"])
+    err = _err(capsys)
+    assert code in (1, 2) and err.startswith("sam ask: error: ") and "tokenizer" in err
+
+
+def _tiny_text_lm(folder: Path, vocab: int) -> Path:
+    import torch
+
+    from sam.lm import MambaConfig, MambaLM
+
+    torch.manual_seed(0)
+    MambaLM(MambaConfig(d_model=32, n_layer=1, d_state=16, headdim=16, chunk_size=16, vocab_size=vocab)).save_pretrained(folder)
+    return folder
+
+
+def test_probe_lm_names_a_tokenizer_larger_than_the_vocabulary_and_a_truncated_bin(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    small = _tiny_text_lm(tmp_path / "lm16", 16)
+    out = str(tmp_path / "o.csv")
+    assert main(["probe-lm", "--model", str(small), "--tokenizer", str(checkpoint), "--text", "a dog barks", "--out", out, "--device", "cpu"]) == 2
+    err = _err(capsys)
+    assert "--tokenizer" in err and "but the model embeds only 16" in err
+    cut = _tiny_text_lm(tmp_path / "cut", 512)
+    blob = (cut / "pytorch_model.bin").read_bytes()
+    (cut / "pytorch_model.bin").write_bytes(blob[: len(blob) // 2])
+    assert main(["probe-lm", "--model", str(cut), "--tokenizer", str(checkpoint), "--text", "a dog barks", "--out", out, "--device", "cpu"]) == 2
+    assert f"{cut / 'pytorch_model.bin'}: cannot read weights, truncated or damaged" in _err(capsys)
