@@ -70,19 +70,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     pause = _fault_pause(path)
-    with open(tmp, "wb") as f:
-        if pause:
-            half = len(data) // 2
-            f.write(data[:half])
+    try:
+        with open(tmp, "wb") as f:
+            if pause:
+                half = len(data) // 2
+                f.write(data[:half])
+                f.flush()
+                os.fsync(f.fileno())
+                time.sleep(pause)
+                f.write(data[half:])
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
-            time.sleep(pause)
-            f.write(data[half:])
-        else:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except OSError as e:  # a write error (a full disk) names no file by itself: name the target
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     _fsync_dir(path.parent)
 
 

@@ -151,3 +151,25 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     set_rng_state(load_latest(tmp_path)["rng"][0])
     got = (random.random(), float(np.random.standard_normal()), torch.rand(3))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_manifest_paths_are_confined_when_clips_are_read(tmp_path: Path) -> None:
+    from sam.data.corpus import read_clip
+
+    (tmp_path / "secret.wav").write_bytes(b"")
+    with pytest.raises(CorpusError, match=r"manifest\.jsonl: clip 'x': path '\.\./secret\.wav': holds '\.\.'"):
+        read_clip(tmp_path / "root", {"id": "x", "path": "../secret.wav"})
+
+
+def test_a_failed_atomic_write_names_its_target(tmp_path: Path) -> None:
+    from sam.checkpoint import atomic_write_bytes
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    (tmp_path / "t").mkdir()
+    target = tmp_path / "t" / "metrics.json"
+    os.symlink("/dev/full", tmp_path / "t" / f".metrics.json.tmp-{os.getpid()}")  # writes there fail with ENOSPC
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(target, b"x" * 100000)
+    assert info.value.filename == str(target) and "No space left" in str(info.value)
+    assert not target.exists()
