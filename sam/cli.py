@@ -216,7 +216,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config=exp.eval,
         progress=True,
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    from sam.checkpoint import atomic_write_bytes  # a write error names the file
+
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2, default=str).encode())
     predictions.to_csv(out / "predictions.csv", index=False)
     print(json.dumps(metrics, indent=2, default=str))
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.csv'}")

@@ -75,6 +75,12 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(**values)
 
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
