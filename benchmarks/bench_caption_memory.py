@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,8 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sam.config import preset  # noqa: E402
-from sam.data.corpus import prepare_corpus, read_clip, read_manifest  # noqa: E402
+from sam.config import preset
+from sam.data.corpus import prepare_corpus, read_clip, read_manifest
 
 
 def long_files(folder: Path, n: int, minutes: float, seed: int = 0) -> list[Path]:

@@ -38,11 +38,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
-from sam.progress import Progress
-from sam.rng import rng_state, seed_all, set_rng_state
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
 from sam.mamba2 import set_ssd_chunk_size
+from sam.progress import Progress
 from sam.prompt import IGNORE_INDEX, encode_example
+from sam.rng import rng_state, seed_all, set_rng_state
 
 # `classifier` is the stage-0 multi-label head on the encoder; the others are `SAM.set_trainable` groups
 # (`head` there is the LM's output layer).

@@ -144,7 +144,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     from sam.rng import rng_state, seed_all, set_rng_state
 
     seed_all(123)
-    random.random(), np.random.standard_normal(), torch.rand(2)  # noqa: B018 - advance every generator
+    random.random(), np.random.standard_normal(), torch.rand(2)
     save_checkpoint(tmp_path, 1, {"step": 1, "rng": [rng_state()]})
     expected = (random.random(), float(np.random.standard_normal()), torch.rand(3))
     seed_all(7)
