@@ -79,7 +79,7 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
     else:
         if s.train_procs > 1:
             train_distributed(cfg, s.runs, s.train_procs)
-        run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
+        run_dir = train_or_load(cfg, s.runs)  # bars on a terminal, timed lines in a log
     return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
 
 
@@ -214,7 +214,7 @@ def _launch(jobs: Sequence[_Job], slots: int, desc: str, unit: str) -> list[str]
     import subprocess
     import time
 
-    from tqdm.auto import tqdm
+    from sam.progress import Progress
 
     dev = device()
     if dev == "cuda" and slots > torch.cuda.device_count():
@@ -222,7 +222,7 @@ def _launch(jobs: Sequence[_Job], slots: int, desc: str, unit: str) -> list[str]
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or [str(i) for i in range(slots)]
     threads = str(max(1, (os.cpu_count() or 1) // slots))
     pending, active, free, failed = list(jobs), {}, list(range(slots)), []
-    bar = tqdm(total=len(pending), desc=desc, unit=unit, disable=not sys.stderr.isatty())
+    bar = Progress(desc, len(pending), unit=unit)  # a bar on a terminal, timed lines in a log
     try:
         while pending or active:
             while pending and free:

@@ -250,10 +250,10 @@ def _loaded_batches(items: Sequence[Any], size: int, load: Callable[[Any], Any],
                     unit: str) -> Iterator[tuple[list[Any], list[Any], list[tuple[Any, str]]]]:
     """`items` in chunks of `size` with their audio loaded, for the batched runners below: yields
     (the items that loaded, their audio, [(item, error)] for those whose audio failed), so a bad item
-    is reported and its batch goes on; a tqdm bar counts the items when `progress`."""
-    from tqdm.auto import tqdm
+    is reported and its batch goes on; `sam.progress` counts the items when `progress`."""
+    from sam.progress import Progress
 
-    with tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
+    with Progress(desc, len(items), unit=f"{unit}s", enabled=progress) as bar:  # bar on a terminal, lines in a log
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             loaded, audio, failed = [], [], []

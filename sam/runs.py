@@ -47,6 +47,7 @@ from sam.train import (
     seed_all,
     train_stage,
 )
+from sam.validate import check_settings
 
 _NOT_WEIGHT_FIELDS = {"data": ("root", "num_workers", "json_test")}
 # Trainer settings that change weights (the stages are keyed separately). An allow-list, so that a new
@@ -286,6 +287,7 @@ def train_or_load(
     Under torchrun every process calls this; rank 0 writes, all ranks train.
     """
     check_stages(exp.train)
+    check_settings(exp)
     dist = init_distributed(device)
     runs_dir = Path(runs_dir)
     run_dir = run_dir_for(exp, runs_dir, dist.device.type)

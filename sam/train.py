@@ -26,13 +26,11 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -42,7 +40,9 @@ from torch.utils.data import DataLoader, Sampler
 from sam.checkpoint import cleanup_tmp, load_latest, publish_dir, save_checkpoint
 from sam.config import ConfigError, ExperimentConfig, StageConfig, TrainConfig, to_dict
 from sam.mamba2 import set_ssd_chunk_size
+from sam.progress import Progress
 from sam.prompt import IGNORE_INDEX, encode_example
+from sam.rng import rng_state, seed_all, set_rng_state
 
 # `classifier` is the stage-0 multi-label head on the encoder; the others are `SAM.set_trainable` groups
 # (`head` there is the LM's output layer).
@@ -101,27 +101,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 # --------------------------------------------------------------------------------------------
 # RNG
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def stage_seed(train: TrainConfig, stage_index: int) -> int:
@@ -761,7 +740,8 @@ def train_stage(
     compiled = compile_blocks(module, device) if train.compile else []
     # CUDA graphs: one process, and not the encoder stage (its targets are built on the host in forward).
     graphs = CudaGraphs(module, trainable, train, device) if train.cuda_graphs and device.type == "cuda" and dist.world_size == 1 and not encoder_stage else None
-    bar = _progress(stage.name, start, stage.steps, progress and dist.is_main)
+    what = f"{stage.name} ({stage_index + 1} of {len(train.stages)} stages)"
+    bar = _progress(what, start, stage.steps, progress and dist.is_main, stage_dir / "progress.log" if dist.is_main else None)
     t0, loss_value, seen_clips, seen_tokens = time.perf_counter(), float("nan"), 0, 0
     for step in range(start, stage.steps):
         micro = [next(loader) for _ in range(stage.grad_accum)]
@@ -809,10 +789,8 @@ def train_stage(
     return summary
 
 
-def _progress(name: str, start: int, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=name, disable=not enabled, dynamic_ncols=True, leave=False)
+def _progress(name: str, start: int, total: int, enabled: bool, log: Path | None = None) -> Progress:
+    return Progress(name, total, initial=start, enabled=enabled, log=log)
 
 
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
