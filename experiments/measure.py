@@ -37,10 +37,10 @@ import torch
 from sam.config import ExperimentConfig, config_hash, to_dict
 
 import common
+from rows import ROW_KEYS, metric_rows  # noqa: F401  (the scripts call measure.metric_rows)
 
 TASKS_MAIN = ("classification", "caption")
 PROBE_CLIPS = {"smoke": 8, "cpu": 32, "gpu": 64, "paper": 64}  # test scenes the probes run on
-ROW_KEYS = ("task", "metric", "value", "chance")
 PROBE_CACHE_VERSION = 1  # part of the probe-row cache key: bump it when a probe's definition changes
 
 
@@ -510,35 +510,6 @@ def _write_json(path: Path, value: Any) -> None:
     from sam.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(value, default=str).encode())
-
-
-def metric_rows(metrics: dict[str, Any] | None, **labels: Any) -> list[dict[str, Any]]:
-    """Tidy rows (task, metric, value, chance) in percent from `evaluate` metrics; strings such as
-    "not computed: ..." (SPICE without CoreNLP) are left out, never turned into numbers. None
-    (scoring deferred) gives no rows."""
-    rows: list[dict[str, Any]] = []
-    if metrics is None:
-        return rows
-    if "classification" in metrics:
-        c = metrics["classification"]
-        for name, chance in (("mAP", c["chance"]["mAP"]), ("accuracy", c["chance"]["accuracy_uniform"]),
-                             ("micro_f1", c["chance"]["micro_f1"])):
-            rows.append(dict(task="classification", metric=name, value=100 * c[name], chance=100 * chance))
-    for task in ("caption", "open"):
-        for name, v in metrics.get(task, {}).items():
-            if name != "n" and name != "n_examples" and isinstance(v, (int, float)):
-                rows.append(dict(task=task, metric=name, value=100 * v, chance=float("nan")))
-    for task in ("reasoning", "closed"):
-        if task in metrics:
-            m = metrics[task]
-            chance = 100 * m.get("chance", float("nan"))
-            rows.append(dict(task=task, metric="accuracy", value=100 * m["accuracy"], chance=chance))
-            # multiple-choice diagnostics (absent in scores cached before they existed)
-            if m.get("valid_choice_rate") is not None:
-                rows.append(dict(task=task, metric="valid_choice_rate", value=100 * m["valid_choice_rate"], chance=float("nan")))
-            if m.get("accuracy_among_valid") is not None:
-                rows.append(dict(task=task, metric="accuracy_among_valid", value=100 * m["accuracy_among_valid"], chance=chance))
-    return [{**labels, **r} for r in rows]
 
 
 def probe_batch(model: Any, cfg: ExperimentConfig, n_clips: int) -> dict[str, Any]:

@@ -72,6 +72,51 @@ def majority_micro_f1(y_true: np.ndarray, top_k: int = 1) -> float:
     return float(f1_score(y, pred, average="micro", zero_division=0))
 
 
+def _row(uniform: float, prior: float, rule: str) -> dict[str, Any]:
+    """One metric's baselines: chance = the larger of uniform and prior (the line a model must beat)."""
+    chance = float(np.nanmax([uniform, prior])) if np.isfinite([uniform, prior]).any() else math.nan
+    return {"chance": chance, "uniform": float(uniform), "prior": float(prior), "prior_rule": rule}
+
+
+def label_baselines(y_true: np.ndarray, top_k: int = 1) -> dict[str, dict[str, Any]]:
+    """Baselines of classification mAP, accuracy and micro-F1 on multi-hot labels `y_true`.
+
+    uniform: random scores / a uniformly random class (k classes for micro-F1); prior: the label
+    prior (a constant score for mAP, whose AP is the prevalence; the majority class or the `top_k`
+    most frequent classes). chance = max(uniform, prior)."""
+    y = np.asarray(y_true).astype(np.int64)
+    n, c = y.shape
+    keep, labelled = y.sum(axis=0) > 0, y.sum(axis=1) > 0
+    prevalence = float(y[:, keep].mean(axis=0).mean()) if keep.any() else math.nan
+    p_rand, r_rand = y.sum() / (c * n), top_k / c
+    f1_uniform = float(2 * p_rand * r_rand / (p_rand + r_rand)) if y.sum() else 0.0
+    acc_uniform = float(y[labelled].sum(axis=1).mean() / c) if labelled.any() else math.nan
+    return {"mAP": _row(random_map(y), prevalence, "constant score (AP = prevalence)"),
+            "accuracy": _row(acc_uniform, majority_accuracy(y), "always the most frequent class"),
+            "micro_f1": _row(f1_uniform, majority_micro_f1(y, top_k), f"always the {top_k} most frequent classes")}
+
+
+def example_baselines(examples: Sequence[Any], class_names: Sequence[str] | None = None,
+                      top_k: int = 1) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {metric: baselines}} for the scored tasks among `examples` (`sam.data.Example`s):
+    classification (`label_baselines`), reasoning (multiple choice: `answer_prior` by question type)
+    and closed (the most frequent answer per question type). Captions have none."""
+    from sam.data.types import label_matrix
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    cls = [ex for ex in examples if ex.task == "classification"]
+    if cls:
+        names = list(class_names) if class_names else sorted({l for ex in cls for l in ex.labels})
+        out["classification"] = label_baselines(label_matrix(cls, names), top_k)
+    for task in ("reasoning", "closed"):
+        qs = [ex for ex in examples if ex.task == task]
+        if qs:
+            p = answer_prior([ex.answer for ex in qs], [ex.metadata.get("question_type") for ex in qs],
+                             [ex.choices for ex in qs] if task == "reasoning" else None)
+            out[task] = {"accuracy": _row(p["uniform"], p["prior"], p["prior_rule"])}
+    return out
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\w+", str(text).lower()))
 

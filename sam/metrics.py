@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from sam.baselines import BOOTSTRAP_DRAWS, bootstrap_ci, fast_map, majority_accuracy, majority_micro_f1, random_map
+from sam.baselines import BOOTSTRAP_DRAWS, bootstrap_ci, fast_map, label_baselines
 
 NOT_COMPUTED = "not computed"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -95,10 +95,11 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
       prevalence: that is a random ranking's expected precision, and its expected AP only for
       infinitely many clips (at 64 clips it is about half the random-ranking AP). The prevalence is
       kept as "mAP_prevalence", the AP of a constant score.
-    - accuracy: the majority rule (always the most frequent class), also as "accuracy_majority";
-      "accuracy_uniform" = mean(|labels|) / C, a uniformly random class.
-    - micro_f1: the top_k most frequent classes for every example; "micro_f1_uniform" = the expected
-      micro-F1 of k uniformly random classes per example.
+    - accuracy: the majority rule (always the most frequent class, "accuracy_majority") or
+      "accuracy_uniform" = mean(|labels|) / C (a uniformly random class), whichever is higher.
+    - micro_f1: the top_k most frequent classes for every example ("micro_f1_majority") or the
+      expected micro-F1 of k uniformly random classes ("micro_f1_uniform"), whichever is higher.
+    "baselines": the same per metric as {chance, uniform, prior, prior_rule} (`label_baselines`).
     "ci": the 95% bootstrap interval over examples of each metric (`bootstrap` resamples; 0 = none).
     """
     y_true, scores = _check_matrix(y_true, scores)
@@ -111,8 +112,7 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
     top1 = scores.argmax(axis=1)
     hits = y_true[np.arange(n), top1].astype(bool)
     pred = top_k_predictions(scores, top_k)
-    n_pos = y_true.sum()
-    p_rand, r_rand = n_pos / (c * n), top_k / c
+    base = label_baselines(y_true, top_k)
     return {
         "n": int(n),
         "num_classes": int(c),
@@ -122,14 +122,16 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
         "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
         "f1_rule": f"top-{top_k} classes per example",
         "chance": {
-            "mAP": random_map(y_true),
-            "mAP_prevalence": float(y_true[:, keep].mean(axis=0).mean()) if keep.any() else math.nan,
-            "accuracy": majority_accuracy(y_true),
-            "accuracy_majority": majority_accuracy(y_true),
-            "accuracy_uniform": float(y_true[labelled].sum(axis=1).mean() / c) if labelled.any() else math.nan,
-            "micro_f1": majority_micro_f1(y_true, top_k),
-            "micro_f1_uniform": float(2 * p_rand * r_rand / (p_rand + r_rand)) if n_pos else 0.0,
+            "mAP": base["mAP"]["chance"],
+            "mAP_prevalence": base["mAP"]["prior"],
+            "accuracy": base["accuracy"]["chance"],
+            "accuracy_majority": base["accuracy"]["prior"],
+            "accuracy_uniform": base["accuracy"]["uniform"],
+            "micro_f1": base["micro_f1"]["chance"],
+            "micro_f1_majority": base["micro_f1"]["prior"],
+            "micro_f1_uniform": base["micro_f1"]["uniform"],
         },
+        "baselines": base,
         "ci": _classification_ci(y_true, scores, pred, hits, labelled, bootstrap) if bootstrap else {},
         "per_class_ap": per_class.tolist(),
     }
