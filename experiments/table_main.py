@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        common.per_seed(data, "classification", "mAP", lm_size=sizes[0]),
                                        f"{sizes[-1]} LM mAP", f"{sizes[0]} LM mAP", "%"))
     notes = ("Ours: test scenes of the embedded real-audio corpus (percent; mean ± sd over seeds; chance = the "
-             "expected score of a random ranking / uniform guess). The paper's columns are different datasets "
+             "larger of a random guess (for mAP the exact expected mAP of random scores) and the majority rule, on the same test scenes). The paper's columns are different datasets "
              "(ESC-50, DCASE17, FSD50K, AudioSet, AudioCaps), so compare directions and ratios to chance, not values.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": ours, "Paper (reported)": paper},
                                 title="Table 1: classification and captioning by LM size", notes=notes,

@@ -93,7 +93,7 @@ def label_baselines(y_true: np.ndarray, top_k: int = 1) -> dict[str, dict[str, A
     acc_uniform = float(y[labelled].sum(axis=1).mean() / c) if labelled.any() else math.nan
     return {"mAP": _row(random_map(y), prevalence, "constant score (AP = prevalence)"),
             "accuracy": _row(acc_uniform, majority_accuracy(y), "always the most frequent class"),
-            "micro_f1": _row(f1_uniform, majority_micro_f1(y, top_k), f"always the {top_k} most frequent classes")}
+            "micro_f1": _row(f1_uniform, majority_micro_f1(y, top_k), f"always the top-{top_k} most frequent classes")}
 
 
 def example_baselines(examples: Sequence[Any], class_names: Sequence[str] | None = None,

@@ -80,3 +80,21 @@ def _as_reasoning(example: Any) -> Any:
     from dataclasses import replace
 
     return replace(example, task="reasoning")
+
+
+def other_audio(examples: Sequence[Any]) -> list[Any]:
+    """The other-audio control: every example with the audio of another test scene, the same prompt.
+
+    Scenes are numbered in order of first appearance; scene i gets scene (i + n // 2) mod n's audio
+    (n scenes, n >= 2), a fixed derangement, so every question of a scene is asked about one other
+    scene and reruns pair the same clips."""
+    from dataclasses import replace
+
+    clips = clip_ids(examples)
+    order = list(dict.fromkeys(clips))
+    n = len(order)
+    if n < 2:
+        raise ValueError(f"the other-audio control needs at least 2 test scenes, got {n}")
+    audio = {c: ex.audio for c, ex in zip(clips, examples)}
+    swap = {c: audio[order[(i + n // 2) % n]] for i, c in enumerate(order)}
+    return [replace(ex, audio=swap[c]) for c, ex in zip(clips, examples)]

@@ -94,3 +94,16 @@ def test_classification_metrics_report_a_ci_around_map():
     for k in ("mAP", "accuracy", "micro_f1"):
         lo, hi = m["ci"][k]
         assert lo <= m[k] <= hi
+
+
+def test_other_audio_gives_every_scene_another_scenes_audio_deterministically():
+    from sam.data.types import Example
+    from sam.evaluate_baselines import other_audio
+
+    examples = [Example(f"{s}-{q}", {"id": f"s{s}"}, f"q{q}", "a", "closed", metadata={"scene": f"s{s}"})
+                for s in range(5) for q in range(2)]
+    swapped = other_audio(examples)
+    assert [ex.instruction for ex in swapped] == [ex.instruction for ex in examples]
+    pairs = {ex.metadata["scene"]: sw.audio["id"] for ex, sw in zip(examples, swapped)}
+    assert all(own != other for own, other in pairs.items()) and sorted(pairs.values()) == sorted(pairs)
+    assert pairs["s0"] == "s2" and other_audio(examples) == swapped
