@@ -16,6 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 import common
+import controls
 import measure
 import paper_numbers
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint = measure.stage(run, name)
             m = measure.evaluate(s, run, checkpoint, ["reasoning"])
             rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
+            rows += controls.control_rows(controls.paired(s, run, checkpoint, ["reasoning"]), **run.labels, stage=label, category="all")
             for suffix, other in (("", False), ("_other_audio", True)):
                 lk = measure.choice_likelihood(s, run, checkpoint, other_audio=other)
                 if lk is not None:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     overall = data[data.category == "all"]
 
     table = common.summary(overall, ["lm_size", "stage"],
-                           [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid",
+                           [("reasoning", m) for m in ("accuracy", "accuracy_other_audio", "accuracy_audio_use", "valid_choice_rate", "accuracy_among_valid",
                                                        "likelihood_accuracy", "likelihood_accuracy_other_audio",
                                                        "likelihood_accuracy_per_token")])
     paper = pd.DataFrame([{"model": k, "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()])
@@ -106,7 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
              "not the paper's: the choice whose text, as the response, the model finds most likely (summed log-probability; "
              "_per_token: per-token mean), measured from the weights; n/a where only cached answers were available (the "
              "weights were not kept). likelihood_accuracy_other_audio: the same with every question asked about another "
-             "test scene's audio, the control: what the question text and answer priors give without listening. Paper: MMAU test-mini, Sound subset.")
+             "test scene's audio, the control: what the question text and answer priors give without listening. "
+             "accuracy_other_audio / accuracy_audio_use: the same control under MMAU's rule (own minus other audio; its "
+             "95% CI over test clips in the CSV). Paper: MMAU test-mini, Sound subset.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
                                 configs=measure.configs(runs), findings=findings)
