@@ -13,6 +13,7 @@ from cached answers (``--cached``) report it as not measured.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 import common
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
                 lk = measure.choice_likelihood(s, run, checkpoint, other_audio=other)
                 if lk is not None:
                     rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}{suffix}",
-                                  value=100 * lk[k], **{b: 100 * lk.get(b, float("nan")) for b in ("chance", "uniform", "prior")})
+                                  value=100 * lk[k], **{b: 100 * lk.get(b, float("nan")) for b in ("chance", "uniform", "prior")},
+                                  **dict(zip(("ci_low", "ci_high"), 100 * np.asarray(lk.get("ci", {}).get(k, (np.nan, np.nan)), float))))
                              for k in ("accuracy", "accuracy_per_token")]
             by_category = m["reasoning"]["by"].get("category", {}) if m else {}
             base = category_baselines(run) if by_category else {}

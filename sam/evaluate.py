@@ -35,7 +35,7 @@ import pandas as pd
 
 from sam.config import EvalConfig
 from sam.data.types import Example, label_matrix
-from sam.evaluate_baselines import annotate, question_baselines as _question_baselines
+from sam.evaluate_baselines import accuracy_ci, annotate, question_baselines as _question_baselines
 from sam.metrics import (
     caption_metrics,
     classification_metrics,
@@ -555,7 +555,7 @@ def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFr
     accuracy: the choice with the highest summed log-probability; accuracy_per_token: the highest
     mean log-probability per token (no preference for short choices). Ties go to the first choice.
     An example is scored only when every one of its choices was scored; the others are counted in
-    n_failed. chance, uniform, prior: as for MMAU's rule (`sam.evaluate_baselines.question_baselines`)
+    n_failed. chance, uniform, prior and ci (95% over clips): as for MMAU's rule (`sam.evaluate_baselines.question_baselines`)
     over the scored examples.
     """
     need = {"id", "choice", "logprob", "tokens"}
@@ -579,4 +579,5 @@ def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFr
         raise ValueError(f"no example has every choice scored ({failed} failed)")
     return {"n": len(hits), "n_failed": failed, "accuracy": float(np.mean(hits)),
             "accuracy_per_token": float(np.mean(hits_norm)), **_question_baselines(scored),
+            "ci": {"accuracy": accuracy_ci(hits, scored), "accuracy_per_token": accuracy_ci(hits_norm, scored)},
             "rule": "most likely choice (summed / per-token log-probability of the choice as the response)"}

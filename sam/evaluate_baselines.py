@@ -76,6 +76,11 @@ def question_baselines(examples: Sequence[Any]) -> dict[str, Any]:
     return {k: b[k] for k in ("chance", "uniform", "prior", "prior_rule")}
 
 
+def accuracy_ci(correct: Sequence[bool], examples: Sequence[Any]) -> list[float]:
+    """95% bootstrap CI of the accuracy of `correct` (one per example) over the examples' clips."""
+    return list(mean_ci(np.asarray(correct, dtype=float), clip_ids(examples)))
+
+
 def _as_reasoning(example: Any) -> Any:
     from dataclasses import replace
 

@@ -245,6 +245,7 @@ def test_choice_likelihoods_score_every_choice_and_report_bad_audio():
     # the shortest choice is the most likely: "Dog" in both (right in r1, wrong in r2; "Cat" ties in r1 and comes later)
     m = score_choice_likelihoods(reasoning + [bad], table)
     assert (m["n"], m["n_failed"], m["accuracy"], m["uniform"], m["prior"]) == (2, 1, 0.5, 0.25, 0.5)
+    assert m["ci"]["accuracy"][0] <= 0.5 <= m["ci"]["accuracy"][1]
     # per token "Dog" still wins both (-3/2 against "Rain" -4/2 and "Car horn" -8/3)
     assert m["accuracy_per_token"] == 0.5
     with pytest.raises(ValueError, match="'c1' has no choices"):
