@@ -49,7 +49,7 @@ from sam.train import (
 )
 from sam.validate import check_settings
 
-_NOT_WEIGHT_FIELDS = {"data": ("root", "num_workers", "json_test")}
+_NOT_WEIGHT_FIELDS = {"data": ("root", "num_workers", "json_test", "n_test")}  # the test split never reaches training
 # Trainer settings that change weights (the stages are keyed separately). An allow-list, so that a new
 # speed-only option (compilation, CUDA graphs, logging) never invalidates the cache.
 _WEIGHT_TRAIN_FIELDS = ("weight_decay", "grad_clip", "min_lr_ratio", "precision", "seed")
