@@ -6,7 +6,8 @@ real rendered scenes of the classification task:
 - a linear probe: one logistic regression per class (scikit-learn, one-vs-rest) fit on the encoder's
   mean-pooled patch grid of training scenes and scored on the test scenes;
 both as mAP (`sam.metrics.classification_metrics`: macro over classes with positives), beside its
-chance level (the mean class prevalence). `--stage stage_lm` probes the encoder as initialized (the
+chance level (the expected mAP of random scores on the same test scenes). `probe` is the library
+call (the audio-use gate's probe ceiling uses it). `--stage stage_lm` probes the encoder as initialized (the
 stages before pretraining leave it untouched), which is the baseline a pretrained encoder must beat.
 
     python experiments/check_encoder_probe.py runs/<hash>-cpu [--stage stage0] [--train-clips 2048]
@@ -49,7 +50,10 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c
     return scores
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def probe(run_dir: Path, stage: str = "stage0", train_clips: int = 2048, test_clips: int | None = None, c: float = 1.0,
+          batch_size: int = 32) -> dict[str, Any]:
+    """Linear-probe (and, where the stage kept one, stage-head) test mAP of the encoder of `run_dir`
+    after `stage`, in percent, with its chance level (module docstring). Needs the run's weights."""
     from sam.config import load_yaml
     from sam.data import build_examples
     from sam.data.types import label_matrix
@@ -59,6 +63,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import measure
     from check_audio_conditioning import task_data
 
+    if not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a finished run (no run.json)")
+    exp = load_yaml(run_dir / "config.yaml")
+    model = stage_model(run_dir, stage).eval()
+    head_path = measure.stage(measure.Run(exp, run_dir, {}), stage) / "encoder_head.pt"
+    head = torch.load(head_path, weights_only=True) if head_path.is_file() else None
+    classes = list(head["classes"]) if head is not None else sorted({lab for ex in build_examples(exp.data, "train", ["classification"]) for lab in ex.labels})
+
+    data = task_data(exp, "classification", get_tokenizer(exp, run_dir.parent))
+    splits = {}
+    for split, limit in (("train", train_clips), ("test", test_clips)):
+        examples = build_examples(exp.data, split, ["classification"])[:limit]
+        if not examples:
+            raise ValueError(f"{run_dir}: no {split} scenes of the classification task")
+        x, ex = features(model, data.make_dataset(examples), data.collate, batch_size, f"{split} features")
+        splits[split] = (x, label_matrix(ex, classes))
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+
+    scored = classification_metrics(y_test, linear_probe(x_train, y_train, x_test, c, exp.train.seed), bootstrap=0)
+    out: dict[str, Any] = {"run": run_dir.name, "stage": stage, "train_clips": len(x_train), "test_clips": len(x_test),
+                           "classes": len(classes), "chance_mAP": 100 * scored["chance"]["mAP"],
+                           "linear_probe_mAP": 100 * scored["mAP"], "linear_probe_accuracy": 100 * scored["accuracy"]}
+    if head is not None:
+        lin = torch.nn.Linear(x_test.shape[1], len(classes)).double()
+        lin.load_state_dict({k: v.double() for k, v in head["head"].items()})
+        with torch.no_grad():
+            out["stage_head_mAP"] = 100 * classification_metrics(y_test, lin(torch.from_numpy(x_test)).numpy(), bootstrap=0)["mAP"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a run directory (runs/<hash>-<device>)")
     p.add_argument("--stage", default="stage0", help="stage whose encoder to probe (default: stage0)")
@@ -69,31 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if not (args.run / "run.json").is_file():
         raise SystemExit(f"{args.run}: not a finished run (no run.json)")
-    exp = load_yaml(args.run / "config.yaml")
-    model = stage_model(args.run, args.stage).eval()
-    head_path = measure.stage(measure.Run(exp, args.run, {}), args.stage) / "encoder_head.pt"
-    head = torch.load(head_path, weights_only=True) if head_path.is_file() else None
-    classes = list(head["classes"]) if head is not None else sorted({lab for ex in build_examples(exp.data, "train", ["classification"]) for lab in ex.labels})
-
-    data = task_data(exp, "classification", get_tokenizer(exp, args.run.parent))
-    splits = {}
-    for split, limit in (("train", args.train_clips), ("test", args.test_clips)):
-        examples = build_examples(exp.data, split, ["classification"])[:limit]
-        if not examples:
-            raise SystemExit(f"{args.run}: no {split} scenes of the classification task")
-        x, ex = features(model, data.make_dataset(examples), data.collate, args.batch_size, f"{split} features")
-        splits[split] = (x, label_matrix(ex, classes))
-    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
-
-    probe = classification_metrics(y_test, linear_probe(x_train, y_train, x_test, args.C, exp.train.seed))
-    out: dict[str, Any] = {"run": args.run.name, "stage": args.stage, "train_clips": len(x_train), "test_clips": len(x_test),
-                           "classes": len(classes), "chance_mAP": 100 * probe["chance"]["mAP"],
-                           "linear_probe_mAP": 100 * probe["mAP"], "linear_probe_accuracy": 100 * probe["accuracy"]}
-    if head is not None:
-        lin = torch.nn.Linear(x_test.shape[1], len(classes)).double()
-        lin.load_state_dict({k: v.double() for k, v in head["head"].items()})
-        with torch.no_grad():
-            out["stage_head_mAP"] = 100 * classification_metrics(y_test, lin(torch.from_numpy(x_test)).numpy())["mAP"]
+    out = probe(args.run, args.stage, args.train_clips, args.test_clips, args.C, args.batch_size)
     for k, v in out.items():
         print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
     return out

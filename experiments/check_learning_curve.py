@@ -139,11 +139,11 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
     from sam.evaluate import generate_predictions, label_matrix
     from sam.runs import get_tokenizer, stage_model, train_or_load
 
-    exp = variant_config(args.preset, name, args.seed)
+    exp = variant_config(args.preset, name, args.seed, args.set)
     t0 = time.time()
     run_dir = train_or_load(exp, args.runs)
     record: dict[str, Any] = {
-        "variant": name, "changes": VARIANTS[name][1], "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
+        "variant": name, "changes": VARIANTS[name][1], "set": list(args.set), "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
         "run": run_dir.name, "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES), "complete": False}
     _phase(record, path, "train", t0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=500, help="test scenes measured per task")
     p.add_argument("--probe-train", type=int, default=1000, help="training scenes the linear probes are fit on")
+    p.add_argument("--set", nargs="*", default=[], help="extra dotted config overrides for every variant (key=value)")
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward / generate batch while measuring")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--records", type=Path, default=Path("runs/curve"), help="where measurement records go / are read")

@@ -24,7 +24,7 @@ def _examples(record: dict[str, Any], task: str) -> list[Any]:
     """The record's test examples of `task`, rebuilt from the (deterministic) scene composer by id."""
     from sam.data import build_examples
 
-    exp = variant_config(record["preset"], record["variant"], record["seed"])
+    exp = variant_config(record["preset"], record["variant"], record["seed"], record.get("set", []))
     by_id = {ex.id: ex for ex in build_examples(exp.data, "test", [task])}
     missing = [i for i in record["test"][task] if i not in by_id]
     if missing:
@@ -68,12 +68,30 @@ def score_record(record: dict[str, Any], encoder: Any) -> list[dict[str, Any]]:
             add(f"CIDEr-D {cond.replace('_', ' ')}", 100 * corpus["CIDEr-D"])
         use = paired_bootstrap_ci(len(per["own"]), lambda i: per["own"][i].mean(), lambda i: per["other_audio"][i].mean())
         add("CIDEr-D audio use", per["own"].mean() - per["other_audio"].mean(), use)
+    _gate_rows(record, rows, add)
     for key in ("loss_own", "loss_other_audio", "audio_token_norm", "text_embedding_norm", "energy_varying_across_clips", "raw_tau_rank"):
         if key in record:
             add(key.replace("_", " "), record[key])
     for site, value in record.get("probe_map", {}).items():
         add(f"probe mAP {site}", value)
     return rows
+
+
+def _gate_rows(record: dict[str, Any], rows: list[dict[str, Any]], add: Any) -> None:
+    """G1 and G2 of the audio-use gate (experiments/gate.py) for this variant; 1 = passes, 0 = fails.
+    G3 needs the reasoning stage's answers, which the learning curve does not generate."""
+    import gate
+
+    got = {r["metric"]: r for r in rows}
+    if "mAP own" in got:
+        ceiling = record.get("probe_map", {}).get("encoder_mean")
+        passes, _, _ = gate.g1(record["preset"], got["mAP own"]["value"], got["mAP random scores"]["value"], ceiling)
+        add("gate G1", np.nan if passes is None else float(passes))
+        use = got["mAP audio use"]
+        add("gate G2 mAP", float(gate.g2("mAP", use["value"], use["ci_low"])[0]))
+    if "CIDEr-D audio use" in got:
+        use = got["CIDEr-D audio use"]
+        add("gate G2 CIDEr-D", float(gate.g2("CIDEr-D", use["value"], use["ci_low"])[0]))
 
 
 def plot(data: pd.DataFrame):

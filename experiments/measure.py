@@ -37,10 +37,10 @@ import torch
 from sam.config import ExperimentConfig, config_hash, to_dict
 
 import common
+from rows import ROW_KEYS, metric_rows  # noqa: F401  (the scripts call measure.metric_rows)
 
 TASKS_MAIN = ("classification", "caption")
 PROBE_CLIPS = {"smoke": 8, "cpu": 32, "gpu": 64, "paper": 64}  # test scenes the probes run on
-ROW_KEYS = ("task", "metric", "value", "chance")
 PROBE_CACHE_VERSION = 2  # part of the probe-row cache key: bump it when a probe's definition changes
 
 
@@ -79,7 +79,7 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
     else:
         if s.train_procs > 1:
             train_distributed(cfg, s.runs, s.train_procs)
-        run_dir = train_or_load(cfg, s.runs, progress=sys.stderr.isatty())  # progress bars for people, not for logs
+        run_dir = train_or_load(cfg, s.runs)  # bars on a terminal, timed lines in a log
     return Run(cfg, Path(run_dir), {"lm_size": size, "seed": seed, **labels})
 
 
@@ -214,7 +214,7 @@ def _launch(jobs: Sequence[_Job], slots: int, desc: str, unit: str) -> list[str]
     import subprocess
     import time
 
-    from tqdm.auto import tqdm
+    from sam.progress import Progress
 
     dev = device()
     if dev == "cuda" and slots > torch.cuda.device_count():
@@ -222,7 +222,7 @@ def _launch(jobs: Sequence[_Job], slots: int, desc: str, unit: str) -> list[str]
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or [str(i) for i in range(slots)]
     threads = str(max(1, (os.cpu_count() or 1) // slots))
     pending, active, free, failed = list(jobs), {}, list(range(slots)), []
-    bar = tqdm(total=len(pending), desc=desc, unit=unit, disable=not sys.stderr.isatty())
+    bar = Progress(desc, len(pending), unit=unit)  # a bar on a terminal, timed lines in a log
     try:
         while pending or active:
             while pending and free:
@@ -283,10 +283,18 @@ def load_stage(run: Run, name: str) -> Any:
     return stage_model(run.dir, name, device=device()).eval()
 
 
-def test_examples(cfg: ExperimentConfig, tasks: Sequence[str]) -> list[Any]:
+def test_examples(cfg: ExperimentConfig, tasks: Sequence[str], other_audio: bool = False) -> list[Any]:
+    """The test split's examples of `tasks`; with `other_audio`, each asked about another scene's audio."""
     from sam.data import build_examples
+    from sam.evaluate_baselines import other_audio as swap
 
-    return build_examples(cfg.data, "test", list(tasks))
+    examples = build_examples(cfg.data, "test", list(tasks))
+    return swap(examples) if other_audio else examples
+
+
+def predictions_path(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str], other_audio: bool = False) -> Path:
+    """The per-example table `evaluate` writes beside its scores (prediction, correct, per-clip caption scores)."""
+    return _eval_path(s, run, checkpoint, tasks, "other-audio" if other_audio else "").with_suffix(".predictions.csv")
 
 
 def stage(run: Run, name: str) -> Path:
@@ -298,18 +306,19 @@ def stage(run: Run, name: str) -> Path:
 
 
 def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str] = TASKS_MAIN, *,
-             model: Any = None, variant: str = "") -> dict[str, Any] | None:
+             model: Any = None, variant: str = "", other_audio: bool = False) -> dict[str, Any] | None:
     """Scores of the run's answers on the test split for `tasks`, each step cached (module docstring).
 
     `model` replaces the checkpoint's own model (e.g. one with another run's encoder): a SAM, or a
     callable returning one, called only when the answers are not cached; `variant` must then name
     that change, since it is part of the cache key. Returns None with ``--defer-scoring`` (the
-    answers are then generated and cached, not scored)."""
+    answers are then generated and cached, not scored). `other_audio`: the control, every prompt asked
+    about another test scene's audio (`sam.evaluate_baselines.other_audio`), cached apart."""
     from sam.evaluate import score_predictions
 
     if model is not None and not variant:
         raise ValueError("evaluate: a replaced model needs a `variant` naming the change (it keys the cache)")
-    cfg = run.cfg
+    cfg, variant = run.cfg, "+".join(v for v in (variant, "other-audio" if other_audio else "") if v)
     path = _eval_path(s, run, checkpoint, tasks, variant)
     generated = path.with_suffix(".generated.json")
     if path.is_file():  # already scored
@@ -319,7 +328,7 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
         return None if s.defer_scoring else json.loads(path.read_text())
     if not generated.is_file() and not _in_shard(s, path.stem):
         return None  # another measurement worker's item
-    examples = test_examples(cfg, tasks)
+    examples = test_examples(cfg, tasks, other_audio)
     if generated.is_file():
         record = json.loads(generated.read_text())
         if record["ids"] != [ex.id for ex in examples]:
@@ -521,35 +530,6 @@ def _write_json(path: Path, value: Any) -> None:
     from sam.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(value, default=str).encode())
-
-
-def metric_rows(metrics: dict[str, Any] | None, **labels: Any) -> list[dict[str, Any]]:
-    """Tidy rows (task, metric, value, chance) in percent from `evaluate` metrics; strings such as
-    "not computed: ..." (SPICE without CoreNLP) are left out, never turned into numbers. None
-    (scoring deferred) gives no rows."""
-    rows: list[dict[str, Any]] = []
-    if metrics is None:
-        return rows
-    if "classification" in metrics:
-        c = metrics["classification"]
-        for name, chance in (("mAP", c["chance"]["mAP"]), ("accuracy", c["chance"]["accuracy_uniform"]),
-                             ("micro_f1", c["chance"]["micro_f1"])):
-            rows.append(dict(task="classification", metric=name, value=100 * c[name], chance=100 * chance))
-    for task in ("caption", "open"):
-        for name, v in metrics.get(task, {}).items():
-            if name != "n" and name != "n_examples" and isinstance(v, (int, float)):
-                rows.append(dict(task=task, metric=name, value=100 * v, chance=float("nan")))
-    for task in ("reasoning", "closed"):
-        if task in metrics:
-            m = metrics[task]
-            chance = 100 * m.get("chance", float("nan"))
-            rows.append(dict(task=task, metric="accuracy", value=100 * m["accuracy"], chance=chance))
-            # multiple-choice diagnostics (absent in scores cached before they existed)
-            if m.get("valid_choice_rate") is not None:
-                rows.append(dict(task=task, metric="valid_choice_rate", value=100 * m["valid_choice_rate"], chance=float("nan")))
-            if m.get("accuracy_among_valid") is not None:
-                rows.append(dict(task=task, metric="accuracy_among_valid", value=100 * m["accuracy_among_valid"], chance=chance))
-    return [{**labels, **r} for r in rows]
 
 
 def probe_batch(model: Any, cfg: ExperimentConfig, n_clips: int) -> dict[str, Any]:

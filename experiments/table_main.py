@@ -12,11 +12,13 @@ from __future__ import annotations
 import pandas as pd
 
 from lib import common
+import controls
 import measure
 from lib import paper_numbers
 
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("classification", "micro_f1"),
-           ("caption", "CIDEr-D"), ("caption", "METEOR"), ("caption", "SPICE")]
+           ("caption", "CIDEr-D"), ("caption", "METEOR"), ("caption", "SPICE"),
+           ("classification", "mAP_audio_use"), ("caption", "CIDEr-D_audio_use")]
 
 
 def plot(data: pd.DataFrame):
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_main", __doc__, argv=argv)
     runs = measure.grid(s)
     rows = [r for run in runs for r in measure.metric_rows(measure.evaluate(s, run, measure.stage(run, "stage4")), **run.labels)]
+    # the other-audio control: the same prompts about another test scene's audio, and own - other with its CI
+    rows += [r for run in runs for r in controls.control_rows(controls.paired(s, run, measure.stage(run, "stage4"), measure.TASKS_MAIN),
+                                                               **run.labels)]
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
@@ -57,8 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     paper["AudioCaps SPICE"] = [paper_numbers.AUDIOCAPS_SPICE_2_7B if k.startswith("SAM-2.7B") else None
                                 for k in paper_numbers.MAIN_TABLE]
     notes = ("Ours: test scenes of the embedded real-audio corpus (percent; mean ± sd over seeds; chance = the "
-             "expected score of a random ranking / uniform guess). The paper's columns are different datasets "
-             "(ESC-50, DCASE17, FSD50K, AudioSet, AudioCaps), so compare directions and ratios to chance, not values.")
+             "larger of a random guess (for mAP the exact expected mAP of random scores) and the majority rule, on the same test scenes). The paper's columns are different datasets "
+             "(ESC-50, DCASE17, FSD50K, AudioSet, AudioCaps), so compare directions and ratios to chance, not values. "
+             "*_audio_use: own minus other-audio score (the same prompts about another test scene's audio); its 95% CI "
+             "over test clips is in the CSV (ci_low, ci_high).")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": ours, "Paper (reported)": paper},
                                 title="Table 1: classification and captioning by LM size", notes=notes,
                                 configs=measure.configs(runs), findings=findings(data))

@@ -13,9 +13,11 @@ from cached answers (``--cached``) report it as not measured.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from lib import common
+import controls
 import measure
 from lib import paper_numbers
 
@@ -61,6 +63,20 @@ def findings(data: pd.DataFrame) -> list[common.Finding]:
     return out
 
 
+def category_baselines(run: measure.Run) -> dict[str, dict[str, float]]:
+    """{category: {chance, uniform, prior}} in percent: the baselines of each question category's own
+    questions (`sam.baselines.answer_prior` by question type), from the run's test split."""
+    from sam.baselines import answer_prior
+
+    qs = measure.test_examples(run.cfg, ["reasoning"])
+    out = {}
+    for cat in {ex.metadata.get("category") for ex in qs}:
+        sub = [ex for ex in qs if ex.metadata.get("category") == cat]
+        p = answer_prior([ex.answer for ex in sub], [ex.metadata.get("question_type") for ex in sub], [ex.choices for ex in sub])
+        out[str(cat)] = {k: 100 * p[k] for k in ("chance", "uniform", "prior")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     s = common.parse_args("table_reasoning", __doc__, argv=argv)
     rows, runs = [], measure.grid(s)
@@ -69,34 +85,40 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint = measure.stage(run, name)
             m = measure.evaluate(s, run, checkpoint, ["reasoning"])
             rows += measure.metric_rows(m, **run.labels, stage=label, category="all")
+            rows += controls.control_rows(controls.paired(s, run, checkpoint, ["reasoning"]), **run.labels, stage=label, category="all")
             for suffix, other in (("", False), ("_other_audio", True)):
                 lk = measure.choice_likelihood(s, run, checkpoint, other_audio=other)
                 if lk is not None:
                     rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}{suffix}",
-                                  value=100 * lk[k], chance=100 * lk["chance"]) for k in ("accuracy", "accuracy_per_token")]
-            for cat, g in (m["reasoning"]["by"].get("category", {}) if m else {}).items():
+                                  value=100 * lk[k], **{b: 100 * lk.get(b, float("nan")) for b in ("chance", "uniform", "prior")},
+                                  **dict(zip(("ci_low", "ci_high"), 100 * np.asarray(lk.get("ci", {}).get(k, (np.nan, np.nan)), float))))
+                             for k in ("accuracy", "accuracy_per_token")]
+            by_category = m["reasoning"]["by"].get("category", {}) if m else {}
+            base = category_baselines(run) if by_category else {}
+            for cat, g in by_category.items():
                 rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
-                                 value=100 * g["accuracy"], chance=m["reasoning"].get("chance", float("nan")) * 100))
+                                 value=100 * g["accuracy"], **base[cat]))
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     overall = data[data.category == "all"]
 
     table = common.summary(overall, ["lm_size", "stage"],
-                           [("reasoning", m) for m in ("accuracy", "valid_choice_rate", "accuracy_among_valid",
+                           [("reasoning", m) for m in ("accuracy", "accuracy_other_audio", "accuracy_audio_use", "valid_choice_rate", "accuracy_among_valid",
                                                        "likelihood_accuracy", "likelihood_accuracy_other_audio",
                                                        "likelihood_accuracy_per_token")])
     paper = pd.DataFrame([{"model": paper_numbers.paper_label(k), "MMAU-Sound accuracy (%)": v}
                           for k, v in paper_numbers.MMAU_SOUND.items()])
     notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
-             "MMAU's string-match rule, mean ± sd over seeds, chance = 1 / choices. valid_choice_rate: answers that pick "
+             "MMAU's string-match rule, mean ± sd over seeds, chance = the larger of uniform (1 / choices) and the best single-answer prior on the same questions (prior: per question type always the most frequent answer, or always one choice position). valid_choice_rate: answers that pick "
              "exactly one choice under that rule (the others name none, or several, and count as wrong); "
-             "accuracy_among_valid: the accuracy over those answers (same chance). likelihood_accuracy: a second protocol, "
+             "accuracy_among_valid: the accuracy over those answers (chance as overall). likelihood_accuracy: a second protocol, "
              "not the paper's: the choice whose text, as the response, the model finds most likely (summed log-probability; "
              "_per_token: per-token mean), measured from the weights; n/a where only cached answers were available (the "
              "weights were not kept). likelihood_accuracy_other_audio: the same with every question asked about another "
-             "test scene's audio, the control: what the question text and answer priors give without listening (chance "
-             "stays 25% only for a model without such priors). Paper: MMAU test-mini, Sound subset.")
+             "test scene's audio, the control: what the question text and answer priors give without listening. "
+             "accuracy_other_audio / accuracy_audio_use: the same control under MMAU's rule (own minus other audio; its "
+             "95% CI over test clips in the CSV). Paper: MMAU test-mini, Sound subset.")
     return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
                                 title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
                                 configs=measure.configs(runs), findings=findings(data))

@@ -10,7 +10,7 @@ Works on SAM, `sam.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
 
 This package imports nothing from `sam`.
 """
-from .hooks import ActivationCache, hooked, run_with_cache, site_names
+from .hooks import ActivationCache, expand_sites, hooked, run_with_cache, site_names
 from .rank import effective_rank, stable_rank, tau_effective_rank, windowed_tau_rank
 from .similarity import token_similarity
 from .state import state_update_distance, state_update_distance_ref, state_updates
@@ -21,6 +21,7 @@ __all__ = [
     "effective_rank",
     "hooked",
     "run_with_cache",
+    "expand_sites",
     "site_names",
     "stable_rank",
     "state_update_distance",

@@ -96,11 +96,39 @@ def _lm_root(model: nn.Module) -> str | None:
     return backbone.rsplit(".", 1)[0] if "." in backbone else ""
 
 
+def expand_sites(patterns: str | Sequence[str], available: Sequence[str]) -> list[str]:
+    """Site patterns -> site names, each pattern's hits in the order of `available`. A ``*`` part
+    matches one dotted part (`lm.layers.*` is every layer, not every layer's submodules too); a
+    ``*`` inside a part matches within it. Names without ``*`` pass through unchecked. KeyError
+    names a pattern that matches nothing."""
+    sites: list[str] = []
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if "*" in pattern:
+            regex = re.compile(".".join("[^.]+" if part == "*" else re.escape(part).replace(r"\*", "[^.]*") for part in pattern.split(".")))
+            hits = [n for n in available if regex.fullmatch(n)]
+        else:
+            hits = [pattern]
+        if not hits:
+            raise KeyError(f"{pattern!r} matches no probe site; this model has {', '.join(available[:12])}, ...")
+        sites += [h for h in hits if h not in sites]
+    return sites
+
+
 def resolve_sites(model: nn.Module, names: Names = None) -> dict[str, Site]:
-    """Sites selected by `names`: None (all stable names), a name, a list of names, a regex
-    (full match) or a predicate over stable names and module paths."""
+    """Sites selected by `names`: None (all stable names), a name or site pattern (``lm.layers.*``,
+    see `expand_sites`), a list of them, a regex (full match) or a predicate over stable names and
+    module paths. A pattern matches stable names first, module paths where no stable name fits."""
     stable = stable_sites(model)
     paths = [p for p, _ in model.named_modules() if p]
+
+    def expand(pattern: str) -> list[str]:
+        try:
+            return expand_sites(pattern, list(stable))
+        except KeyError:
+            return expand_sites(pattern, list(stable) + paths)
+
+    if isinstance(names, str) or (isinstance(names, Sequence) and not isinstance(names, re.Pattern)):
+        names = list(dict.fromkeys(n for pattern in ([names] if isinstance(names, str) else names) for n in expand(pattern)))
     root = _lm_root(model)
 
     def by_path(path: str) -> Site:
@@ -117,8 +145,6 @@ def resolve_sites(model: nn.Module, names: Names = None) -> dict[str, Site]:
 
     if names is None:
         return dict(stable)
-    if isinstance(names, str):
-        return {names: one(names)}
     if isinstance(names, re.Pattern) or callable(names):
         test = names.fullmatch if isinstance(names, re.Pattern) else names
         chosen = {n: s for n, s in stable.items() if test(n)}

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 _LOG_FLOOR = float(torch.finfo(torch.float32).eps)
 
 
+# Two MPEG-1 Layer III frames of samples: how far libsndfile's declared MP3 length may overshoot.
+_MP3_SLACK = 2 * 1152
+
+
 class AudioError(ValueError):
     """Audio could not be used; the message names the file and the reason."""
 
@@ -60,11 +64,14 @@ def _wav_truncation(head: bytes, total: int) -> str | None:
     return None
 
 
-def load_audio(path_or_bytes: str | Path | bytes | bytearray, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path_or_bytes: str | Path | bytes | bytearray, sample_rate: int = 16000, max_samples: int | None = None) -> np.ndarray:
     """Decode wav/flac/ogg/mp3 (anything libsndfile reads) to float32 mono at `sample_rate`.
 
     Channels are averaged; other rates are resampled with a polyphase filter. Silence is valid.
     Missing, empty, corrupt, truncated, non-finite, zero-length or unsupported input raises AudioError.
+    With `max_samples`, only the start of the file is decoded (plus a margin, so the resampler's
+    edge does not reach the kept part) and the result is exactly the first `max_samples` samples
+    of the full decode: a long file costs memory for what a model reads, not for its length.
     """
     name = _name(path_or_bytes)
     if isinstance(path_or_bytes, (bytes, bytearray)):
@@ -91,11 +98,18 @@ def load_audio(path_or_bytes: str | Path | bytes | bytearray, sample_rate: int =
     try:
         with sf.SoundFile(source) as f:
             declared = f.frames
+            # libsndfile estimates an MP3's frame count (from the bitrate or a Xing/LAME tag) and
+            # misses encoder padding by up to a couple of MPEG frames: a shortfall that small is not
+            # truncation. A cut file falls short by far more.
+            slack = _MP3_SLACK if f.format == "MP3" else 0
             sr = f.samplerate
-            data = f.read(dtype="float32", always_2d=True)
+            want = -1 if max_samples is None else math.ceil((max_samples + sample_rate) * sr / sample_rate)  # +1 s margin
+            data = f.read(frames=want, dtype="float32", always_2d=True)
+            if 0 < want <= data.shape[0]:
+                declared = min(declared, want)  # the rest of the file is not read, so not checked
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"{name}: unsupported or corrupt audio ({e})") from None
-    if declared > 0 and data.shape[0] < declared:
+    if declared > 0 and data.shape[0] < declared - slack:
         raise AudioError(f"{name}: truncated ({data.shape[0]} of {declared} declared frames decoded)")
     if data.shape[0] == 0:
         raise AudioError(f"{name}: contains no samples (zero-length or unreadable audio)")
@@ -105,7 +119,15 @@ def load_audio(path_or_bytes: str | Path | bytes | bytearray, sample_rate: int =
     if sr != sample_rate:
         g = gcd(int(sr), int(sample_rate))
         wave = resample_poly(wave, sample_rate // g, sr // g)
+    if max_samples is not None:
+        wave = wave[:max_samples]
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def samples_for_frames(frames: int, sample_rate: int = 16000) -> int:
+    """Samples whose fbank has exactly `frames` frames: what a model cut to that many frames reads."""
+    win, hop, _ = _frame_geometry(sample_rate)
+    return (frames - 1) * hop + win
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +172,8 @@ def _window(window_type: str, length: int) -> torch.Tensor:
 
 
 def _frame_geometry(sample_rate: int) -> tuple[int, int, int]:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 400:
+        raise ValueError(f"sample_rate: expected a whole number of Hz >= 400 (a 25 ms window of >= 10 samples), got {sample_rate!r}")
     win = int(sample_rate * 0.025)
     hop = int(sample_rate * 0.010)
     n_fft = 1 << (win - 1).bit_length()  # Kaldi rounds the window up to a power of two
@@ -172,7 +196,14 @@ def _frames_to_fbank(frames: torch.Tensor, sample_rate: int, num_mel_bins: int, 
 
 
 def _as_tensor(wave: np.ndarray | torch.Tensor, what: str = "wave") -> torch.Tensor:
-    t = torch.as_tensor(wave, dtype=torch.float32)
+    raw = torch.as_tensor(wave)
+    if not raw.is_floating_point():
+        # Integer PCM (int16 from sf.read(dtype="int16"), say) would enter fbank 32768 times too
+        # loud: its log-mel shifts by a constant and the model's normalization no longer fits.
+        raise ValueError(f"{what}: {raw.dtype} samples; pass float samples in [-1, 1] (int16 / 32768)")
+    t = raw.to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what}: holds NaN or infinite samples")
     if t.dim() == 2 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 1:
@@ -229,13 +260,15 @@ def normalize(fb: torch.Tensor, mean: float = -4.268, std: float = 4.569) -> tor
 
 def wave_to_features(wave: np.ndarray | torch.Tensor, audio_cfg: AudioConfig) -> torch.Tensor:
     """Waveform at audio_cfg.sample_rate -> normalized fbank [target_frames, num_mel_bins]."""
+    wave = wave[: samples_for_frames(audio_cfg.target_frames, audio_cfg.sample_rate)]  # frames past the cut are never used
     fb = fbank(wave, audio_cfg.sample_rate, audio_cfg.num_mel_bins, audio_cfg.window_type)
     return normalize(pad_or_trim(fb, audio_cfg.target_frames), audio_cfg.norm_mean, audio_cfg.norm_std)
 
 
 def waves_to_features(waves: Sequence[np.ndarray | torch.Tensor], audio_cfg: AudioConfig) -> torch.Tensor:
     """Batched `wave_to_features`: [B, target_frames, num_mel_bins]."""
-    fbs = fbank_batch(waves, audio_cfg.sample_rate, audio_cfg.num_mel_bins, audio_cfg.window_type)
+    keep = samples_for_frames(audio_cfg.target_frames, audio_cfg.sample_rate)
+    fbs = fbank_batch([w[:keep] for w in waves], audio_cfg.sample_rate, audio_cfg.num_mel_bins, audio_cfg.window_type)
     if not fbs:
         return torch.empty(0, audio_cfg.target_frames, audio_cfg.num_mel_bins)
     stacked = torch.stack([pad_or_trim(f, audio_cfg.target_frames) for f in fbs])

@@ -1,7 +1,8 @@
 """Crash-safe training checkpoints: atomic files, a `latest` pointer, and a loader that never
 returns a half-written state.
 
-A checkpoint is one ``step-XXXXXXXX.pt`` file (everything `torch.save` can hold) inside a folder.
+A checkpoint is one ``step-XXXXXXXX.pt`` file inside a folder, holding only tensors and plain
+containers (dicts, lists, numbers, strings) so that it loads with ``weights_only=True``.
 Writes go to a temporary name in the same folder, are flushed to disk, then renamed over the final
 name (`os.replace` is atomic on POSIX); the folder's ``latest`` pointer is rewritten the same way
 and only after the checkpoint itself is in place. A process killed at any instant therefore leaves
@@ -24,8 +25,10 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import pickle
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -67,19 +70,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     pause = _fault_pause(path)
-    with open(tmp, "wb") as f:
-        if pause:
-            half = len(data) // 2
-            f.write(data[:half])
+    try:
+        with open(tmp, "wb") as f:
+            if pause:
+                half = len(data) // 2
+                f.write(data[:half])
+                f.flush()
+                os.fsync(f.fileno())
+                time.sleep(pause)
+                f.write(data[half:])
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
-            time.sleep(pause)
-            f.write(data[half:])
-        else:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except OSError as e:  # a write error (a full disk) names no file by itself: name the target
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     _fsync_dir(path.parent)
 
 
@@ -125,25 +132,55 @@ def _step_files(folder: Path) -> list[tuple[int, Path]]:
     return out
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a folder can be loaded safely, and at least one was refused as unsafe."""
+
+
+def _why_unloadable(e: BaseException) -> tuple[str, bool]:
+    """(one-line reason, whether the file was refused as unsafe rather than damaged)."""
+    text = str(e)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(e, pickle.UnpicklingError) and found:
+        return (f"holds Python objects ({found.group(1)}) that cannot be loaded safely; only tensors and plain "
+                "containers are accepted (a checkpoint of an older format, or not one written by sam)"), True
+    first = next((line.strip() for line in text.splitlines() if line.strip() and "Weights only load failed" not in line), "")
+    return f"not a readable checkpoint, truncated or damaged ({type(e).__name__}{': ' + first[:120] if first else ''})", False
+
+
 def load_latest(folder: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     """The newest loadable checkpoint in `folder`, or None if there is none.
 
-    Follows ``latest`` first; if that file is missing or unreadable, falls back to the other
-    ``step-*.pt`` files, newest first. Temporary files are never considered.
+    Follows ``latest`` first; if that file is missing, damaged or unsafe, falls back to the other
+    ``step-*.pt`` files, newest first, saying on stderr which file was skipped and why. Temporary
+    files are never considered. Files are untrusted: they load with ``weights_only=True``, so a
+    planted file runs no code. When every candidate fails and one was refused as unsafe, raises
+    CheckpointError naming it (starting the stage afresh would silently discard its progress).
     """
     folder = Path(folder)
     candidates: list[Path] = []
     pointer = folder / LATEST
     if pointer.is_file():
-        name = pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()
         if _STEP_RE.match(name):
             candidates.append(folder / name)
     candidates += [p for _, p in sorted(_step_files(folder), reverse=True) if p not in candidates]
+    unsafe: list[str] = []
     for path in candidates:
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError):
-            continue  # truncated or corrupt: an older checkpoint is the safe choice
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            continue  # `latest` named a file that was pruned or never written
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            why, refused = _why_unloadable(e)
+        else:
+            if isinstance(state, dict):
+                return state
+            why, refused = f"holds a {type(state).__name__}, not a checkpoint dict", False
+        if refused:
+            unsafe.append(f"{path}: {why}")
+        print(f"sam: skipped checkpoint {path}: {why}; trying an older one", file=sys.stderr)
+    if unsafe:
+        raise CheckpointError(f"{unsafe[0]}; move it away to train this stage from its start")
     return None
 
 

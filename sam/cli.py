@@ -1,8 +1,9 @@
 """The `sam` command line. Each subcommand is a thin wrapper over a library function.
 
-Configuration mistakes (unknown key, wrong type, missing file) end the command with a one-line
-message naming the key and exit code 2, never a traceback. Batch commands (`caption`) report each
-bad input on its own line and go on with the rest.
+Every error ends the command with one line naming the key, file or path and the reason: exit 2 for
+bad input (config, audio, dataset files, unwritable outputs), 1 for failures; a traceback only with
+--debug (`sam.cli_support`). Outputs are checked for writability before the work starts. Batch
+commands (`caption`) report each bad input on its own line and go on with the rest.
 
 This module must never hold training, evaluation or analysis logic of its own.
 """
@@ -15,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sam.cli_support import EXIT_INPUT, check_writable
 from sam.config import ConfigError, ExperimentConfig, apply_overrides, load_yaml, preset
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_INPUT
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -25,7 +27,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _add(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
+    p = sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     p.add_argument("--instruction", default="Write a caption for the audio clip.", help="the instruction given to the model")
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens")
+    p.add_argument("--batch-size", type=int, default=8, help="files decoded and answered together (bounds memory)")
 
     p = _add(sub, "ask", "ask a question about an audio file",
              "Answer QUESTION about AUDIO with a trained model (greedy decoding).")
@@ -173,7 +178,10 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, ExperimentConfig | None]
 
     if not (Path(args.checkpoint) / "config.json").is_file():
         raise ConfigError(f"--checkpoint {args.checkpoint}: not a SAM checkpoint directory (no config.json)")
-    return SAM.from_pretrained(args.checkpoint).to(_device(args.device)).eval(), None
+    model = SAM.from_pretrained(args.checkpoint)
+    if model.tokenizer is None:
+        raise ConfigError(f"--checkpoint {args.checkpoint}: no tokenizer.json there (a SAM checkpoint keeps its tokenizer beside its weights)")
+    return model.to(_device(args.device)).eval(), None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -190,6 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sam.data import build_examples
     from sam.evaluate import default_audio_loader, evaluate_examples
 
+    out = check_writable(args.out or (Path(args.run) / f"eval-{args.split}" if args.run else f"eval-{args.split}"), "--out", directory=True)
     model, exp = _load_model(args)
     if args.config:
         exp = load_yaml(args.config)
@@ -207,9 +216,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config=exp.eval,
         progress=True,
     )
-    out = Path(args.out or (Path(args.run) / f"eval-{args.split}" if args.run else f"eval-{args.split}"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    from sam.checkpoint import atomic_write_bytes  # a write error names the file
+
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2, default=str).encode())
     predictions.to_csv(out / "predictions.csv", index=False)
     print(json.dumps(metrics, indent=2, default=str))
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.csv'}")
@@ -231,40 +240,38 @@ def _load_waves(paths: list[str], sample_rate: int) -> tuple[list[Any], list[str
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    from sam.infer import answer_files, check_request, one_line
+
+    check_request(args.instruction, args.max_new_tokens, "--instruction", args.batch_size)
     model, _ = _load_model(args)
-    waves, names, bad = _load_waves(args.audio, model.config.audio.sample_rate)
-    if waves:
-        answers = model.generate(waves, [args.instruction] * len(waves), max_new_tokens=args.max_new_tokens)
-        for name, text in zip(names, answers):
-            print(f"{name}\t{text}")
+    bad = 0
+    for name, text in answer_files(model, args.audio, args.instruction, args.max_new_tokens, args.batch_size):
+        if text is None:
+            bad += 1
+        else:  # one line per file, whatever the model wrote
+            print(f"{one_line(name)}\t{one_line(text)}", flush=True)
     return 1 if bad else 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from sam.infer import answer_files, check_request, one_line
+
+    check_request(args.question, args.max_new_tokens, "question")
     model, _ = _load_model(args)
-    waves, _, bad = _load_waves([args.audio], model.config.audio.sample_rate)
-    if bad:
+    ((_, text),) = answer_files(model, [args.audio], args.question, args.max_new_tokens, 1)
+    if text is None:
         return 1
-    print(model.generate(waves, [args.question], max_new_tokens=args.max_new_tokens)[0])
+    print(one_line(text))
     return 0
 
 
 def _expand_sites(patterns: list[str], available: list[str]) -> list[str]:
-    """Site patterns -> site names, in the order of `available`; `*` matches one dotted part
-    (`lm.layers.*` is every layer, not every layer's submodules too)."""
-    import re
+    from probes import expand_sites
 
-    sites: list[str] = []
-    for pattern in patterns:
-        if "*" in pattern:
-            regex = re.compile(".".join("[^.]+" if part == "*" else re.escape(part).replace(r"\*", "[^.]*") for part in pattern.split(".")))
-            hits = [n for n in available if regex.fullmatch(n)]
-        else:
-            hits = [pattern]
-        if not hits:
-            raise ConfigError(f"--sites {pattern!r} matches no probe site; this model has {', '.join(available[:12])}, ...")
-        sites += [h for h in hits if h not in sites]
-    return sites
+    try:
+        return expand_sites(patterns, available)
+    except KeyError as e:
+        raise ConfigError(f"--sites {e.args[0]}") from None
 
 
 def _state_update_rows(upd: Any) -> Any:
@@ -285,6 +292,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import probes
     from sam.prompt import encode_example
 
+    check_writable(args.out, "--out")
     model, _ = _load_model(args)
     waves, names, bad = _load_waves(args.audio, model.config.audio.sample_rate)
     if not waves:
@@ -301,7 +309,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.state:
         table = pd.concat([table, _state_update_rows(probes.state_update_distance(model, batch))], ignore_index=True)
     table.insert(0, "audio", [names[int(c)] for c in table["clip"]])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(f"wrote {len(table)} rows ({len(sites)} sites x {len(waves)} clips) to {args.out}")
     return 1 if bad else 0
@@ -335,6 +342,9 @@ def _load_text_lm(model_dir: str, tokenizer_dir: str | None, device: str) -> tup
     except (OSError, ValueError) as e:
         flag = "--tokenizer" if tokenizer_dir else "--model (give --tokenizer)"
         raise ConfigError(f"{flag} {tok_dir}: no tokenizer could be loaded there ({str(e).splitlines()[0]})") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # ids past the embedding would index out of range on the first text
+        raise ConfigError(f"--tokenizer {tok_dir}: {len(tokenizer)} tokens, but the model embeds only {rows}; use the model's own tokenizer")
     return model.to(device).eval(), tokenizer
 
 
@@ -357,6 +367,7 @@ def cmd_probe_lm(args: argparse.Namespace) -> int:
 
     import probes
 
+    check_writable(args.out, "--out")
     if args.text_file:
         try:
             texts = [line.strip() for line in Path(args.text_file).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -409,7 +420,6 @@ def cmd_probe_lm(args: argparse.Namespace) -> int:
     if not tables:
         return 1
     out = pd.concat(tables, ignore_index=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out, index=False)
     print(f"wrote {len(out)} rows ({len(sites)} sites x {len(tables)} texts) to {args.out}")
     return 1 if skipped else 0
@@ -450,6 +460,7 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from sam.data.corpus import prepare_corpus
 
+    check_writable(args.root, "--root", directory=True)
     if args.from_archive:
         from sam.data.archive import import_corpus
 
@@ -462,7 +473,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_export_corpus(args: argparse.Namespace) -> int:
     from sam.data.archive import export_corpus
 
-    out = export_corpus(args.root, args.out)
+    out = export_corpus(args.root, check_writable(args.out, "out"))
     print(f"[corpus] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -496,6 +507,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.audio_dir and not Path(args.audio_dir).is_dir():
         raise ConfigError(f"--audio-dir: {args.audio_dir} is not a directory")
+    check_writable(args.out, "--out")
     examples, report = CONVERTERS[args.format](args)
     print(str(report), file=sys.stderr)
     try:
@@ -521,26 +533,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sam.cli_support import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except ConfigError as e:
-        print(f"sam {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ValueError as e:  # a dataset file that cannot be read at all names itself
-        from sam.data.readers import DatasetError
-
-        if not isinstance(e, DatasetError):
-            raise
-        print(f"sam {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        from sam.data.corpus import CorpusError
-
-        if not isinstance(e, CorpusError):
-            raise
-        print(f"sam {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    return run_command(args.command, COMMANDS[args.command], args, args.debug)
 
 
 if __name__ == "__main__":

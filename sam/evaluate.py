@@ -12,7 +12,8 @@ Scoring follows the protocols of LTU and SAM:
   second protocol, the most likely choice under the model (`choice_likelihoods`, which scores weights,
   not generated text).
 - closed: answer equality after lowercasing and dropping punctuation.
-Chance levels are reported beside every accuracy-like number.
+Baselines on the same test items and bootstrap CIs over its clips are added by
+`sam.evaluate_baselines.annotate`.
 
 The runner needs only a `generate(audio_list, prompts, max_new_tokens) -> list[str]` callable (or
 an object with that `generate` method, such as `sam.SAM`); it never imports the model class.
@@ -34,6 +35,7 @@ import pandas as pd
 
 from sam.config import EvalConfig
 from sam.data.types import Example, label_matrix
+from sam.evaluate_baselines import accuracy_ci, annotate, question_baselines as _question_baselines
 from sam.metrics import (
     caption_metrics,
     classification_metrics,
@@ -45,19 +47,8 @@ from sam.metrics import (
     parse_labels,
 )
 
-__all__ = [
-    "TextEncoder",
-    "SentenceEncoder",
-    "ClapTextEncoder",
-    "CachedEncoder",
-    "TextClassifier",
-    "make_text_encoder",
-    "default_audio_loader",
-    "generate_predictions",
-    "score_predictions",
-    "evaluate_examples",
-    "mmau_string_match",
-]
+__all__ = ["TextEncoder", "SentenceEncoder", "ClapTextEncoder", "CachedEncoder", "TextClassifier", "make_text_encoder",
+           "default_audio_loader", "generate_predictions", "score_predictions", "evaluate_examples", "mmau_string_match"]
 
 # Metadata keys that accuracy is broken down by when present (MMAU's task / category /
 # sub-category / difficulty, and the scene composer's question types).
@@ -250,10 +241,10 @@ def _loaded_batches(items: Sequence[Any], size: int, load: Callable[[Any], Any],
                     unit: str) -> Iterator[tuple[list[Any], list[Any], list[tuple[Any, str]]]]:
     """`items` in chunks of `size` with their audio loaded, for the batched runners below: yields
     (the items that loaded, their audio, [(item, error)] for those whose audio failed), so a bad item
-    is reported and its batch goes on; a tqdm bar counts the items when `progress`."""
-    from tqdm.auto import tqdm
+    is reported and its batch goes on; `sam.progress` counts the items when `progress`."""
+    from sam.progress import Progress
 
-    with tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
+    with Progress(desc, len(items), unit=f"{unit}s", enabled=progress) as bar:  # bar on a terminal, lines in a log
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             loaded, audio, failed = [], [], []
@@ -467,7 +458,7 @@ def score_predictions(
     unknown = sorted(set(tasks[ok]) - {"classification", "caption", "open", "reasoning", "closed"})
     if unknown:
         metrics["unscored_tasks"] = unknown
-    return metrics, frame.drop(columns="_cls")
+    return annotate(metrics, frame, examples, class_names, config.f1_top_k), frame.drop(columns="_cls")
 
 
 def evaluate_examples(
@@ -564,13 +555,14 @@ def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFr
     accuracy: the choice with the highest summed log-probability; accuracy_per_token: the highest
     mean log-probability per token (no preference for short choices). Ties go to the first choice.
     An example is scored only when every one of its choices was scored; the others are counted in
-    n_failed. chance = mean of 1 / number of choices over the scored examples.
+    n_failed. chance, uniform, prior and ci (95% over clips): as for MMAU's rule (`sam.evaluate_baselines.question_baselines`)
+    over the scored examples.
     """
     need = {"id", "choice", "logprob", "tokens"}
     if not need <= set(likelihoods.columns):
         raise ValueError(f"likelihood table lacks columns {sorted(need - set(likelihoods.columns))}")
     by_id = {k: g.sort_values("choice") for k, g in likelihoods.groupby("id", sort=False)}
-    hits, hits_norm, chance, failed = [], [], [], 0
+    hits, hits_norm, scored, failed = [], [], [], 0
     for ex in examples:
         if not ex.choices:
             raise ValueError(f"example {ex.id!r} has no choices")
@@ -582,9 +574,10 @@ def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFr
         lp = g["logprob"].to_numpy(dtype=float)
         hits.append(int(np.argmax(lp)) == truth)
         hits_norm.append(int(np.argmax(lp / g["tokens"].to_numpy(dtype=float))) == truth)
-        chance.append(1.0 / len(ex.choices))
+        scored.append(ex)
     if not hits:
         raise ValueError(f"no example has every choice scored ({failed} failed)")
     return {"n": len(hits), "n_failed": failed, "accuracy": float(np.mean(hits)),
-            "accuracy_per_token": float(np.mean(hits_norm)), "chance": float(np.mean(chance)),
+            "accuracy_per_token": float(np.mean(hits_norm)), **_question_baselines(scored),
+            "ci": {"accuracy": accuracy_ci(hits, scored), "accuracy_per_token": accuracy_ci(hits_norm, scored)},
             "rule": "most likely choice (summed / per-token log-probability of the choice as the response)"}

@@ -3,7 +3,7 @@
 What lives here:
 - `classification_metrics`: mAP (scikit-learn `average_precision_score`, macro over the classes
   that have at least one positive), top-1 accuracy and micro-F1 from a score matrix, with the
-  chance level of each beside it.
+  baseline of each on the same labels (`sam.baselines`) and a bootstrap CI over examples.
 - `parse_labels` / `exact_match_metrics`: the second classification protocol, which reads class
   names verbatim out of the generated text.
 - `caption_metrics`: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D through pycocoevalcap after its
@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+from sam.baselines import BOOTSTRAP_DRAWS, bootstrap_ci, fast_map, label_baselines
 
 NOT_COMPUTED = "not computed"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -79,7 +81,8 @@ def top_k_predictions(scores: np.ndarray, k: int = 1) -> np.ndarray:
     return pred
 
 
-def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 1) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 1,
+                           bootstrap: int = BOOTSTRAP_DRAWS) -> dict[str, Any]:
     """mAP, top-1 accuracy and micro-F1 from per-class scores, with chance levels.
 
     - mAP: `mean_average_precision` (macro over classes with positives).
@@ -87,10 +90,17 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
       is plain argmax accuracy, LTU's ESC-50 / VocalSound metric). Rows without labels are skipped.
     - micro_f1: each example predicts its `top_k` best classes (LTU's DCASE17 protocol predicts the
       argmax class, i.e. top_k=1), scored with scikit-learn's micro-averaged F1 against the labels.
-    Chance levels: a random ranking's expected AP equals the class prevalence, so mAP chance is the
-    mean prevalence of the kept classes; accuracy chance for a uniformly random class is
-    mean(|labels|) / C, and the majority rule always predicts the most frequent class; micro-F1
-    chance is the expected micro-F1 of k uniformly random classes per example.
+    Baselines on these labels (`sam.baselines`), under "chance":
+    - mAP: the exact expected mAP of a uniformly random ranking (`random_map`). It is NOT the class
+      prevalence: that is a random ranking's expected precision, and its expected AP only for
+      infinitely many clips (at 64 clips it is about half the random-ranking AP). The prevalence is
+      kept as "mAP_prevalence", the AP of a constant score.
+    - accuracy: the majority rule (always the most frequent class, "accuracy_majority") or
+      "accuracy_uniform" = mean(|labels|) / C (a uniformly random class), whichever is higher.
+    - micro_f1: the top_k most frequent classes for every example ("micro_f1_majority") or the
+      expected micro-F1 of k uniformly random classes ("micro_f1_uniform"), whichever is higher.
+    "baselines": the same per metric as {chance, uniform, prior, prior_rule} (`label_baselines`).
+    "ci": the 95% bootstrap interval over examples of each metric (`bootstrap` resamples; 0 = none).
     """
     y_true, scores = _check_matrix(y_true, scores)
     n, c = y_true.shape
@@ -102,8 +112,7 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
     top1 = scores.argmax(axis=1)
     hits = y_true[np.arange(n), top1].astype(bool)
     pred = top_k_predictions(scores, top_k)
-    n_pos = y_true.sum()
-    p_rand, r_rand = n_pos / (c * n), top_k / c
+    base = label_baselines(y_true, top_k)
     return {
         "n": int(n),
         "num_classes": int(c),
@@ -113,13 +122,38 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
         "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
         "f1_rule": f"top-{top_k} classes per example",
         "chance": {
-            "mAP": float(y_true[:, keep].mean(axis=0).mean()) if keep.any() else math.nan,
-            "accuracy_uniform": float(y_true[labelled].sum(axis=1).mean() / c) if labelled.any() else math.nan,
-            "accuracy_majority": float(y_true[labelled].mean(axis=0).max()) if labelled.any() else math.nan,
-            "micro_f1": float(2 * p_rand * r_rand / (p_rand + r_rand)) if n_pos else 0.0,
+            "mAP": base["mAP"]["chance"],
+            "mAP_prevalence": base["mAP"]["prior"],
+            "accuracy": base["accuracy"]["chance"],
+            "accuracy_majority": base["accuracy"]["prior"],
+            "accuracy_uniform": base["accuracy"]["uniform"],
+            "micro_f1": base["micro_f1"]["chance"],
+            "micro_f1_majority": base["micro_f1"]["prior"],
+            "micro_f1_uniform": base["micro_f1"]["uniform"],
         },
+        "baselines": base,
+        "ci": _classification_ci(y_true, scores, pred, hits, labelled, bootstrap) if bootstrap else {},
         "per_class_ap": per_class.tolist(),
     }
+
+
+def _classification_ci(y: np.ndarray, scores: np.ndarray, pred: np.ndarray, hits: np.ndarray, labelled: np.ndarray,
+                       draws: int) -> dict[str, list[float]]:
+    """95% bootstrap intervals over examples of mAP, accuracy and micro-F1 (one set of resamples)."""
+    tp, fp, fn = (pred & y).sum(axis=1), (pred & (1 - y)).sum(axis=1), ((1 - pred) & y).sum(axis=1)
+
+    def micro_f1(idx: np.ndarray) -> float:
+        t, p, f = tp[idx].sum(), fp[idx].sum(), fn[idx].sum()
+        return float(2 * t / (2 * t + p + f)) if t + p + f else 0.0
+
+    def accuracy(idx: np.ndarray) -> float:
+        keep = labelled[idx]
+        return float(hits[idx][keep].mean()) if keep.any() else math.nan
+
+    n = len(y)
+    return {"mAP": list(bootstrap_ci(n, lambda idx: fast_map(y[idx], scores[idx]), draws=draws)),
+            "accuracy": list(bootstrap_ci(n, accuracy, draws=draws)),
+            "micro_f1": list(bootstrap_ci(n, micro_f1, draws=draws))}
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def variant_config(preset: str, name: str, seed: int) -> Any:
-    """The preset's small-LM config with a variant's changes, at `seed`."""
+def variant_config(preset: str, name: str, seed: int, extra: list[str] | tuple[str, ...] = ()) -> Any:
+    """The preset's small-LM config with a variant's changes (then `extra` overrides), at `seed`."""
     cfg = make_preset(preset, "small")
     cfg.train.seed = cfg.data.seed = seed
     plain = []
@@ -43,4 +43,4 @@ def variant_config(preset: str, name: str, seed: int) -> Any:
         stage.warmup_steps = max(1, stage.steps // 10)
     for i, stage in enumerate(cfg.train.stages):  # overrides address stages by index
         plain = [c.replace(f"train.stages.{stage.name}.", f"train.stages.{i}.") for c in plain]
-    return apply_overrides(cfg, plain)
+    return apply_overrides(cfg, [*plain, *extra])

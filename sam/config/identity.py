@@ -55,7 +55,7 @@ def config_hash(cfg: Any, length: int = 12) -> str:
 # --------------------------------------------------------------------------------------------
 # Stage keys: what names each trained stage in the run cache
 
-NOT_WEIGHT_FIELDS = {"data": ("root", "num_workers", "json_test")}
+NOT_WEIGHT_FIELDS = {"data": ("root", "num_workers", "json_test", "n_test")}  # the test split never reaches training
 
 
 # Trainer settings that change weights (the stages are keyed separately). An allow-list, so that a new

@@ -24,6 +24,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from sam.data.corpus import SAMPLE_RATE, CorpusError, corpus_complete, read_manifest
+from sam.paths import UnsafePathError, confined
 
 META_FILES = ("manifest.jsonl", "classes.json", "report.json")
 
@@ -89,19 +90,32 @@ def import_corpus(archive: str | Path, root: str | Path, progress: bool = True) 
     with tar:
         meta = {name: _member(tar, f"corpus/{name}", archive) for name in META_FILES}
         rows: list[dict[str, Any]] = []
-        for i, line in enumerate(meta["manifest.jsonl"].decode().splitlines(), start=1):
+        dests: list[Path] = []
+        try:
+            manifest = meta["manifest.jsonl"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{archive}: corpus/manifest.jsonl: not UTF-8 ({e})") from None
+        for i, line in enumerate(manifest.splitlines(), start=1):
+            where = f"{archive}: corpus/manifest.jsonl line {i}"
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CorpusError(f"{archive}: corpus/manifest.jsonl line {i}: not valid JSON ({e})") from None
-        for row in tqdm(rows, desc="import corpus", unit="clip", disable=not progress):
+                raise CorpusError(f"{where}: not valid JSON ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not isinstance(row.get("num_samples"), int):
+                raise CorpusError(f"{where}: expected an object with a string `path` and an integer `num_samples`")
+            try:
+                # Every path is checked before anything is written: a bad row leaves `root` untouched.
+                dests.append(confined(root, row["path"]))
+            except UnsafePathError as e:
+                raise CorpusError(f"{where}: {e}") from None
+            rows.append(row)
+        for row, dest in zip(tqdm(rows, desc="import corpus", unit="clip", disable=not progress), dests):
             name = _flac_name(row["path"])
             wave, sr = sf.read(io.BytesIO(_member(tar, name, archive)), dtype="int16", always_2d=False)
             if sr != SAMPLE_RATE or wave.ndim != 1 or wave.size != row["num_samples"]:
                 raise CorpusError(
                     f"{archive}: {name}: {wave.size} samples at {sr} Hz, manifest says {row['num_samples']} mono at {SAMPLE_RATE} Hz"
                 )
-            dest = root / row["path"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             sf.write(dest, np.ascontiguousarray(wave), sr, subtype="PCM_16")
     corpus.mkdir(parents=True, exist_ok=True)

@@ -394,7 +394,13 @@ def read_class_map(root: str | Path) -> dict[str, Any]:
 
 def read_clip(root: str | Path, row: dict[str, Any], frames: int = -1) -> np.ndarray:
     """The first `frames` samples (all with -1) of a manifest clip as float32 at 16 kHz."""
-    wave, sr = sf.read(Path(root) / row["path"], frames=frames, dtype="float32", always_2d=False)
+    from sam.paths import UnsafePathError, confined
+
+    try:  # a manifest is a file from disk: its paths may not lead out of the corpus root
+        path = confined(root, row["path"])
+    except UnsafePathError as e:
+        raise CorpusError(f"{Path(root) / 'corpus' / 'manifest.jsonl'}: clip {row.get('id')!r}: {e}") from None
+    wave, sr = sf.read(path, frames=frames, dtype="float32", always_2d=False)
     if sr != SAMPLE_RATE:
         raise CorpusError(f"{row['path']}: sample rate {sr}, expected {SAMPLE_RATE}; rebuild with prepare_corpus(force=True)")
     return wave

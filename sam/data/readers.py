@@ -73,18 +73,66 @@ def _audio(report: ReadReport, row: int, candidates: Iterable[Path], check: bool
     return str(candidates[0])
 
 
-def _csv_rows(path: Path, required: set[str], comment: str | None = None) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row dict) of a headed CSV; DatasetError if absent or the header lacks `required`."""
+class _BadRow:
+    """A CSV row that cannot be trusted as parsed (stray comma, runaway quote, undecodable bytes)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _open_text(path: Path):
+    # utf-8-sig drops the byte-order mark Excel writes ("CSV UTF-8"); surrogateescape keeps invalid
+    # bytes visible as lone surrogates, so the row holding them is skipped and named, not garbled.
+    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+def _row_problem(fields: list[str], n_header: int | None, first: int, last: int) -> str | None:
+    """Why a parsed row is not what its line says, or None: undecodable bytes, a quoted field that
+    runs over several lines (an unterminated quote swallows what follows), or a field count other
+    than the header's (an unquoted comma splits a field)."""
+    for v in fields:
+        bad = next((c for c in v if "\udc80" <= c <= "\udcff"), None)
+        if bad is not None:
+            return f"not UTF-8 text (byte 0x{ord(bad) - 0xDC00:02x}); save the file as UTF-8"
+    if last > first and any("\n" in v or "\r" in v for v in fields):
+        return f"a quoted field runs over lines {first}-{last} (an unterminated quote?); those lines are skipped"
+    if n_header is not None and len(fields) != n_header:
+        return f"{len(fields)} fields, the header has {n_header} (an unquoted comma or a missing field?)"
+    return None
+
+
+def _physical_rows(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) of each row a csv.reader parses; csv errors name their line."""
+    last = 0
+    while True:
+        first = last + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DatasetError(f"{path}: line {first}: {e}") from None
+        last = reader.line_num
+        yield first, last, fields
+
+
+def _csv_rows(path: Path, required: set[str], comment: str | None = None) -> Iterator[tuple[int, dict[str, str] | _BadRow]]:
+    """(line number, row dict or _BadRow) of a headed CSV; DatasetError if absent, undecodable in
+    the header, or the header lacks `required`."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file does not exist")
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with _open_text(path) as f:
         lines = (ln for ln in f if not (comment and ln.startswith(comment)))
-        reader = csv.DictReader(lines, skipinitialspace=True)
-        if reader.fieldnames is None or not required <= {h.strip() for h in reader.fieldnames}:
-            raise DatasetError(f"{path}: header must contain {sorted(required)}, got {reader.fieldnames}")
-        for row in reader:
-            yield reader.line_num, {(k or "").strip(): v for k, v in row.items()}
+        rows = _physical_rows(csv.reader(lines, skipinitialspace=True), path)
+        header = [h.strip() for h in next(rows, (1, 1, []))[2]]
+        if _row_problem(header, None, 1, 1) or not required <= set(header):
+            raise DatasetError(f"{path}: header must contain {sorted(required)}, got {header}")
+        for first, last, fields in rows:
+            if not fields:
+                continue  # a blank line, as csv.DictReader skips it
+            why = _row_problem(fields, len(header), first, last)
+            yield first, _BadRow(why) if why else dict(zip(header, fields))
 
 
 def _run(report: ReadReport, rows: Iterable[tuple[int, Any]], make) -> list[Example]:
@@ -92,6 +140,8 @@ def _run(report: ReadReport, rows: Iterable[tuple[int, Any]], make) -> list[Exam
     for num, row in rows:
         report.rows += 1
         try:
+            if isinstance(row, _BadRow):
+                raise _Skip(row.reason)
             out.extend(make(num, row))
         except _Skip as e:
             report.skip(num, str(e))
@@ -222,12 +272,12 @@ def read_audioset(segments_csv: str | Path, labels_csv: str | Path, audio_dir: s
     report = ReadReport(str(path))
     base = Path(audio_dir)
 
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.reader(f, skipinitialspace=True)
-            for fields in reader:
+    def rows() -> Iterator[tuple[int, list[str] | _BadRow]]:
+        with _open_text(path) as f:
+            for first, last, fields in _physical_rows(csv.reader(f, skipinitialspace=True), path):
                 if fields and not fields[0].lstrip().startswith("#"):
-                    yield reader.line_num, fields
+                    why = _row_problem(fields, None, first, last)  # the field count is checked per row below
+                    yield first, _BadRow(why) if why else fields
 
     def make(line: int, fields: list[str]) -> list[Example]:
         if len(fields) != 4 or not all(x.strip() for x in fields):
@@ -339,6 +389,7 @@ def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio
     report = ReadReport(str(path))
     items = _json_list(path)
     base = Path(audio_dir) if audio_dir else Path(path).parent
+    seen: dict[str, tuple[int, Any]] = {}
 
     def make(i: int, item: Any) -> list[Example]:
         if not isinstance(item, dict):
@@ -351,6 +402,11 @@ def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio
             raise _Skip(f"answer {answer!r} is not one of the choices")
         if task and item.get("task") != task:
             return []
+        if str(qid) in seen:  # one id, one question: a second copy would be scored twice or contradict the first
+            first, first_answer = seen[str(qid)]
+            differs = "with a different answer " if first_answer != answer else ""
+            raise _Skip(f"duplicate id {qid!r} {differs}(first at item {first})")
+        seen[str(qid)] = (i, answer)
         if isinstance(item.get("scene"), dict):
             audio: str | dict = item["scene"]
         else:

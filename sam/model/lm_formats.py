@@ -155,8 +155,10 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     st, index, pt = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
+    reading = path
     try:
         if st.is_file():
+            reading = st
             return load_file(str(st))
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -164,9 +166,11 @@ def read_weights(path: Path) -> dict[str, Tensor]:
             for shard in shards:
                 if not (path / shard).is_file():
                     raise CheckpointError(f"{index} names shard {shard!r}, which is missing")
-                out.update(load_file(str(path / shard)))
+                reading = path / shard
+                out.update(load_file(str(reading)))
             return out
         if pt.is_file():
+            reading = pt
             state = torch.load(pt, map_location="cpu", weights_only=True)
             if not isinstance(state, dict):
                 raise CheckpointError(f"{pt}: expected a state dict, got {type(state).__name__}")
@@ -174,7 +178,8 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise CheckpointError(f"{reading}: cannot read weights, truncated or damaged ({type(e).__name__}: {first[:160]})") from None
     raise CheckpointError(f"{path}: no weights file (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
 
 

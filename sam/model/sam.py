@@ -243,15 +243,24 @@ class SAM(nn.Module):
         """Responses to `prompts` (instructions) about `audio`, batched with left padding, greedy by default."""
         if self.tokenizer is None:
             raise ConfigError("generate needs a tokenizer: pass one to SAM(...) or set config.tokenizer")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected a whole number >= 1, got {max_new_tokens!r}")
+        if not isinstance(audio, Tensor) and len(audio) == 0:
+            return []  # no clips, no answers
         device = self.language_model.device
         fbank = self.features(audio).to(device)
         prompts = [prompts] * fbank.shape[0] if isinstance(prompts, str) else list(prompts)
         if len(prompts) != fbank.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {fbank.shape[0]} audio clips")
+        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if empty:
+            raise ValueError(f"prompt {empty[0]}: empty; ask a question or give an instruction")
         was_training = self.training
         self.eval()
         try:
             audio_tok = self.encode_audio(fbank)
+            if not torch.isfinite(audio_tok).all():  # NaN tokens decode to empty answers, which look like output
+                raise ValueError("audio tokens are NaN or infinite: the model's weights or the input features are not finite")
             embed = self.language_model.get_input_embeddings()
             seqs = [torch.tensor(encode_example(self.tokenizer, p)[0], dtype=torch.long, device=device) for p in prompts]
             width = max(len(s) for s in seqs)
@@ -372,6 +381,12 @@ class SAM(nn.Module):
         model = cls(build, tokenizer=tokenizer)
         try:
             state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types for a cut or damaged header
+            raise ConfigError(f"{weights}: not a readable safetensors file, truncated or damaged ({type(e).__name__}: {e})") from None
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise ConfigError(f"{weights}: weight {bad} holds NaN or infinite values; the checkpoint is damaged (or training diverged)")
+        try:
             if model.language_model.config.tie_embeddings:
                 state[_TIED_HEAD] = state[_EMBEDDING]
             model.load_state_dict(state, strict=True)

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sam.progress import Progress
+
 
 class StageLog:
     """Per-step rows appended to log.csv and log.jsonl (rank 0); rows past a resume point are dropped."""
@@ -41,7 +43,6 @@ class StageLog:
             with open(self.csv, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore").writerow(row)
 
-def progress_bar(name: str, start: int, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=name, disable=not enabled, dynamic_ncols=True, leave=False)
+def progress_bar(name: str, start: int, total: int, enabled: bool, log: Path | None = None) -> Progress:
+    """A bar on a terminal, timed lines in a log (and in `log`, when given)."""
+    return Progress(name, total, initial=start, enabled=enabled, log=log)

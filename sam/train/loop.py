@@ -119,7 +119,8 @@ def train_stage(
     # CUDA graphs: one process, and not the encoder stage (its targets are built on the host in forward).
     use_graphs = train.cuda_graphs and device.type == "cuda" and dist.world_size == 1 and not encoder_stage
     graphs = CudaGraphs(module, trainable, train, device) if use_graphs else None
-    bar = progress_bar(stage.name, start, stage.steps, progress and dist.is_main)
+    what = f"{stage.name} ({stage_index + 1} of {len(train.stages)} stages)"
+    bar = progress_bar(what, start, stage.steps, progress and dist.is_main, stage_dir / "progress.log" if dist.is_main else None)
     t0, loss_value, seen_clips, seen_tokens = time.perf_counter(), float("nan"), 0, 0
     for step in range(start, stage.steps):
         micro = [next(loader) for _ in range(stage.grad_accum)]

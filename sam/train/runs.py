@@ -59,6 +59,7 @@ from sam.train.distributed import Dist, init_distributed
 from sam.train.heads import check_stages
 from sam.train.loop import train_stage
 from sam.train.rng import seed_all
+from sam.train.validate import check_settings
 
 # Identity rules are re-exported here, where the run cache has always offered them.
 __all__ = ["run_dir_for", "stage_dirs", "stage_keys", "stage_part", "weight_settings"]
@@ -250,6 +251,7 @@ def train_or_load(
     Under torchrun every process calls this; rank 0 writes, all ranks train.
     """
     check_stages(exp.train)
+    check_settings(exp)
     dist = init_distributed(device)
     runs_dir = Path(runs_dir)
     run_dir = run_dir_for(exp, runs_dir, dist.device.type)

@@ -136,7 +136,7 @@ def test_sam_train_names_a_missing_instruction_json_in_one_line(tmp_path, capsys
     code = main(["train", "--config", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
                  "data.source=openaqa", f"data.json_train={tmp_path / 'nope.json'}", f"data.root={tmp_path / 'root'}"])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and err == f"sam train: error: {tmp_path / 'nope.json'}: file does not exist"
+    assert code == 2 and err == f"sam train: error: {tmp_path / 'nope.json'}: file does not exist"
 
 
 def test_sam_data_summary_counts_the_instruction_json_splits(openaqa, tmp_path, capsys) -> None:

@@ -146,3 +146,40 @@ def test_sam_convert_writes_instruction_json_that_reads_back_as_the_same_example
     err = capsys.readouterr().err
     assert "--labels: required for audioset" in err and "--audio-dir: required for esc50" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_csv_rows_with_bad_bytes_stray_commas_or_runaway_quotes_are_skipped_and_named(tmp_path):
+    for name in ("1.wav", "2.wav", "3.wav", "4.wav", "5.wav", "6.wav"):
+        _wav(tmp_path / name)
+    lines = [
+        "\ufeffaudiocap_id,youtube_id,start_time,caption",  # Excel's "CSV UTF-8" writes a byte-order mark
+        "1,1,0,A dog barks",  # line 2: kept
+        "2,2,0,A car passes, then a horn",  # line 3: unquoted comma splits the caption
+        '3,3,0,"A door slams',  # line 4: an unterminated quote
+        "4,4,0,Birds sing",
+        "5,5,0,Rain falls",
+        '6,6,0,Water runs"',  # line 7: the quote of line 4 ends here; lines 4-7 are one parsed row
+        "6,6,0,Water runs",  # line 8: kept
+    ]
+    (tmp_path / "caps.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ex, rep = read_audiocaps(tmp_path / "caps.csv", tmp_path)
+    bad = dict(rep.bad)
+    assert [e.answer for e in ex] == ["A dog barks", "Water runs"]
+    assert "5 fields, the header has 4" in bad[3]
+    assert "runs over lines 4-7" in bad[4]
+    assert rep.kept + len(rep.bad) == rep.rows and len(rep.bad) == 2
+    (tmp_path / "latin1.csv").write_bytes(b"audiocap_id,youtube_id,start_time,caption\n5,5,0,Caf\xe9 chatter\n1,1,0,ok\n")
+    ex, rep = read_audiocaps(tmp_path / "latin1.csv", tmp_path)
+    assert [e.answer for e in ex] == ["ok"] and "not UTF-8 text (byte 0xe9)" in dict(rep.bad)[2]
+
+
+def test_mmau_reader_skips_duplicate_ids_and_says_when_answers_differ(tmp_path):
+    items = json.loads((FIX / "mmau" / "mmau-test-mini.json").read_text())[:3]
+    twin = dict(items[0])
+    other = dict(items[1], answer=next(c for c in items[1]["choices"] if c != items[1]["answer"]))
+    (tmp_path / "m.json").write_text(json.dumps(items + [twin, other]))
+    ex, rep = read_mmau(tmp_path / "m.json", check_audio=False)
+    assert [e.id for e in ex] == [str(it["id"]) for it in items]
+    bad = dict(rep.bad)
+    assert bad[3] == f"duplicate id {items[0]['id']!r} (first at item 0)"
+    assert bad[4] == f"duplicate id {items[1]['id']!r} with a different answer (first at item 1)"

@@ -150,7 +150,11 @@ def test_evaluate_examples_with_gold_answers_scores_each_task_perfectly():
     assert cls["n"] == 3 and cls["accuracy"] == 1.0
     assert cls["exact_match"]["subset_accuracy"] == 1.0
     assert cls["mAP"] > cls["chance"]["mAP"]
-    assert metrics["reasoning"]["accuracy"] == 1.0 and metrics["reasoning"]["chance"] == 0.25
+    assert metrics["reasoning"]["accuracy"] == 1.0 and metrics["reasoning"]["uniform"] == 0.25
+    # with two questions of different answers the best single-answer prior gets one right
+    assert metrics["reasoning"]["prior"] == metrics["reasoning"]["chance"] == 0.5
+    lo, hi = metrics["reasoning"]["ci"]["accuracy"]
+    assert lo == hi == 1.0
     assert metrics["reasoning"]["by"]["difficulty"] == {"easy": {"accuracy": 1.0, "n": 1}, "hard": {"accuracy": 1.0, "n": 1}}
     assert metrics["closed"]["accuracy"] == 1.0
     cap = metrics["caption"]
@@ -240,7 +244,8 @@ def test_choice_likelihoods_score_every_choice_and_report_bad_audio():
     assert table[table.id == "r3"].error.str.startswith("audio: FileNotFoundError").all()
     # the shortest choice is the most likely: "Dog" in both (right in r1, wrong in r2; "Cat" ties in r1 and comes later)
     m = score_choice_likelihoods(reasoning + [bad], table)
-    assert (m["n"], m["n_failed"], m["accuracy"], m["chance"]) == (2, 1, 0.5, 0.25)
+    assert (m["n"], m["n_failed"], m["accuracy"], m["uniform"], m["prior"]) == (2, 1, 0.5, 0.25, 0.5)
+    assert m["ci"]["accuracy"][0] <= 0.5 <= m["ci"]["accuracy"][1]
     # per token "Dog" still wins both (-3/2 against "Rain" -4/2 and "Car horn" -8/3)
     assert m["accuracy_per_token"] == 0.5
     with pytest.raises(ValueError, match="'c1' has no choices"):
@@ -256,7 +261,7 @@ def test_likelihood_scoring_per_token_can_pick_a_longer_choice():
     # summed: -2 vs -4 picks "short"; per token: -2/2 = -1 vs -4/5 = -0.8 picks the long, right, one
     table = pd.DataFrame({"id": ["x", "x"], "choice": [0, 1], "logprob": [-2.0, -4.0], "tokens": [2, 5]})
     m = score_choice_likelihoods([ex], table)
-    assert m["accuracy"] == 0.0 and m["accuracy_per_token"] == 1.0 and m["chance"] == 0.5
+    assert m["accuracy"] == 0.0 and m["accuracy_per_token"] == 1.0 and m["uniform"] == 0.5
     with pytest.raises(ValueError, match="lacks columns"):
         score_choice_likelihoods([ex], table.drop(columns="tokens"))
     with pytest.raises(ValueError, match="no example has every choice scored"):

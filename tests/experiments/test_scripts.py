@@ -553,3 +553,71 @@ def test_paper_preset_script_runs_end_to_end_on_tiny_stand_in_checkpoints(tmp_pa
     prov = json.loads((tmp_path / "out" / "table_main.json").read_text())
     cfg = next(iter(prov["configs"].values()))
     assert cfg["data"]["source"] == "openaqa" and cfg["model"]["lm_checkpoint"].endswith("mamba2-130m") and cfg["eval"]["text_encoder"] == "clap"
+
+
+def test_audio_use_writes_the_gate_with_controls_baseline_and_probe_on_a_smoke_run(smoke_figures, tmp_path_factory, tmp_path):
+    from sam.baselines import random_map
+    from sam.config import preset
+    from sam.data import build_examples
+    from sam.data.types import label_matrix
+
+    run_script("audio_use", tmp_path, smoke_runs_dir(tmp_path_factory))
+    data = pd.read_csv(tmp_path / "audio_use.csv")
+    assert list(data.columns) == ["lm_size", "seed", "metric", "own", "other_audio", "random_baseline", "probe_ceiling",
+                                  "gate", "passes", "ci_low", "ci_high", "note"]
+    assert sorted(data.gate.str[:2]) == ["G1", "G2", "G2", "G3"] and data.passes.isin([True, False]).all()
+    assert data[["own", "other_audio", "ci_low", "ci_high"]].notna().all().all()
+    assert (data.ci_low <= data.own - data.other_audio + 1e-9).all() and (data.own - data.other_audio <= data.ci_high + 1e-9).all()
+    cls = build_examples(preset("smoke").data, "test", ["classification"])
+    y = label_matrix(cls, sorted({l for ex in cls for l in ex.labels}))
+    m = data[data.metric == "mAP"]
+    assert np.allclose(m.random_baseline, 100 * random_map(y)) and (m.probe_ceiling > 0).all()
+    g1 = m[m.gate.str.startswith("G1")].iloc[0]
+    assert bool(g1.passes) == (g1.own >= g1.random_baseline + 5 and g1.own - g1.random_baseline >= 0.4 * (g1.probe_ceiling - g1.random_baseline))
+
+
+def test_gate_rules_fail_on_any_measured_part_and_stay_open_without_a_measurement():
+    import gate
+
+    assert gate.g1("cpu", 20.0, 16.0, None)[0] is False  # below random + 5 pp: fails whatever the probe
+    assert gate.g1("cpu", 20.0, 10.0, None)[0] is None  # margin met, probe unknown
+    assert gate.g1("cpu", 20.0, 10.0, 30.0)[0] is True and gate.g1("gpu", 20.0, 10.0, 30.0)[0] is False  # 10/20 >= 0.4, < 0.6
+    assert gate.g2("mAP", 6.0, 0.5)[0] is True and gate.g2("mAP", 6.0, -0.1)[0] is False and gate.g2("CIDEr-D", 6.0, 1.0)[0] is False
+    assert gate.g2("mAP", None, None)[0] is None
+    assert gate.g3("gpu", 50.0, 12.0)[0] is True and gate.g3("gpu", 50.0, 8.0)[0] is False and gate.g3("cpu", 30.0, None)[0] is False
+
+
+@pytest.mark.parametrize("folder", ["figures", "figures/gpu"])
+def test_committed_map_chance_agrees_with_random_scores_on_the_same_test_scenes(folder):
+    from sam.baselines import fast_map
+    from sam.config import ExperimentConfig, from_dict
+    from sam.data import build_examples
+    from sam.data.types import label_matrix
+
+    prov = json.loads((REPO / folder / "table_main.json").read_text())
+    cfg = from_dict(ExperimentConfig, next(iter(prov["configs"].values())))
+    cls = build_examples(cfg.data, "test", ["classification"])
+    y = label_matrix(cls, sorted({l for ex in cls for l in ex.labels}))
+    rng = np.random.default_rng(0)
+    simulated = 100 * np.mean([fast_map(y, rng.random(y.shape)) for _ in range(200)])
+    data = pd.read_csv(REPO / folder / "table_main.csv")
+    chance = data[(data.task == "classification")].groupby("metric").chance.mean()
+    assert abs(chance["mAP"] - simulated) < 1.0
+    assert chance["accuracy"] >= 100 * y.mean(axis=0).max() - 1e-6  # at least the majority rate
+    use = pd.read_csv(REPO / folder / "audio_use.csv")
+    assert (use.passes == False).all() and np.allclose(use.random_baseline, chance["mAP"])  # noqa: E712
+
+
+def test_rebaseline_rewrites_chance_columns_and_markdown_cells():
+    import rebaseline
+
+    base = {"classification": {"mAP": {"chance": 0.12, "uniform": 0.12, "prior": 0.06}},
+            "reasoning": {"accuracy": {"chance": 0.3, "uniform": 0.25, "prior": 0.3}}, "categories": {"Counting": {"chance": 0.4, "uniform": 0.25, "prior": 0.4}}}
+    data = pd.DataFrame({"category": ["all", "Counting", "all"], "task": ["classification", "reasoning", "caption"],
+                         "metric": ["mAP", "accuracy", "CIDEr-D"], "value": [10.0, 30.0, 20.0], "chance": [6.2, 25.0, np.nan]})
+    new = rebaseline.rebaseline_csv(data, base)
+    assert list(new.chance[:2]) == [12.0, 40.0] and np.isnan(new.chance[2]) and list(new.value) == [10.0, 30.0, 20.0]
+    md = "| size | classification mAP chance |\n|:--|--:|\n| small | 6.2 |\n"
+    out = rebaseline.rewrite_markdown(md, new)
+    assert "| 12.0 |" in out.replace("  ", " ").replace("  ", " ") and rebaseline.MARKER in out
+    assert rebaseline.rewrite_markdown(out, new).count(rebaseline.MARKER) == 1  # rerunning replaces its note

@@ -151,3 +151,31 @@ def test_pad_or_trim_pads_with_zeros_and_cuts() -> None:
     assert padded.shape == (16, 4) and torch.equal(padded[:10], fb) and not padded[10:].any()
     assert torch.equal(pad_or_trim(fb, 3), fb[:3])
     assert pad_or_trim(torch.randn(2, 10, 4), 5).shape == (2, 5, 4)
+
+
+MP3_FIXTURES = Path(__file__).parent / "fixtures" / "audio"
+
+
+@pytest.mark.parametrize("name,seconds", [("espeak-sentence.mp3", 82368 / 22050), ("agent-newlocation.mp3", 3.204)])
+def test_load_audio_accepts_real_mp3_whose_declared_length_is_an_estimate(name: str, seconds: float) -> None:
+    # espeak-sentence.mp3 (sox of an espeak-ng sentence) declares 82755 frames and decodes 82368.
+    info = sf.info(MP3_FIXTURES / name)
+    wave = load_audio(MP3_FIXTURES / name)
+    assert abs(len(wave) / 16000 - seconds) < 0.01 and info.frames >= len(wave) * info.samplerate / 16000 - 1
+    assert 0.01 < float(np.sqrt(np.mean(wave**2))) < 0.5  # speech, not silence or noise blown up
+
+
+def test_fbank_refuses_integer_pcm_nan_samples_and_impossible_rates(real_wave: np.ndarray) -> None:
+    pcm = np.round(real_wave * 32767).astype(np.int16)
+    with pytest.raises(ValueError, match="int16 samples; pass float samples"):
+        fbank(pcm)
+    with pytest.raises(ValueError, match=r"waves\[1\]: torch.int16"):
+        fbank_batch([real_wave, pcm])
+    nan = real_wave.copy()
+    nan[100] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fbank(nan)
+    for rate in (0, -16000, 16000.5):
+        with pytest.raises(ValueError, match="sample_rate"):
+            fbank(real_wave, sample_rate=rate)
+    assert torch.isfinite(fbank(pcm / 32768.0)).all()  # the conversion the message asks for works

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sam.audio import load_audio, waves_to_features
-from sam.config import SAMConfig, preset
+from sam.config import ConfigError, SAMConfig, preset
 from sam.model import SAM
 from sam.prompt import IGNORE_INDEX, encode_example, format_prompt
 from sam.tokenizer import train_bpe
@@ -210,3 +210,25 @@ def test_continuation_logprobs_match_the_training_loss_and_rank_the_true_caption
     assert m["n"] == 8 and m["accuracy"] == 1.0 and m["chance"] == 1 / 8
     with pytest.raises(ValueError, match="2 prompts for 3 continuations"):
         trained.continuation_logprobs(fbank[:2], [INSTRUCTION] * 2, captions[:3])
+
+
+def test_bad_requests_and_damaged_weights_are_refused_with_a_reason(tokenizer, clips, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fbank, _ = clips
+    model = SAM(_config(), tokenizer).eval()
+    assert model.generate([], [], max_new_tokens=4) == []
+    with pytest.raises(ValueError, match="max_new_tokens: expected a whole number >= 1, got -3"):
+        model.generate(fbank[:1], [INSTRUCTION], max_new_tokens=-3)
+    with pytest.raises(ValueError, match="prompt 1: empty"):
+        model.generate(fbank[:2], [INSTRUCTION, "  "], max_new_tokens=4)
+    model.save_pretrained(tmp_path / "ok")
+    data = (tmp_path / "ok" / "model.safetensors").read_bytes()
+    (tmp_path / "ok" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"model\.safetensors: not a readable safetensors file, truncated or damaged"):
+        SAM.from_pretrained(tmp_path / "ok")
+    with torch.no_grad():
+        next(model.connector.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="audio tokens are NaN or infinite"):
+        model.generate(fbank[:1], [INSTRUCTION], max_new_tokens=4)
+    model.save_pretrained(tmp_path / "nan")
+    with pytest.raises(ConfigError, match=r"weight connector\.\S+ holds NaN or infinite values"):
+        SAM.from_pretrained(tmp_path / "nan")

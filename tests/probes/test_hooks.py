@@ -175,3 +175,17 @@ def test_sam_sites_carry_encoder_grid_connector_tokens_and_the_lm_audio_span_bit
     assert [x.shape[0] for x in cache.tokens("lm.layers.1")] == [n, n]
     table = probes.token_measures(cache, ["encoder.out", "connector.out", "lm.layers.1"])
     assert set(table.part) == {"encoder", "connector", "lm"} and table.value.notna().all()
+
+
+def test_run_with_cache_accepts_the_readmes_site_patterns():
+    model, batch = tiny_sam_and_batch()
+    _, cache = probes.run_with_cache(model, batch, ["connector.out", "lm.layers.*"])
+    layers = [n for n in probes.site_names(model) if re.fullmatch(r"lm\.layers\.\d+", n)]
+    assert len(layers) >= 2 and list(cache) == ["connector.out", *layers]
+    _, single = probes.run_with_cache(model, batch, "lm.layers.*")
+    assert list(single) == layers and torch.equal(single[layers[-1]], cache[layers[-1]])
+    lm = tiny_lm()  # a pattern no stable name fits falls back to module paths
+    _, paths = probes.run_with_cache(lm, {"input_ids": _ids()}, ["backbone.layers.*.mixer.in_proj"])
+    assert list(paths) == [f"backbone.layers.{i}.mixer.in_proj" for i in range(2)]
+    with pytest.raises(KeyError, match="'lm.nothing.\\*' matches no probe site"):
+        probes.run_with_cache(model, batch, ["lm.nothing.*"])
