@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sam.audio import wave_to_features  # noqa: E402
+from sam.model.audio import wave_to_features  # noqa: E402
 from sam.config import preset  # noqa: E402
 from sam.data import build_examples  # noqa: E402
 from sam.data.corpus import prepare_corpus, read_manifest  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     fbank_s, _ = timed(lambda: [wave_to_features(w, exp.model.audio) for w in waves])
     torch.set_num_threads(threads)
 
-    from sam.runs import get_tokenizer
+    from sam.train.runs import get_tokenizer
 
     tokenizer = get_tokenizer(exp, REPO / "runs")
     stage = next(s for s in exp.train.stages if s.name == args.stage)

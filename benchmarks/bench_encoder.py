@@ -1,7 +1,7 @@
 """Encoder + connector forward cost per token layout: audio tokens per clip and milliseconds per batch.
 
-Builds `sam.encoder.AudioEncoder` of one size (random weights: cost does not depend on values) and
-one `sam.connector.Connector` per layout, then times, alternating in one process, the encoder
+Builds `sam.model.encoder.AudioEncoder` of one size (random weights: cost does not depend on values) and
+one `sam.model.connector.Connector` per layout, then times, alternating in one process, the encoder
 forward and each layout's connector forward on its output (no grad). The LM sees the connector's
 tokens, so the token count is what each layout costs downstream.
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_lm_cpu import environment, time_alternating, write_results  # noqa: E402
 from sam.config import AudioConfig, ConnectorConfig, EncoderConfig  # noqa: E402
-from sam.connector import Connector  # noqa: E402
-from sam.encoder import AudioEncoder, encoder_shape  # noqa: E402
+from sam.model.connector import Connector  # noqa: E402
+from sam.model.encoder import AudioEncoder, encoder_shape  # noqa: E402
 
 LAYOUTS = [("concat", 1), ("time_major", 1), ("freq_major", 1), ("pool", 1), ("pool", 2)]
 

@@ -1,4 +1,4 @@
-"""Fbank throughput: `sam.audio.waves_to_features` (batched torch) vs transformers' ASTFeatureExtractor.
+"""Fbank throughput: `sam.model.audio.waves_to_features` (batched torch) vs transformers' ASTFeatureExtractor.
 
 Both turn the same real recordings (sonic-pi and asterisk Debian packages, decoded to 16 kHz once up
 front) into normalized [1024, 128] AST/EAT inputs; the script checks that the outputs agree (max abs
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_lm_cpu import environment, time_alternating, write_results  # noqa: E402
-from sam.audio import load_audio, wave_to_features, waves_to_features  # noqa: E402
+from sam.model.audio import load_audio, wave_to_features, waves_to_features  # noqa: E402
 from sam.config import AudioConfig  # noqa: E402
 
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sam.config import MambaConfig  # noqa: E402
-from sam.lm import MambaLM  # noqa: E402
+from sam.model.lm import MambaLM  # noqa: E402
 
 # Layer shapes compared: Mamba-2's defaults (the published models' layers) and the cpu preset's.
 SHAPES: dict[str, dict[str, int]] = {
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     md += [
         "",
-        "Our PyTorch path picks its own chunk length on CPU (`sam.ssd.CPU_CHUNK_SIZE` = 32; results do not depend on it, "
+        "Our PyTorch path picks its own chunk length on CPU (`sam.model.ssd.CPU_CHUNK_SIZE` = 32; results do not depend on it, "
         "tests/model/test_ssd.py), while transformers uses the configured one; the 'chunk 32' column gives transformers the same freedom.",
         "On a machine shared with other jobs (see the load average), multi-threaded timings swing widely; the 1-thread rows are the stable ones.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}; commit {record['git_commit'][:10]}.",

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lm_cpu import environment, write_results  # noqa: E402
-from sam.lm import Block, named_config  # noqa: E402
-from sam.mamba2 import RMSNorm, _kernels  # noqa: E402
+from sam.model.lm import Block, named_config  # noqa: E402
+from sam.model.mamba2 import RMSNorm, _kernels  # noqa: E402
 
 
 class Stack(nn.Module):

@@ -1,6 +1,6 @@
 """Cost of exact state-update distances: `probes.state_updates` vs a plain forward and vs the reference.
 
-Measures, side by side in one process, on one random-weight `sam.lm.MambaLM` of a named shape:
+Measures, side by side in one process, on one random-weight `sam.model.lm.MambaLM` of a named shape:
 - a plain forward pass (no hooks);
 - `probes.state_updates` for every layer, head and token (the forward + chunked closed form in the
   in_proj hooks), target <= 1.5x the plain forward;
@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 import probes  # noqa: E402
 from benchmarks.probe_timing import phase_clock, triton_default_tile, triton_tile  # noqa: E402
 from benchmarks.report import kernel_path, key_value_markdown, portable_command, versions  # noqa: E402
-from sam.lm import MambaLM, named_config  # noqa: E402
+from sam.model.lm import MambaLM, named_config  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 

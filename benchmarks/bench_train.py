@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset  # noqa: E402
 from sam.prompt import IGNORE_INDEX  # noqa: E402
-from sam.mamba2 import set_ssd_chunk_size  # noqa: E402
+from sam.model.mamba2 import set_ssd_chunk_size  # noqa: E402
 from sam.model import label_positions  # noqa: E402
 from benchmarks.report import cell, device_name, kernel_path, key_value_markdown, portable_command, versions  # noqa: E402
 from sam.train import CudaGraphs, Dist, audio_lm_tokens, compile_blocks, is_encoder_stage, make_optimizer, seed_all, train_step, uncompile_blocks  # noqa: E402
@@ -93,7 +93,7 @@ def _sync(device: torch.device) -> None:
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
-    from sam.lm import named_config
+    from sam.model.lm import named_config
 
     exp = preset(args.preset, args.lm if args.lm in ("small", "medium", "large") else "small")
     if args.lm not in ("small", "medium", "large"):
@@ -122,7 +122,7 @@ def step_flops(step: Any) -> int:
     """FLOPs of one call of `step()` on the pure-PyTorch kernel path."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sam.mamba2 import Mamba2Mixer
+    from sam.model.mamba2 import Mamba2Mixer
 
     previous = getattr(Mamba2Mixer, "kernels", None)
     Mamba2Mixer.kernels = "torch"
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or stage.batch_size
 
     from sam.model import SAM
-    from sam.runs import get_tokenizer
+    from sam.train.runs import get_tokenizer
     from sam.tokenizer import load_tokenizer
 
     if args.load_batches:
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     measured: dict[str, dict[str, Any]] = {}
     profile_dir = Path(args.out) / f"{args.name or _default_name(args, device)}_profile" if args.profile else None
-    from sam.mamba2 import Mamba2Mixer, opaque_kernels
+    from sam.model.mamba2 import Mamba2Mixer, opaque_kernels
 
     for name in names:
         spec = VARIANTS[name]

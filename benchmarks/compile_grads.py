@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sam.config import preset  # noqa: E402
-from sam.mamba2 import Mamba2Mixer, _kernels, opaque_kernels  # noqa: E402
+from sam.model.mamba2 import Mamba2Mixer, _kernels, opaque_kernels  # noqa: E402
 from sam.model import SAM  # noqa: E402
 from sam.prompt import IGNORE_INDEX  # noqa: E402
 from sam.tokenizer import train_bpe  # noqa: E402
@@ -157,9 +157,9 @@ def _run(model, s, trainable, train):
 
 
 def _cpu_compile(model):  # the same regional compile on CPU (the trainer refuses CPU)
-    from sam.connector import Connector
-    from sam.encoder import Block as EncoderBlock
-    from sam.lm import Block as LMBlock
+    from sam.model.connector import Connector
+    from sam.model.encoder import Block as EncoderBlock
+    from sam.model.lm import Block as LMBlock
 
     done = []
     for m in model.modules():

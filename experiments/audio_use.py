@@ -18,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-import common
-import controls
-import gate
-import measure
+from lib import common
+from lib import controls
+from lib import gate
+from lib import measure
 
 TASKS = ("classification", "caption")
 PROBE_TRAIN_CLIPS = 2048  # the gate asks for >= 1,000: the cpu preset has 1,000 training scenes, the gpu 4,000
@@ -63,7 +63,7 @@ def probe_ceiling(s: common.Settings, run: measure.Run, stage: str) -> float | N
 
 def gate_rows(s: common.Settings, run: measure.Run) -> list[dict[str, Any]]:
     """The rows of audio_use.csv for one run (experiments/gate.py); [] with ``--defer-scoring``."""
-    from sam.baselines import random_map
+    from sam.eval.baselines import random_map
     from sam.data.types import label_matrix
 
     stage_name, checkpoint = measure.checkpoints(run)[-1][1:]

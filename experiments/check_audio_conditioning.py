@@ -20,7 +20,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from sam.runs import get_tokenizer, load_run
+    from sam.train.runs import get_tokenizer, load_run
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a run directory (runs/<hash>-<device>)")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 def task_data(exp: Any, task: str, tokenizer: Any) -> Any:
     """One task's training and validation examples, with the trainer's own dataset builder and collate."""
     from sam.config import StageConfig
-    from sam.runs import stage_data
+    from sam.train.runs import stage_data
 
     one = StageConfig(name="check", tasks=[task], trainable=["connector"])
     return stage_data(replace(exp, train=replace(exp.train, stages=[one])), 0, tokenizer)

@@ -5,7 +5,7 @@ real rendered scenes of the classification task:
 - the stage's own multi-label head, scored on the test scenes (only the encoder-pretraining stage keeps one);
 - a linear probe: one logistic regression per class (scikit-learn, one-vs-rest) fit on the encoder's
   mean-pooled patch grid of training scenes and scored on the test scenes;
-both as mAP (`sam.metrics.classification_metrics`: macro over classes with positives), beside its
+both as mAP (`sam.eval.metrics.classification_metrics`: macro over classes with positives), beside its
 chance level (the expected mAP of random scores on the same test scenes). `probe` is the library
 call (the audio-use gate's probe ceiling uses it). `--stage stage_lm` probes the encoder as initialized (the
 stages before pretraining leave it untouched), which is the baseline a pretrained encoder must beat.
@@ -57,8 +57,8 @@ def probe(run_dir: Path, stage: str = "stage0", train_clips: int = 2048, test_cl
     from sam.config import load_yaml
     from sam.data import build_examples
     from sam.data.types import label_matrix
-    from sam.metrics import classification_metrics
-    from sam.runs import get_tokenizer, stage_model
+    from sam.eval.metrics import classification_metrics
+    from sam.train.runs import get_tokenizer, stage_model
 
     import measure
     from check_audio_conditioning import task_data

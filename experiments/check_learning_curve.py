@@ -80,7 +80,7 @@ def probe_maps(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_trai
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from sam.metrics import mean_average_precision
+    from sam.eval.metrics import mean_average_precision
 
     keep = (y_train.sum(0) > 0) & (y_train.sum(0) < len(y_train))
     out = {}
@@ -136,8 +136,8 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
 
     from sam.data import build_examples
     from sam.data.dataset import SAMDataset
-    from sam.evaluate import generate_predictions, label_matrix
-    from sam.runs import get_tokenizer, stage_model, train_or_load
+    from sam.eval import generate_predictions, label_matrix
+    from sam.train.runs import get_tokenizer, stage_model, train_or_load
 
     exp = variant_config(args.preset, name, args.seed, args.set)
     t0 = time.time()

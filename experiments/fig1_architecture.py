@@ -15,9 +15,9 @@ import torch
 from lib import common
 from lib import paper_numbers
 from sam.config import PAPER_LM_NAMES
-from sam.lm import config_from_mamba_ssm
+from sam.model.lm import config_from_mamba_ssm
 from sam.model import SAM
-from sam.runs import get_tokenizer
+from sam.train.runs import get_tokenizer
 
 LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}
 

@@ -13,7 +13,7 @@ import pandas as pd
 import seaborn as sns
 
 from lib import common
-import measure
+from lib import measure
 
 STAGES = ("stage0", "stage1", "stage2", "stage3", "stage4")
 PANELS = [("connector.out", "tau_rank_normalized", "Rank of audio tokens entering the LM",

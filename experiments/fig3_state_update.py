@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from lib import common
-import measure
+from lib import measure
 
 LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}
 

@@ -2,8 +2,8 @@
 
 Kept apart from the measuring script because scoring needs the text scorers (MiniLM, the
 coco-caption tokenizer's Java), which the machine that trains may lack. Classification answers are
-scored as everywhere else in the project (`sam.evaluate.TextClassifier` scores -> mAP), next to the
-exact expected mAP of random scores on the same clips (`sam.baselines.random_map`); "audio use" is
+scored as everywhere else in the project (`sam.eval.TextClassifier` scores -> mAP), next to the
+exact expected mAP of random scores on the same clips (`sam.eval.baselines.random_map`); "audio use" is
 own minus other-audio with a paired bootstrap 95% CI over the test clips.
 """
 from __future__ import annotations
@@ -34,10 +34,10 @@ def _examples(record: dict[str, Any], task: str) -> list[Any]:
 
 def score_record(record: dict[str, Any], encoder: Any) -> list[dict[str, Any]]:
     """Tidy rows (metric, value, ci_low, ci_high) of one record."""
-    from sam.baselines import fast_map, map_ci, paired_bootstrap_ci, random_map
+    from sam.eval.baselines import fast_map, map_ci, paired_bootstrap_ci, random_map
     from sam.data.types import label_matrix
-    from sam.evaluate import TextClassifier
-    from sam.metrics import caption_metrics
+    from sam.eval import TextClassifier
+    from sam.eval.metrics import caption_metrics
 
     base = {k: record[k] for k in ("variant", "what", "seed", "audio_steps")}
     rows: list[dict[str, Any]] = []
@@ -126,7 +126,7 @@ def plot(data: pd.DataFrame):
 
 def write_report(args: argparse.Namespace) -> pd.DataFrame:
     """Score every record under `args.records` for `args.preset` and write the outputs to `args.out`."""
-    from sam.evaluate import make_text_encoder
+    from sam.eval import make_text_encoder
 
     paths = sorted(args.records.glob(f"{args.preset}-*.json"))
     if not paths:

@@ -3,7 +3,7 @@
 The scene composer is deterministic from the corpus and the data config (scene i of a split
 depends only on the seed, the split and i), and composing a scene's labels and questions renders
 no audio. So each output's provenance (``<name>.json``: the run configs and the corpus manifest)
-is enough to rebuild its test split and compute `sam.baselines` on it. For every CSV with a
+is enough to rebuild its test split and compute `sam.eval.baselines` on it. For every CSV with a
 `chance` column this rewrites, on the rows that have a baseline (classification mAP / accuracy /
 micro-F1, multiple-choice accuracies), the columns chance (the line figures draw), uniform and
 prior (experiments/rows.py says what each is); the `... chance` columns of the Markdown tables;
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import common
-import gate
+from lib import common
+from lib import gate
 
 FOLDERS = ("figures", "figures/gpu", "figures/cpu_medium_large")
 MARKER = "Baselines recomputed on the same test scenes by experiments/rebaseline.py"
@@ -41,7 +41,7 @@ MARKER = "Baselines recomputed on the same test scenes by experiments/rebaseline
 def test_baselines(prov: dict[str, Any], where: Path) -> dict[str, Any]:
     """{"classification": {...}, "reasoning": {...}, "categories": {cat: {...}}, "test_scenes": n} (fractions)
     on the test split the provenance's configs describe; an error names the file if that split cannot be rebuilt."""
-    from sam.baselines import answer_prior, example_baselines
+    from sam.eval.baselines import answer_prior, example_baselines
     from sam.config import ExperimentConfig, from_dict
     from sam.data import build_examples
 

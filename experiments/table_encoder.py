@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from lib import common
-import measure
+from lib import measure
 
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("caption", "CIDEr-D")]
 

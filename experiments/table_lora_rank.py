@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lib import common
-import measure
+from lib import measure
 
 RANKS = (8, 256)
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("caption", "CIDEr-D")]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from lib import common
-import controls
-import measure
+from lib import controls
+from lib import measure
 from lib import paper_numbers
 
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("classification", "micro_f1"),

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from lib import common
-import controls
-import measure
+from lib import controls
+from lib import measure
 from lib import paper_numbers
 
 STAGES = {"stage4": "without reasoning (stage 4)", "stage5": "with reasoning (stage 5)"}
@@ -65,8 +65,8 @@ def findings(data: pd.DataFrame) -> list[common.Finding]:
 
 def category_baselines(run: measure.Run) -> dict[str, dict[str, float]]:
     """{category: {chance, uniform, prior}} in percent: the baselines of each question category's own
-    questions (`sam.baselines.answer_prior` by question type), from the run's test split."""
-    from sam.baselines import answer_prior
+    questions (`sam.eval.baselines.answer_prior` by question type), from the run's test split."""
+    from sam.eval.baselines import answer_prior
 
     qs = measure.test_examples(run.cfg, ["reasoning"])
     out = {}

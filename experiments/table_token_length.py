@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lib import common
-import measure
+from lib import measure
 
 LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}
 METRICS = [("layout", "tokens_per_clip"), ("classification", "mAP"), ("classification", "accuracy"),

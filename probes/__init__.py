@@ -1,6 +1,6 @@
 """probes: model-agnostic representation analysis for Mamba-2 audio-language models.
 
-Works on SAM, `sam.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
+Works on SAM, `sam.model.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
 `Mamba2ForCausalLM` by hooking the real modules (never re-implementing a model):
 - `run_with_cache` / `hooked`: record activations at stable site names (`probes.hooks`);
 - `tau_effective_rank`, `windowed_tau_rank`, `effective_rank`, `stable_rank` (`probes.rank`), `token_similarity`

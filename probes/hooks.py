@@ -1,6 +1,6 @@
 """Stable probe-site names and `run_with_cache`: record activations of a real model with hooks.
 
-Names are the same on SAM, `sam.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
+Names are the same on SAM, `sam.model.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transformers'
 `Mamba2ForCausalLM` (found by structure, see `probes.models`), and any `named_modules()` path is a
 name too:
 

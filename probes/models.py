@@ -2,7 +2,7 @@
 
 Supported layouts (all found through `named_modules()`, so peft/LoRA wrappers are transparent):
 - a Mamba LM backbone: a module with a `layers` ModuleList whose blocks have a `.mixer`
-  (`sam.lm.MambaLM.backbone`, mamba_ssm `MixerModel`, transformers `Mamba2Model`);
+  (`sam.model.lm.MambaLM.backbone`, mamba_ssm `MixerModel`, transformers `Mamba2Model`);
 - a Mamba-2 mixer: a module with `in_proj`, `conv1d`, `dt_bias` and a per-head `A_log`;
 - an audio LM (SAM): `audio_tower` (with `patch_embed`, `blocks`), `connector`, `language_model`,
   and `audio_span(batch) -> LongTensor[B, 2]`.

@@ -21,7 +21,7 @@ pytestmark = [
 
 
 def _kernels_or_skip() -> None:
-    from sam.mamba2 import _kernels
+    from sam.model.mamba2 import _kernels
 
     k = _kernels()
     if k.chunk_scan is None:
@@ -46,7 +46,7 @@ def _no_tf32() -> None:
 
 def test_kernel_path_equals_torch_path_forward_and_backward() -> None:
     _kernels_or_skip()
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(0)
     fast = MambaLM(_cfg()).cuda()
@@ -66,7 +66,7 @@ def test_kernel_path_equals_torch_path_forward_and_backward() -> None:
 
 def test_kernel_path_left_padding_is_exact() -> None:
     _kernels_or_skip()
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(1)
     lm = MambaLM(_cfg()).cuda().eval()
@@ -81,7 +81,7 @@ def test_kernel_path_left_padding_is_exact() -> None:
 
 def test_kernel_path_step_decoding_equals_parallel_forward() -> None:
     _kernels_or_skip()
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(2)
     lm = MambaLM(_cfg()).cuda().eval()
@@ -97,7 +97,7 @@ def test_kernel_path_step_decoding_equals_parallel_forward() -> None:
 
 def test_kernel_path_bf16_autocast_matches_fp32_torch_path() -> None:
     _kernels_or_skip()
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(3)
     lm = MambaLM(_cfg(n_layer=4)).cuda().eval()
@@ -117,7 +117,7 @@ def test_state_update_distance_on_kernel_model_equals_recurrence() -> None:
     _kernels_or_skip()
     import probes
     from probes.state import state_update_distance_ref
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(4)
     lm = MambaLM(_cfg(n_layer=2)).cuda().eval()
@@ -164,7 +164,7 @@ def test_triton_state_kernels_equal_the_float64_closed_form(ngroups: int, precis
         assert float(((n[:, 1:].double() - want_n[:, 1:]).abs() / want_n[:, 1:]).max()) < 1e-4, chunk
 
     _kernels_or_skip()
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(5)
     lm = MambaLM(_cfg(n_layer=2, ngroups=ngroups, headdim=64, d_state=128)).cuda().eval()
@@ -187,7 +187,7 @@ def test_overlapped_probe_equals_inline(backend: str) -> None:
     if backend == "triton":
         pytest.importorskip("triton")
     import probes
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(6)
     lm = MambaLM(_cfg(n_layer=6, headdim=64, d_state=128)).cuda().eval()
@@ -289,7 +289,7 @@ def test_cuda_graphed_train_step_equals_eager() -> None:
 def test_compiled_causal_conv_gives_eager_gradients(dtype: torch.dtype) -> None:
     """The hand-written conv Function under torch.compile: same output and gradients as eager (in fp32
     its compiled gradients were all zero while it returned F.silu's own output)."""
-    from sam.mamba2 import _CausalConvSiLU
+    from sam.model.mamba2 import _CausalConvSiLU
 
     torch.manual_seed(0)
     args = [torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=True) for shape in [(2, 64, 96), (96, 4), (96,)]]
@@ -362,7 +362,7 @@ def test_compiled_blocks_give_eager_gradients(precision: str, graphed: bool) -> 
     finally:
         uncompile_blocks(compiled)
         torch._dynamo.reset()
-    from sam.mamba2 import _KERNEL_FUNCTIONS, _kernels
+    from sam.model.mamba2 import _KERNEL_FUNCTIONS, _kernels
 
     assert not any(hasattr(getattr(_kernels(), f), "_sam_raw") for f in _KERNEL_FUNCTIONS), "kernels left wrapped as opaque"
     assert len(ref_trainable) == len(grad_e) == len(grad_c) > 0

@@ -14,14 +14,15 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.support.experiments import smoke_runs_dir
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("quickstart", "probes_tour", "rebuild_figures")
 
 
 @pytest.fixture(scope="module")
 def smoke_env(tmp_path_factory):
-    runs = tmp_path_factory.getbasetemp() / "smoke-runs"  # same folder as tests/experiments/test_scripts.py
-    runs.mkdir(exist_ok=True)
+    runs = smoke_runs_dir(tmp_path_factory)  # the smoke run cache tests/experiments trains into
     figures = tmp_path_factory.mktemp("nb-figures")
     # rebuild_figures needs CSVs: the one experiment that trains nothing writes them quickly
     subprocess.run([sys.executable, "experiments/fig1_architecture.py", "--preset", "smoke", "--out", str(figures),

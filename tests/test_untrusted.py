@@ -141,7 +141,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     import torch
 
     from sam.checkpoint import load_latest, save_checkpoint
-    from sam.rng import rng_state, seed_all, set_rng_state
+    from sam.train.rng import rng_state, seed_all, set_rng_state
 
     seed_all(123)
     random.random(), np.random.standard_normal(), torch.rand(2)

@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from sam.audio import AudioError, load_audio
+from sam.model.audio import AudioError, load_audio
 from sam.data import classes as C
 from sam.data.clips import CorpusError, RawClip, read_transcripts
 

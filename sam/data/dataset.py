@@ -1,7 +1,7 @@
 """Torch Dataset + collate: Examples -> normalized fbank, prompt/response token ids, loss labels.
 
 Scene examples are rendered on the fly (deterministic) or read from an optional on-disk fbank cache;
-file examples are decoded with `sam.audio.load_audio`. Token ids and labels come from
+file examples are decoded with `sam.model.audio.load_audio`. Token ids and labels come from
 `sam.prompt.encode_example`, so training and generation share one template. Works with DataLoader
 workers (nothing unpicklable is held). Never changes an example's text or answer.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sam.audio import load_audio, wave_to_features
+from sam.model.audio import load_audio, wave_to_features
 from sam.config import AudioConfig
 from sam.data.scenes import render_scene
 from sam.data.types import Example

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam.audio import load_audio, waves_to_features
+from sam.model.audio import load_audio, waves_to_features
 from sam.checkpoint import atomic_write_bytes
 from sam.config import ConfigError, SAMConfig, from_dict, to_dict
 from sam.model.connector import Connector
@@ -305,7 +305,7 @@ class SAM(nn.Module):
         scored exactly as training supervises it: the batch is built as the trainer's (`encode_example`,
         right-padded by `collate`; the LM is causal, so padding after a response changes nothing
         before it) and `forward`'s label-only head gives the logits of the response tokens alone. Used
-        to score multiple-choice questions by likelihood (`sam.evaluate.choice_likelihoods`), which
+        to score multiple-choice questions by likelihood (`sam.eval.choice_likelihoods`), which
         needs no answer format from the model."""
         from sam.data.dataset import collate
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sam.audio import load_audio
+from sam.model.audio import load_audio
 from sam.data.corpus import (
     NO_LABEL, OPENSFX_CAT, CorpusError, parse_opensfx_cat, prepare_corpus, read_asterisk_transcripts, read_class_map,
     read_manifest, trim_silence,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sam.audio import wave_to_features
+from sam.model.audio import wave_to_features
 from sam.config import preset
 from sam.data import build_examples, corpus_texts
 from sam.data.corpus import prepare_corpus

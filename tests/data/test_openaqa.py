@@ -16,7 +16,7 @@ from sam.config import ConfigError, StageConfig, config_hash, preset
 from sam.data import build_examples, prepare_corpus
 from sam.data.build import corpus_texts
 from sam.prompt import PROMPT_TEMPLATE, format_prompt
-from sam.runs import train_or_load
+from sam.train.runs import train_or_load
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS = 40

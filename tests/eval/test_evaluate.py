@@ -10,7 +10,7 @@ import pytest
 
 from sam.config import EvalConfig
 from sam.data.types import Example
-from sam.evaluate import (
+from sam.eval import (
     CachedEncoder,
     ClapTextEncoder,
     TextClassifier,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from sam.metrics import (
+from sam.eval.metrics import (
     caption_metrics,
     classification_metrics,
     corenlp_status,

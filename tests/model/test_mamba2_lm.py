@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sam.config import ConfigError, MambaConfig
-from sam.lm import CheckpointError, MambaLM, expected_num_params, named_config
-from sam.mamba2 import Mamba2Mixer
+from sam.model.lm import CheckpointError, MambaLM, expected_num_params, named_config
+from sam.model.mamba2 import Mamba2Mixer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -288,8 +288,8 @@ def _fake_kernels():
     so the kernel-path call sites (argument names, order, shapes) are exercised without a GPU."""
     import torch.nn.functional as F
 
-    from sam.mamba2 import _Kernels
-    from sam.ssd import ssd_chunked
+    from sam.model.mamba2 import _Kernels
+    from sam.model.ssd import ssd_chunked
 
     def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False, final_states_out=None, activation=None):
         y = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
@@ -365,7 +365,7 @@ def test_bf16_autocast_training_step_runs_and_stays_close_to_fp32() -> None:
 def test_causal_conv_matches_torch_conv1d_in_values_and_gradients(length: int) -> None:
     import torch.nn.functional as F
 
-    from sam.mamba2 import _CausalConvSiLU
+    from sam.model.mamba2 import _CausalConvSiLU
 
     g = torch.Generator().manual_seed(length)
     x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((2, length, 5), (5, 4), (5,)))

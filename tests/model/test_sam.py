@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam.audio import load_audio, waves_to_features
+from sam.model.audio import load_audio, waves_to_features
 from sam.config import ConfigError, SAMConfig, preset
 from sam.model import SAM
 from sam.prompt import IGNORE_INDEX, encode_example, format_prompt
@@ -191,7 +191,7 @@ def test_merge_lora_keeps_the_function(trained: SAM, clips) -> None:  # type: ig
 
 def test_continuation_logprobs_match_the_training_loss_and_rank_the_true_caption_first(trained: SAM, clips) -> None:  # type: ignore[no-untyped-def]
     from sam.data.types import Example
-    from sam.evaluate import choice_likelihoods, score_choice_likelihoods
+    from sam.eval import choice_likelihoods, score_choice_likelihoods
 
     fbank, captions = clips
     # Batched (right-padded, responses of different lengths) equals the per-example training loss.

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sam import ssd
-from sam.ssd import ssd_chunked, ssd_recurrent_ref
+from sam.model.ssd import ssd_chunked, ssd_recurrent_ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -23,7 +23,7 @@ def tiny_hf(n_groups: int = 2, seed: int = 0):
 
 def tiny_lm(ngroups: int = 2, seed: int = 0):
     from sam.config import MambaConfig
-    from sam.lm import MambaLM
+    from sam.model.lm import MambaLM
 
     torch.manual_seed(seed)
     return MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=64, d_state=8, headdim=8, ngroups=ngroups, chunk_size=16)).eval()

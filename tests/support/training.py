@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from sam.config import ExperimentConfig, StageConfig, preset
-from sam.runs import build_model
+from sam.train.runs import build_model
 from sam.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import torch
 from sam.checkpoint import load_latest
 from sam.config import ExperimentConfig, preset, save_yaml
 from sam.data.corpus import prepare_corpus
-from sam.runs import run_dir_for, stage_dirs, train_or_load
+from sam.train.runs import run_dir_for, stage_dirs, train_or_load
 from tests.support.training import (
     base_config,
     finish_run,
@@ -120,7 +120,7 @@ def test_part_stages_are_shared_across_lm_sizes_and_lora_ranks(tokenizer_dir: Pa
     """Encoder pretraining is keyed by the encoder alone: a second config with another LM width and
     LoRA rank reuses it (and retrains only the LM stages); the composed model after stage 0 holds that
     encoder and the run's own initial connector."""
-    from sam.runs import stage_model
+    from sam.train.runs import stage_model
 
     first = short_config(tokenizer_dir, lora_dropout=0.0)
     first.train.stages[-1].steps = 2
@@ -250,7 +250,7 @@ def test_fsdp_torchrun_matches_one_process_and_resumes_to_the_same_weights(token
 
 def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
     from sam.config import ConfigError, config_hash
-    from sam.runs import stage_keys
+    from sam.train.runs import stage_keys
     from sam.train import CudaGraphs, TrainConfig
 
     exp = preset("smoke")
@@ -263,7 +263,7 @@ def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
 
 def test_compile_setting_changes_no_run_hash_and_is_refused_on_cpu(tmp_path: Path) -> None:
     from sam.config import ConfigError, apply_overrides, config_hash
-    from sam.runs import stage_keys
+    from sam.train.runs import stage_keys
     from sam.train import Dist, compile_blocks, train_stage
 
     exp = preset("smoke")
@@ -283,7 +283,7 @@ def test_compile_setting_changes_no_run_hash_and_is_refused_on_cpu(tmp_path: Pat
 
 def test_fsdp_setting_changes_no_run_hash_and_names_its_key_when_invalid() -> None:
     from sam.config import ConfigError, apply_overrides, config_hash
-    from sam.runs import stage_keys
+    from sam.train.runs import stage_keys
 
     exp = preset("smoke")
     before = (config_hash(exp), stage_keys(exp))
@@ -379,8 +379,8 @@ def test_ssd_chunk_size_setting_is_speed_only_and_names_its_key_when_invalid(tmp
     chunks (the CPU default is 32; these sequences are 52 tokens) gives the default step's loss,
     gradient norm and updated weights within float64 rounding; bad values name the key."""
     from sam.config import ConfigError, apply_overrides, config_hash
-    from sam.mamba2 import Mamba2Mixer, set_ssd_chunk_size
-    from sam.runs import stage_keys
+    from sam.model.mamba2 import Mamba2Mixer, set_ssd_chunk_size
+    from sam.train.runs import stage_keys
     from sam.train import Dist, check_stages, make_optimizer, train_stage, train_step
 
     exp = preset("smoke")
@@ -419,7 +419,7 @@ def test_uncompile_blocks_hands_back_the_unwrapped_kernels(monkeypatch: pytest.M
     """compile_blocks wraps mamba_ssm's kernels as opaque to torch.compile; uncompile_blocks puts the
     originals back, so an uncompiled model runs exactly as before. mamba_ssm is absent on CPU, so a
     stand-in function plays its chunk scan (compile_blocks itself is refused on CPU)."""
-    import sam.mamba2 as mamba2
+    import sam.model.mamba2 as mamba2
     from sam.train import uncompile_blocks
 
     def scan(*args: object) -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from sam.baselines import (
+from sam.eval.baselines import (
     answer_prior,
     bootstrap_ci,
     expected_random_ap,
@@ -16,7 +16,7 @@ from sam.baselines import (
     paired_bootstrap_ci,
     random_map,
 )
-from sam.metrics import classification_metrics, mean_average_precision
+from sam.eval.metrics import classification_metrics, mean_average_precision
 
 
 def _labels(n: int, c: int, seed: int) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_classification_metrics_report_a_ci_around_map():
 
 def test_other_audio_gives_every_scene_another_scenes_audio_deterministically():
     from sam.data.types import Example
-    from sam.evaluate_baselines import other_audio
+    from sam.eval.annotate import other_audio
 
     examples = [Example(f"{s}-{q}", {"id": f"s{s}"}, f"q{q}", "a", "closed", metadata={"scene": f"s{s}"})
                 for s in range(5) for q in range(2)]

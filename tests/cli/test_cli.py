@@ -11,7 +11,7 @@ import pytest
 
 from sam.cli import COMMANDS, EXIT_CONFIG, build_parser, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -146,7 +146,7 @@ def text_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2ForCausalLM, PreTrainedTokenizerFast
 
-    from sam.lm import MambaConfig, MambaLM
+    from sam.model.lm import MambaConfig, MambaLM
 
     root = tmp_path_factory.mktemp("text_lms")
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -5,7 +5,7 @@ import dataclasses
 
 from sam.config import preset
 from sam.data import build_examples
-from sam.runs import stage_keys
+from sam.train.runs import stage_keys
 
 
 def test_presets_have_large_enough_test_sets():

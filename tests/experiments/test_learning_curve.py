@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 
 import check_learning_curve  # noqa: E402
@@ -29,7 +29,7 @@ def test_variant_config_multiplies_the_audio_stages_and_applies_extra_overrides(
 
 @pytest.mark.slow
 def test_smoke_learning_curve_measures_then_scores_own_and_other_audio(tmp_path: Path) -> None:
-    from sam.baselines import random_map
+    from sam.eval.baselines import random_map
     from sam.data import build_examples
     from sam.data.types import label_matrix
 

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from sam.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _err(capsys: pytest.CaptureFixture) -> str:
@@ -90,7 +90,7 @@ def test_progress_prints_timed_lines_when_not_a_terminal(tmp_path: Path) -> None
 
 
 def test_load_audio_prefix_equals_the_start_of_the_full_decode(tmp_path: Path) -> None:
-    from sam.audio import load_audio
+    from sam.model.audio import load_audio
     from sam.data.corpus import read_clip, read_manifest
 
     if not (REPO / "data" / "corpus" / "manifest.jsonl").is_file():
@@ -145,18 +145,18 @@ def test_caption_streams_batches_cuts_long_files_and_keeps_one_line_per_file(che
     assert [line.split("\t")[0] for line in lines] == paths and all(line.count("\t") == 1 for line in lines)
     assert "tiny.wav: 0.010 s is shorter than one 25 ms fbank window" in captured.err
     model = SAM.from_pretrained(checkpoint).eval()
-    from sam.audio import load_audio
+    from sam.model.audio import load_audio
 
     whole = [load_audio(p) for p in paths]  # whole files through the model's own front end: the same answers
     import torch
 
-    from sam.audio import fbank, normalize, pad_or_trim
+    from sam.model.audio import fbank, normalize, pad_or_trim
 
     cfg = model.config.audio  # features of the cut wave equal the whole file's features cut to the model's frames
     uncut = normalize(pad_or_trim(fbank(whole[0], cfg.sample_rate, cfg.num_mel_bins, cfg.window_type), cfg.target_frames), cfg.norm_mean, cfg.norm_std)
     assert torch.equal(model.features([whole[0]])[0], uncut)
     expected = model.generate(whole, ["Write a caption for the audio clip."] * 3, max_new_tokens=4)
-    from sam.infer import one_line
+    from sam.cli.infer import one_line
 
     assert [line.split("\t")[1] for line in lines] == [one_line(t) for t in expected]
     assert one_line("two\nlines\r\n\tand a tab") == "two lines and a tab"
@@ -188,7 +188,7 @@ def test_checkpoint_without_its_tokenizer_is_a_one_line_error(checkpoint: Path, 
 def _tiny_text_lm(folder: Path, vocab: int) -> Path:
     import torch
 
-    from sam.lm import MambaConfig, MambaLM
+    from sam.model.lm import MambaConfig, MambaLM
 
     torch.manual_seed(0)
     MambaLM(MambaConfig(d_model=32, n_layer=1, d_state=16, headdim=16, chunk_size=16, vocab_size=vocab)).save_pretrained(folder)

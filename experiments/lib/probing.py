@@ -1,0 +1,39 @@
+"""Probe rows of a trained model: tau-effective rank and similarity of the audio tokens per site, and mean SSM
+state-update distances per LM layer (`probes`), as the tidy records the scripts' tables and figures read."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from sam.config import ExperimentConfig
+
+
+def token_rows(model: Any, batch: dict[str, Any], sites: Sequence[str], tau: float = 0.99, **labels: Any) -> list[dict]:
+    """tau-effective rank (raw, normalized, and over windows of as many tokens as the concat layout
+    gives: one per time step of the encoder grid) and token similarity of each clip's audio tokens per site."""
+    import probes
+    from probes.tables import token_measures
+
+    with torch.no_grad():
+        _, cache = probes.run_with_cache(model, batch, list(sites), device="cpu", dtype=torch.float64)
+    window = model.audio_tower.grid_shape(batch["fbank"].shape[1])[0]
+    t = token_measures(cache, list(sites), taus=(tau,), window=window)
+    t = t[t.measure.isin(["tau_rank", "tau_rank_normalized", "tau_rank_window", "similarity"])]
+    return [{**labels, **r} for r in t[["site", "clip", "measure", "value", "tokens"]].to_dict("records")]
+
+
+def state_rows(model: Any, batch: dict[str, Any], **labels: Any) -> list[dict]:
+    """Mean state-update distance (absolute and relative) per LM layer over heads, audio tokens and clips."""
+    import probes
+
+    from probes.tables import state_update_means
+
+    per = state_update_means(probes.state_update_distance(model, batch))
+    per = per.melt(id_vars=["layer", "clip"], value_vars=["distance", "relative"], var_name="measure")
+    return [{**labels, **r} for r in per.to_dict("records")]
+
+
+def last_layer(cfg: ExperimentConfig) -> str:
+    return f"lm.layers.{cfg.model.lm.n_layer - 1}"
