@@ -13,6 +13,7 @@ the model).
 
 Writes benchmarks/results/caption_memory_<preset>.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,12 @@ def long_files(folder: Path, n: int, minutes: float, seed: int = 0) -> list[Path
 
 def child_peak(argv: list[str]) -> tuple[float, float, int]:
     """(peak RSS in MiB, seconds, exit code) of one fresh child running `argv`."""
-    code = ("import resource, subprocess, sys, time\n"
-            "t = time.perf_counter()\n"
-            "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t, rc)\n")
+    code = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t, rc)\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True).stdout.split()
     return int(out[0]) / 1024, float(out[1]), int(out[2])
@@ -89,8 +92,20 @@ def main() -> None:
         torch.manual_seed(0)
         cfg = preset(args.preset).model
         SAM(cfg, tok).save_pretrained(tmp / "model")
-        base = [sys.executable, "-m", "sam.cli", "caption", "--checkpoint", str(tmp / "model"), "--device", "cpu",
-                "--max-new-tokens", "8", "--batch-size", str(args.batch_size)]
+        base = [
+            sys.executable,
+            "-m",
+            "sam.cli",
+            "caption",
+            "--checkpoint",
+            str(tmp / "model"),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            str(args.batch_size),
+        ]
         short = tmp / "short.wav"
         sf.write(short, read_clip(REPO / "data", rows[0]), 16000, subtype="PCM_16")
         results = []
@@ -101,18 +116,30 @@ def main() -> None:
             results.append({"files": n, "peak_rss_mib": round(mib, 1), "seconds": round(secs, 1), "exit": rc})
             print(f"{n} files of {args.minutes} min: peak RSS {mib:.0f} MiB, {secs:.1f} s", file=sys.stderr)
     report = {
-        "preset": args.preset, "minutes_per_file": args.minutes, "batch_size": args.batch_size,
-        "model_clip_seconds": cfg.audio.target_frames / 100, "one_short_file_peak_rss_mib": round(fixed_mib, 1),
-        "one_short_file_seconds": round(fixed_s, 1), "runs": results, "build_files_seconds": round(build_s, 1),
-        "bytes_per_file": int(args.minutes * 60 * 16000 * 2), "machine": platform.platform(), "cpus": os.cpu_count(),
+        "preset": args.preset,
+        "minutes_per_file": args.minutes,
+        "batch_size": args.batch_size,
+        "model_clip_seconds": cfg.audio.target_frames / 100,
+        "one_short_file_peak_rss_mib": round(fixed_mib, 1),
+        "one_short_file_seconds": round(fixed_s, 1),
+        "runs": results,
+        "build_files_seconds": round(build_s, 1),
+        "bytes_per_file": int(args.minutes * 60 * 16000 * 2),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
     out = REPO / "benchmarks" / "results" / f"caption_memory_{args.preset}"
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# `sam caption` peak memory, {args.preset} preset (model clip {report['model_clip_seconds']:.2f} s)", "",
-             f"Files of {args.minutes:g} min each (PCM-16, 16 kHz, real corpus recordings), --batch-size {args.batch_size}, "
-             f"--max-new-tokens 8, untrained model. One short file: peak RSS {fixed_mib:.0f} MiB ({fixed_s:.1f} s).", "",
-             "| files | peak RSS (MiB) | seconds |", "|---:|---:|---:|"]
+    lines = [
+        f"# `sam caption` peak memory, {args.preset} preset (model clip {report['model_clip_seconds']:.2f} s)",
+        "",
+        f"Files of {args.minutes:g} min each (PCM-16, 16 kHz, real corpus recordings), --batch-size {args.batch_size}, "
+        f"--max-new-tokens 8, untrained model. One short file: peak RSS {fixed_mib:.0f} MiB ({fixed_s:.1f} s).",
+        "",
+        "| files | peak RSS (MiB) | seconds |",
+        "|---:|---:|---:|",
+    ]
     lines += [f"| {r['files']} | {r['peak_rss_mib']:.0f} | {r['seconds']:.1f} |" for r in results]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -8,6 +8,7 @@ All numbers are measured in this one process on this machine (2 CPU cores by def
 
 Writes benchmarks/results/data_<preset>.json and .md. It never reports a number it did not measure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sam.model.audio import wave_to_features  # noqa: E402
 from sam.config import preset  # noqa: E402
 from sam.data import build_examples  # noqa: E402
 from sam.data.corpus import prepare_corpus, read_manifest  # noqa: E402
 from sam.data.dataset import SAMDataset, collate  # noqa: E402
 from sam.data.scenes import SceneComposer, render_scene  # noqa: E402
+from sam.model.audio import wave_to_features  # noqa: E402
 
 
 def timed(fn) -> tuple[float, object]:
@@ -101,39 +102,49 @@ def main(argv: list[str] | None = None) -> dict:
             seen.add(ex.audio["id"])
             distinct.append(ex)
     ds = SAMDataset(distinct[: args.scenes], exp.model.audio, tokenizer, data.root)
-    loader = DataLoader(ds, batch_size=stage.batch_size, collate_fn=collate, num_workers=args.workers,
-                        persistent_workers=False)
+    loader = DataLoader(ds, batch_size=stage.batch_size, collate_fn=collate, num_workers=args.workers, persistent_workers=False)
     loader_s, batches = timed(lambda: list(loader))
     step_s = train_step_seconds(exp, args.stage, batches[0], tokenizer, args.steps)
 
     fed = args.scenes / loader_s
     consumed = stage.batch_size / step_s
     result = {
-        "preset": args.preset, "device": f"cpu ({os.cpu_count()} cores visible, torch threads {torch.get_num_threads()})",
+        "preset": args.preset,
+        "device": f"cpu ({os.cpu_count()} cores visible, torch threads {torch.get_num_threads()})",
         "load_average_1min_at_start": round(load, 2),
-        "platform": platform.platform(), "python": platform.python_version(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
         "versions": {p: importlib.metadata.version(p) for p in ("torch", "numpy", "scipy", "soundfile")},
-        "corpus_clips": clips, "corpus_prepare_s": round(prep_s, 2),
-        "build_examples_cold_s": round(build_s, 2), "build_examples_cold_examples": len(train_examples),
+        "corpus_clips": clips,
+        "corpus_prepare_s": round(prep_s, 2),
+        "build_examples_cold_s": round(build_s, 2),
+        "build_examples_cold_examples": len(train_examples),
         "build_examples_cached_s": round(warm_s, 3),
-        "scene_seconds": data.scene_seconds, "scenes": args.scenes,
+        "scene_seconds": data.scene_seconds,
+        "scenes": args.scenes,
         "render_scenes_per_s": round(args.scenes / render_s, 1),
         "render_plus_fbank_scenes_per_s_1_thread": round(args.scenes / (render_s + fbank_s), 1),
-        "loader_workers": args.workers, "loader_batch_size": stage.batch_size,
+        "loader_workers": args.workers,
+        "loader_batch_size": stage.batch_size,
         "loader_scenes_per_s": round(fed, 1),
-        "train_stage": args.stage, "train_step_s": round(step_s, 3), "train_scenes_per_s": round(consumed, 1),
+        "train_stage": args.stage,
+        "train_step_s": round(step_s, 3),
+        "train_scenes_per_s": round(consumed, 1),
         "feed_ratio": round(fed / consumed, 2),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"data_{args.preset}.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Data pipeline speed ({args.preset} preset, {result['device']})", "",
-          "| measurement | value |", "|---|---|"]
+    md = [f"# Data pipeline speed ({args.preset} preset, {result['device']})", "", "| measurement | value |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in result.items() if k not in ("versions",)]
-    md += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
-           "", "feed_ratio = scenes/s the DataLoader produces (rendering + fbank + tokenizing, "
-           f"{args.workers} workers) / scenes/s one training step of {args.stage} consumes; > 1 means the step is kept fed. "
-           "Both measured side by side in this run, sharing the same CPU cores."]
+    md += [
+        "",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+        "feed_ratio = scenes/s the DataLoader produces (rendering + fbank + tokenizing, "
+        f"{args.workers} workers) / scenes/s one training step of {args.stage} consumes; > 1 means the step is kept fed. "
+        "Both measured side by side in this run, sharing the same CPU cores.",
+    ]
     (out / f"data_{args.preset}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return result

@@ -11,13 +11,14 @@ tokens, so the token count is what each layout costs downstream.
 Writes benchmarks/results/encoder_<device>_<size>.json and .md. It must never report a number it
 did not measure.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     dim, depth, heads = encoder_shape(EncoderConfig(size=args.size))
     grid_shape = enc.grid_shape(args.frames)
     conns = {
-        f"{layout}" + (f" (pool_time {pt})" if layout == "pool" else ""): Connector(ConnectorConfig(layout=layout, pool_time=pt), dim, args.lm_dim, grid_shape, sep_len=args.sep_len).to(device).eval()
+        f"{layout}" + (f" (pool_time {pt})" if layout == "pool" else ""): Connector(
+            ConnectorConfig(layout=layout, pool_time=pt), dim, args.lm_dim, grid_shape, sep_len=args.sep_len
+        )
+        .to(device)
+        .eval()
         for layout, pt in LAYOUTS
     }
     sep = torch.randn(args.sep_len, args.lm_dim, device=device)
@@ -77,13 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     t, f = grid_shape
     rows = [
-        {"layout": name, "tokens_per_clip": c.num_tokens(t, f), "connector_ms": ms[name], "encoder_plus_connector_ms": ms["encoder"] + ms[name], "connector_params": sum(p.numel() for p in c.parameters())}
+        {
+            "layout": name,
+            "tokens_per_clip": c.num_tokens(t, f),
+            "connector_ms": ms[name],
+            "encoder_plus_connector_ms": ms["encoder"] + ms[name],
+            "connector_params": sum(p.numel() for p in c.parameters()),
+        }
         for name, c in conns.items()
     ]
     env = environment(device)
     record = {
         **env,
-        "encoder": {"size": args.size, "embed_dim": dim, "depth": depth, "heads": heads, "params": sum(p.numel() for p in enc.parameters()), "grid": [t, f]},
+        "encoder": {
+            "size": args.size,
+            "embed_dim": dim,
+            "depth": depth,
+            "heads": heads,
+            "params": sum(p.numel() for p in enc.parameters()),
+            "grid": [t, f],
+        },
         "frames": args.frames,
         "batch": args.batch,
         "lm_dim": args.lm_dim,
@@ -101,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| layout | audio tokens / clip | connector ms | encoder + connector ms | connector params |",
         "|---|---:|---:|---:|---:|",
-        *[f"| {r['layout']} | {r['tokens_per_clip']} | {r['connector_ms']:.2f} | {r['encoder_plus_connector_ms']:.1f} | {r['connector_params'] / 1e6:.2f} M |" for r in rows],
+        *[
+            f"| {r['layout']} | {r['tokens_per_clip']} | {r['connector_ms']:.2f} | {r['encoder_plus_connector_ms']:.1f} | {r['connector_params'] / 1e6:.2f} M |"
+            for r in rows
+        ],
         "",
         f"Median of {args.repeats} alternating repeats, no grad.",
     ]

@@ -10,6 +10,7 @@ the extractor.
 
 Writes benchmarks/results/fbank_cpu.json and .md. It must never report a number it did not measure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_lm_cpu import environment, time_alternating, write_results  # noqa: E402
-from sam.model.audio import load_audio, wave_to_features, waves_to_features  # noqa: E402
 from sam.config import AudioConfig  # noqa: E402
+from sam.model.audio import load_audio, wave_to_features, waves_to_features  # noqa: E402
 
 
 def real_clips(n: int) -> list[np.ndarray]:
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["ASTFeatureExtractor, per clip"]
-    rows = {k: {"seconds": t, "clips_per_s": len(waves) / t, "audio_seconds_per_s": seconds / t, "speedup_vs_extractor": base / t} for k, t in med.items()}
+    rows = {
+        k: {"seconds": t, "clips_per_s": len(waves) / t, "audio_seconds_per_s": seconds / t, "speedup_vs_extractor": base / t}
+        for k, t in med.items()
+    }
     record = {
         **environment(torch.device("cpu")),
         "clips": len(waves),

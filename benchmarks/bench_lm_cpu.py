@@ -12,6 +12,7 @@ saved-tensor hooks, each storage once) plus the process peak RSS.
 
 Writes benchmarks/results/lm_cpu.json and lm_cpu.md. It never reports a number it did not measure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

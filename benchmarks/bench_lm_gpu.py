@@ -13,6 +13,7 @@ Needs CUDA; mamba_ssm (and optionally causal_conv1d) for the kernel rows, which 
 unavailable otherwise. Writes DIR/lm_gpu.json and DIR/lm_gpu.md and prints the table. The first
 Triton call of each shape compiles (about 25 s); warm-up runs absorb it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,10 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lm_cpu import environment, write_results  # noqa: E402
+
 from sam.model.lm import Block, named_config  # noqa: E402
 from sam.model.mamba2 import RMSNorm, _kernels  # noqa: E402
 
@@ -69,14 +72,28 @@ def build(layers: int, device: torch.device) -> tuple[Stack, Stack, Stack | None
 
     fused = k.split_conv1d_scan is not None
     theirs_mixers = [
-        Mamba2(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
-               ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, use_mem_eff_path=fused, layer_idx=i)
+        Mamba2(
+            cfg.d_model,
+            d_state=cfg.d_state,
+            d_conv=cfg.d_conv,
+            expand=cfg.expand,
+            headdim=cfg.headdim,
+            ngroups=cfg.ngroups,
+            chunk_size=cfg.chunk_size,
+            use_mem_eff_path=fused,
+            layer_idx=i,
+        )
         for i in range(layers)
     ]
     theirs = Stack([RMSNorm(cfg.d_model, cfg.norm_epsilon) for _ in range(layers)], theirs_mixers).to(device)
     theirs.load_state_dict(ours.state_dict())
-    how = ("fused mamba_split_conv1d_scan_combined (causal_conv1d installed)" if fused
-           else "mamba_chunk_scan_combined + " + ("causal_conv1d" if k.conv1d else "torch conv1d") + " (causal_conv1d not installed: mamba_ssm's Mamba2 runs with use_mem_eff_path=False)")
+    how = (
+        "fused mamba_split_conv1d_scan_combined (causal_conv1d installed)"
+        if fused
+        else "mamba_chunk_scan_combined + "
+        + ("causal_conv1d" if k.conv1d else "torch conv1d")
+        + " (causal_conv1d not installed: mamba_ssm's Mamba2 runs with use_mem_eff_path=False)"
+    )
     return ours, ours_torch, theirs, how
 
 
@@ -152,10 +169,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     row["input_grad_rel_err_vs_fp32_torch"] = rel(g, ref_g)
                 del y, g
                 torch.cuda.reset_peak_memory_stats()
-                secs = timed(lambda: run_step(model, x, args.precision), args.repeats, args.warmup)
-                row.update(status="ok", seconds=secs, median_s=statistics.median(secs),
-                           tokens_per_s=args.batch * n / statistics.median(secs),
-                           peak_mem_GiB=torch.cuda.max_memory_allocated() / 2**30)
+                secs = timed(lambda model=model, x=x: run_step(model, x, args.precision), args.repeats, args.warmup)
+                row.update(
+                    status="ok",
+                    seconds=secs,
+                    median_s=statistics.median(secs),
+                    tokens_per_s=args.batch * n / statistics.median(secs),
+                    peak_mem_GiB=torch.cuda.max_memory_allocated() / 2**30,
+                )
             except torch.OutOfMemoryError:
                 row["status"] = "out of memory"
             except Exception as e:  # report and carry on with the other variants
@@ -190,9 +211,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             ratio = f"{base['median_s'] / r['median_s']:.2f}x" if base else "n/a"
             errs = [f"{r[k]:.1e}" if k in r else "n/a" for k in ("out_rel_err_vs_fp32_torch", "input_grad_rel_err_vs_fp32_torch")]
-            md.append(f"| {n} | {r['variant']} | {1e3 * r['median_s']:.1f} | {r['tokens_per_s']:.0f} | {ratio} | {r['peak_mem_GiB']:.2f} | {errs[0]} | {errs[1]} |")
-    md += ["", "'vs mamba_ssm' > 1 means faster than mamba_ssm's Mamba2.",
-           f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}; commit {record['git_commit'][:10]}."]
+            md.append(
+                f"| {n} | {r['variant']} | {1e3 * r['median_s']:.1f} | {r['tokens_per_s']:.0f} | {ratio} | {r['peak_mem_GiB']:.2f} | {errs[0]} | {errs[1]} |"
+            )
+    md += [
+        "",
+        "'vs mamba_ssm' > 1 means faster than mamba_ssm's Mamba2.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}; commit {record['git_commit'][:10]}.",
+    ]
     write_results(args.out, "lm_gpu", record, md)
     return record
 

@@ -33,6 +33,7 @@ On CUDA the forward takes mamba_ssm's Triton kernels when it is installed (sam.m
 the probe math is PyTorch (`--backends torch`) or probes.triton_state's kernels (`triton`). Writes benchmarks/results/state_update_<device>_<shape>[_<dtypes>].json
 (or --name) and .md. It must never report a number it did not measure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,8 @@ sys.path.insert(0, str(REPO))
 
 import probes  # noqa: E402
 from benchmarks.probe_timing import phase_clock, triton_default_tile, triton_tile  # noqa: E402
-from benchmarks.report import kernel_path, key_value_markdown, portable_command, versions  # noqa: E402
+from benchmarks.report import kernel_path, portable_command, versions  # noqa: E402
+from benchmarks.state_update_report import markdown  # noqa: E402
 from sam.model.lm import MambaLM, named_config  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -69,24 +71,63 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--chunk-size", type=int, nargs="+", default=[32], help="probe chunk length(s); every dtype x chunk pair is timed")
-    p.add_argument("--torch-chunk-size", type=int, nargs="+", default=[],
-                   help="chunk length(s) of the torch backend only (default: --chunk-size), e.g. its fastest 64 beside Triton's 32")
+    p.add_argument(
+        "--torch-chunk-size",
+        type=int,
+        nargs="+",
+        default=[],
+        help="chunk length(s) of the torch backend only (default: --chunk-size), e.g. its fastest 64 beside Triton's 32",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--dtype", nargs="+", default=[], choices=["float32", "float64"],
-                   help="probe arithmetic (one or more); default: the probe's own default for the device")
-    p.add_argument("--backends", nargs="+", type=_words, default=[["torch"]], metavar="BACKEND",
-                   help="probe implementation(s), space- or comma-separated: torch, triton (probes.state.update_stats backend)")
-    p.add_argument("--triton-tiles", nargs="+", default=[""], metavar="PxNxWARPS[xSEG[xCHUNKWARPS]]",
-                   help="Triton carry-kernel state tile and warps, optionally the chunks per carry segment and the "
-                        "chunk kernel's warps, e.g. 32x32x8 or 32x32x2x16x4 (default: probes.triton_state's)")
-    p.add_argument("--triton-precision", nargs="+", default=[probes.state.DEFAULT_TRITON_PRECISION], choices=list(probes.state.TRITON_PRECISIONS),
-                   help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)")
-    p.add_argument("--overlap", nargs="+", default=["on"], choices=["on", "off"],
-                   help="probe on a CUDA side stream beside the forward (on, the library default) or inline (off); both = two variants")
-    p.add_argument("--overlap-layers", type=int, default=0,
-                   help="layers the overlapped probe may lag the forward (probes.state.OVERLAP_LAYERS; 0 = the library's)")
-    p.add_argument("--phase-repeats", type=int, default=3,
-                   help="extra runs per variant timing its phases (forward, ssm_inputs, update_stats, kernels); 0 = skip")
+    p.add_argument(
+        "--dtype",
+        nargs="+",
+        default=[],
+        choices=["float32", "float64"],
+        help="probe arithmetic (one or more); default: the probe's own default for the device",
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        type=_words,
+        default=[["torch"]],
+        metavar="BACKEND",
+        help="probe implementation(s), space- or comma-separated: torch, triton (probes.state.update_stats backend)",
+    )
+    p.add_argument(
+        "--triton-tiles",
+        nargs="+",
+        default=[""],
+        metavar="PxNxWARPS[xSEG[xCHUNKWARPS]]",
+        help="Triton carry-kernel state tile and warps, optionally the chunks per carry segment and the "
+        "chunk kernel's warps, e.g. 32x32x8 or 32x32x2x16x4 (default: probes.triton_state's)",
+    )
+    p.add_argument(
+        "--triton-precision",
+        nargs="+",
+        default=[probes.state.DEFAULT_TRITON_PRECISION],
+        choices=list(probes.state.TRITON_PRECISIONS),
+        help="Triton kernels' tl.dot input precision(s): ieee (float32) or tf32x3 (3-pass TF32 on tensor cores)",
+    )
+    p.add_argument(
+        "--overlap",
+        nargs="+",
+        default=["on"],
+        choices=["on", "off"],
+        help="probe on a CUDA side stream beside the forward (on, the library default) or inline (off); both = two variants",
+    )
+    p.add_argument(
+        "--overlap-layers",
+        type=int,
+        default=0,
+        help="layers the overlapped probe may lag the forward (probes.state.OVERLAP_LAYERS; 0 = the library's)",
+    )
+    p.add_argument(
+        "--phase-repeats",
+        type=int,
+        default=3,
+        help="extra runs per variant timing its phases (forward, ssm_inputs, update_stats, kernels); 0 = skip",
+    )
     p.add_argument("--model-dtype", default="", choices=["", *DTYPES], help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--ref-layers", type=int, default=0, help="time the reference on this many layers and scale (0 = all)")
     p.add_argument("--name", default="", help="result file name (default: state_update_<device>_<shape>[_<dtype>])")
@@ -117,15 +158,24 @@ class Variant(NamedTuple):
 
     @property
     def label(self) -> str:
-        return (f"{self.backend} {self.dtype}, chunk {self.chunk}" + (f", tile {self.tile}" if self.tile else "")
-                + (f", {self.precision} dots" if self.precision else "") + ("" if self.overlap else ", no overlap"))
+        return (
+            f"{self.backend} {self.dtype}, chunk {self.chunk}"
+            + (f", tile {self.tile}" if self.tile else "")
+            + (f", {self.precision} dots" if self.precision else "")
+            + ("" if self.overlap else ", no overlap")
+        )
 
 
 def run_variant(model: MambaLM, inputs: dict[str, Any], v: Variant) -> Any:
     with triton_tile(v.tile):
         return probes.state_updates(
-            model, inputs, dtype=DTYPES[v.dtype], chunk_size=v.chunk, backend=v.backend,
-            triton_precision=v.precision or probes.state.DEFAULT_TRITON_PRECISION, overlap=v.overlap,
+            model,
+            inputs,
+            dtype=DTYPES[v.dtype],
+            chunk_size=v.chunk,
+            backend=v.backend,
+            triton_precision=v.precision or probes.state.DEFAULT_TRITON_PRECISION,
+            overlap=v.overlap,
         )
 
 
@@ -147,8 +197,12 @@ def phase_times(model: MambaLM, inputs: dict[str, Any], v: Variant, device: torc
             row["triton_outside_kernels"] = got.get("update_stats", 0.0) - got.get("carry_kernel", 0.0) - got.get("chunk_kernel", 0.0)
         runs.append(row)
     timer = "CUDA events (stream time between them)" if device.type == "cuda" else "perf_counter"
-    return {"runs": repeats, "timer": timer, "calls_per_run": calls,
-            "median_s": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+    return {
+        "runs": repeats,
+        "timer": timer,
+        "calls_per_run": calls,
+        "median_s": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
+    }
 
 
 def build(args: argparse.Namespace) -> tuple[MambaLM, torch.Tensor, torch.device]:
@@ -189,7 +243,11 @@ def worker(args: argparse.Namespace) -> int:
         else:
             backend = args.backends[0]
             precision = args.triton_precision[0] if backend == "triton" else ""
-            run_variant(model, {"input_ids": ids}, Variant(backend, probe_dtypes(args, device)[0], args.chunk_size[0], args.triton_tiles[0], precision))
+            run_variant(
+                model,
+                {"input_ids": ids},
+                Variant(backend, probe_dtypes(args, device)[0], args.chunk_size[0], args.triton_tiles[0], precision),
+            )
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     return 0
 
@@ -264,8 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         memory["kind"] = "peak RSS of a fresh process"
         memory["plain_bytes"] = cpu_peak_rss(argv, ["--worker", "plain"])
         for v in variants:
-            extra = ["--backends", v.backend, "--dtype", v.dtype, "--chunk-size", str(v.chunk), "--triton-tiles", v.tile,
-                     "--triton-precision", v.precision or probes.state.DEFAULT_TRITON_PRECISION]
+            extra = [
+                "--backends",
+                v.backend,
+                "--dtype",
+                v.dtype,
+                "--chunk-size",
+                str(v.chunk),
+                "--triton-tiles",
+                v.tile,
+                "--triton-precision",
+                v.precision or probes.state.DEFAULT_TRITON_PRECISION,
+            ]
             memory[label(v)] = cpu_peak_rss(argv, ["--worker", "state", *extra])
 
     t_plain: list[float] = []
@@ -274,12 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits every variant alike
         for v in variants:
             t_pair[label(v)].append(timed(plain, device))
-            t_state[label(v)].append(timed(lambda: state(v), device))
+            t_state[label(v)].append(timed(lambda v=v: state(v), device))
         t_plain.append(statistics.median(t_pair[label(v)][-1] for v in variants))
     phases = {label(v): phase_times(model, inputs, v, device, args.phase_repeats) for v in variants} if args.phase_repeats > 0 else {}
     layers = list(range(cfg.n_layer)) if not args.ref_layers else list(range(min(args.ref_layers, cfg.n_layer)))
     ref: dict[str, Any] = {}
-    t_ref = timed(lambda: ref.setdefault("out", probes.state_updates(model, inputs, layers=layers, dtype=torch.float64, reference=True)), device)
+    t_ref = timed(
+        lambda: ref.setdefault("out", probes.state_updates(model, inputs, layers=layers, dtype=torch.float64, reference=True)), device
+    )
     ref_out = ref["out"]
     # The reference's forward is shared work; only its per-layer loop scales with the layer count.
     t_plain_med = statistics.median(t_plain)
@@ -335,11 +405,15 @@ def main(argv: list[str] | None = None) -> int:
             "phases": phases.get(key),
         }
     dtypes = list(dict.fromkeys(v.dtype for v in variants))
-    name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if dtypes == ["float64"] else "_" + "_".join(dtypes)) + ("_triton" if "triton" in args.backends else "")
+    name = args.name or f"state_update_{device.type}_{args.shape}" + ("" if dtypes == ["float64"] else "_" + "_".join(dtypes)) + (
+        "_triton" if "triton" in args.backends else ""
+    )
     result = {
         "name": name,
         "command": portable_command("bench_state_update.py", argv),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
         "kernels": kernel_path(device),
         "triton_default_tile": triton_default_tile() if "triton" in args.backends else None,
         "overlap_layers": probes.state.runner.OVERLAP_LAYERS,
@@ -366,78 +440,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
-
-
-def _ratio(v: dict[str, Any]) -> float:
-    """The probe's cost in plain forwards: each run over the forward timed just before it (median);
-    results written before paired timing have only the ratio of medians."""
-    return v.get("paired_state_over_plain", v["state_over_plain"])
-
-
-def _ratio_note(v: dict[str, Any]) -> str:
-    if "paired_state_over_plain" not in v:
-        return ""
-    return (f" (median of each run over the plain forward just before it; fastest over fastest "
-            f"{v['fastest_state_over_fastest_plain']:.2f}x, median over median {v['state_over_plain']:.2f}x)")
-
-
-def _err(e: dict[str, Any]) -> str:
-    return "n/a" if not e.get("count") else f"max {e['max']:.1e}, median {e['median']:.1e}, 99.9% {e['p99_9']:.1e}"
-
-
-def _phases(ph: dict[str, Any], plain_s: float, n_layer: int) -> str:
-    m, ms = ph["median_s"], lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
-    calls = ph["calls_per_run"].get("update_stats", n_layer)
-    text = (f"median of {ph['runs']} runs without overlap ({ph['timer']}): total {ms(m['total'])} = forward with hooks {ms(m['forward_with_hooks'])} "
-            f"(the wall time less the calls below; plain forward {ms(plain_s)}) + ssm_inputs {ms(m.get('ssm_inputs', 0.0))} + update_stats {ms(m.get('update_stats', 0.0))} "
-            f"over {calls} layers ({ms(m.get('update_stats', 0.0) / max(calls, 1))} a layer)")
-    if "conv_kernel" in m:
-        text += f"; inside ssm_inputs: fused conv kernel {ms(m['conv_kernel'])}"
-    if "carry_kernel" in m:
-        text += (f"; inside update_stats: carry kernel {ms(m['carry_kernel'])} ({ph['calls_per_run'].get('carry_kernel', 0)} launches), "
-                 f"chunk kernel {ms(m.get('chunk_kernel', 0.0))}, "
-                 f"the rest (gram_b matmul, expm1, segment scan, buffers) {ms(m['triton_outside_kernels'])}")
-    return text
-
-
-def markdown(r: dict[str, Any]) -> str:
-    mib = 1024**2
-    ok = lambda good: "meets" if good else "MISSES"  # noqa: E731
-    ref = r["reference"]
-    rows = [
-        ("device", r["device"]),
-        ("forward kernels", r["kernels"]),
-        *([("Triton carry tile PxNxWARPSxSEGxCHUNKWARPS when not named", r["triton_default_tile"])] if r.get("triton_default_tile") else []),
-        *([("layers the overlapped probe may lag the forward", str(r["overlap_layers"]))] if "overlap_layers" in r else []),
-        ("model", f"MambaLM {r['shape']} ({r['lm']['n_layer']} layers x {r['lm']['nheads']} heads, headdim {r['lm']['headdim']}, d_state {r['lm']['d_state']}), {r['model_dtype']}"),
-        ("input", f"{r['batch']} x {r['tokens']} tokens"),
-        ("CPU threads / 1-min load average at the end", f"{r['threads']} / {r['load_average_1m']:.1f}"),
-        ("command", f"`{r['command']}`"),
-        ("plain forward (median)", f"{r['median_plain_s'] * 1e3:.1f} ms" + (
-            f" (fastest {min(r['plain_forward_s']) * 1e3:.1f} ms, slowest {max(r['plain_forward_s']) * 1e3:.1f} ms)" if len(r["plain_forward_s"]) > 1 else "")),
-        ("token-by-token reference (float64)", f"{ref['seconds_all_layers']:.2f} s"
-         + ("" if ref["layers_timed"] == r["lm"]["n_layer"] else f"; timed on {ref['layers_timed']} layers and scaled")),
-    ]
-    for key, v in r["variants"].items():
-        rows += [
-            (f"**probe {key}**: forward + distances, every layer/head/token (median)",
-             f"{v['median_s'] * 1e3:.1f} ms = {_ratio(v):.2f}x the plain forward ({ok(_ratio(v) <= 1.5)} <= 1.5x){_ratio_note(v)}; "
-             f"reference is {v['reference_over_state']:.1f}x slower ({ok(v['reference_over_state'] >= 50)} >= 50x); "
-             f"probe work alone {v['reference_extra_over_state_extra']:.1f}x cheaper than the reference's (forward subtracted from both)"),
-            (f"probe {key}: extra memory", f"{v['extra_memory_bytes'] / mib:.1f} MiB measured ({r['memory']['kind']}); "
-             f"largest per-layer transient [b, T, heads, chunk] about {v['largest_transient_bytes_estimate'] / mib:.1f} MiB; results kept {v['output_bytes'] / mib:.2f} MiB"),
-        ]
-        if v.get("phases"):
-            rows.append((f"probe {key}: where the time goes", _phases(v["phases"], r["median_plain_s"], r["lm"]["n_layer"])))
-        for against, e in v["relative_error"].items():
-            what = "the float64 reference" if against == "vs_reference" else f"the float64 closed form ({e['against']})"
-            rows.append((f"probe {key}: relative error vs {what}, {e['layers']} layers",
-                         f"distance {_err(e['distance'])}; state norm {_err(e['state_norm'])}"))
-    rows += [
-        ("storing every h_t (float32) instead would take", f"{r['all_states_would_take_bytes'] / mib:.0f} MiB"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in r["versions"].items())),
-    ]
-    return key_value_markdown("State-update distance cost", rows)
 
 
 if __name__ == "__main__":

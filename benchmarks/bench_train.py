@@ -20,6 +20,7 @@ per step, the share of the step the GPU is idle, kernel launches per step and th
 
 Writes benchmarks/results/<name>.json and .md. It must never report a number it did not measure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset  # noqa: E402
-from sam.prompt import IGNORE_INDEX  # noqa: E402
-from sam.model.mamba2 import set_ssd_chunk_size  # noqa: E402
-from sam.model import label_positions  # noqa: E402
+from benchmarks.flops import count_flops, flops_text, matmul_peak, sync  # noqa: E402
 from benchmarks.report import cell, device_name, kernel_path, key_value_markdown, portable_command, versions  # noqa: E402
-from sam.train import CudaGraphs, Dist, audio_lm_tokens, compile_blocks, is_encoder_stage, make_optimizer, seed_all, train_step, uncompile_blocks  # noqa: E402
+from sam.config import EncoderConfig, ExperimentConfig, apply_overrides, preset  # noqa: E402
+from sam.model import label_positions  # noqa: E402
+from sam.model.mamba2 import set_ssd_chunk_size  # noqa: E402
+from sam.prompt import IGNORE_INDEX  # noqa: E402
+from sam.train import (  # noqa: E402
+    CudaGraphs,
+    Dist,
+    audio_lm_tokens,
+    compile_blocks,
+    is_encoder_stage,
+    make_optimizer,
+    seed_all,
+    train_step,
+    uncompile_blocks,
+)
 
 # name -> how the step runs. compile: torch.compile mode of `sam.train.compile_blocks` (None = eager;
 # "default" = the trainer's `train.compile`); kernels: Mamba-2 kernel dispatch ("" = default, "torch"
@@ -70,28 +82,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """Best FLOP/s of an n x n x n matmul over `repeats` timed runs."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        _sync(device)
-        best = min(best, (time.perf_counter() - t) / 10)
-    return 2 * n**3 / best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
     from sam.model.lm import named_config
 
@@ -116,56 +106,6 @@ def real_batches(exp: ExperimentConfig, tokenizer: Any, tasks: list[str], batch_
     ds = SAMDataset(examples, exp.model.audio, tokenizer, exp.data.root)
     items = [ds[i] for i in range(len(ds))]
     return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-
-
-def step_flops(step: Any) -> int:
-    """FLOPs of one call of `step()` on the pure-PyTorch kernel path."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from sam.model.mamba2 import Mamba2Mixer
-
-    previous = getattr(Mamba2Mixer, "kernels", None)
-    Mamba2Mixer.kernels = "torch"
-    try:
-        with FlopCounterMode(display=False) as counter:
-            step()
-    finally:
-        Mamba2Mixer.kernels = previous
-    return int(counter.get_total_flops())
-
-
-def count_flops(model: Any, batch: dict[str, torch.Tensor], step: Any) -> dict[str, int]:
-    """FLOPs of one training step on `batch` (`step(batch)` runs it): `needed`, with the LM head on
-    the labelled positions only (what a labelhead variant and the trainer compute), and `full_head`,
-    with the head on every position of the [audio][text] sequence (what the other variants compute,
-    and what results before the labelhead path counted); `labelled` and `positions` say how many
-    positions the head covers in each.
-
-    Counted on the PyTorch path, whose quadratic chunk tensors would not fit at full batch on big
-    shapes: one clip of the (equal-length, padded) batch, scaled by the batch size. The head's cost
-    per position is the difference between that clip's step with the head everywhere and with the
-    head on its labelled positions only, so `needed` = `full_head` - that cost x the unlabelled
-    positions of the whole batch. The SSD is counted at its default chunk size for every variant
-    (smaller chunks do somewhat fewer intra-chunk FLOPs; one count keeps MFU proportional to speed)."""
-    b = int(batch["fbank"].shape[0])
-    one = {k: v[:1] for k, v in batch.items()}
-    per_clip = model.num_audio_tokens(int(batch["fbank"].shape[1])) + int(batch["input_ids"].shape[1])
-    labelled_one = int((one["labels"] != IGNORE_INDEX).sum())
-    full = step_flops(lambda: step(one))
-    head_only = step_flops(lambda: step({**one, "label_positions": label_positions(one["labels"], bucket=1)}))
-    per_position = (full - head_only) / (per_clip - labelled_one)
-    labelled = int((batch["labels"] != IGNORE_INDEX).sum())
-    return {"full_head": b * full, "needed": int(b * full - per_position * (b * per_clip - labelled)), "labelled": labelled, "positions": b * per_clip}
-
-
-def _flops_text(r: dict[str, Any]) -> str:
-    if "flops_per_step_full_head" not in r:  # a result written before the labelhead path
-        return f"{r['flops_per_step'] / 1e12:.3f} TFLOP (FlopCounterMode, PyTorch path)"
-    pos = r["head_positions"]
-    return (f"{r['flops_per_step'] / 1e12:.3f} TFLOP needed: FlopCounterMode on the PyTorch path (SSD at its default chunk size), "
-            f"LM head on the {pos['labelled']} labelled positions only; MFU counts these for every variant. "
-            f"{r['flops_per_step_full_head'] / 1e12:.3f} TFLOP with the head on all {pos['all']} positions, as variants "
-            "without labelhead compute it and earlier results counted ('full-head count')")
 
 
 def regroup(host: list[dict[str, torch.Tensor]], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
@@ -240,13 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (kernel compilation, allocator)")
     ap.add_argument("--compile", action="store_true", help="short for --variants compile (a timing experiment, see VARIANTS)")
-    ap.add_argument("--variants", default="", help=f"comma list timed one after another on one model: {', '.join(VARIANTS)} (default: eager)")
+    ap.add_argument(
+        "--variants", default="", help=f"comma list timed one after another on one model: {', '.join(VARIANTS)} (default: eager)"
+    )
     ap.add_argument("--profile", action="store_true", help="torch.profiler pass per variant (tables next to the result files)")
     ap.add_argument("--profile-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--name", default="", help="result file name (default: bench_train_<preset>_<lm>_<device>)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    ap.add_argument("--save-batches", default="", help="write the tokenizer + collated batches to this folder and stop (for a machine without the corpus)")
+    ap.add_argument(
+        "--save-batches",
+        default="",
+        help="write the tokenizer + collated batches to this folder and stop (for a machine without the corpus)",
+    )
     ap.add_argument("--load-batches", default="", help="read the tokenizer + batches written by --save-batches instead of the corpus")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
@@ -263,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or stage.batch_size
 
     from sam.model import SAM
-    from sam.train.runs import get_tokenizer
     from sam.tokenizer import load_tokenizer
+    from sam.train.runs import get_tokenizer
 
     if args.load_batches:
         tokenizer = load_tokenizer(Path(args.load_batches) / "tokenizer")
@@ -276,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             host = regroup(host, args.batch_size, int(pad))
     else:
         tokenizer = get_tokenizer(exp, REPO / "runs")
-        host = [{k: v for k, v in b.items() if torch.is_tensor(v)} for b in real_batches(exp, tokenizer, list(stage.tasks), batch_size, args.batches)]
+        host = [
+            {k: v for k, v in b.items() if torch.is_tensor(v)}
+            for b in real_batches(exp, tokenizer, list(stage.tasks), batch_size, args.batches)
+        ]
     if args.save_batches:
         folder = Path(args.save_batches)
         tokenizer.save_pretrained(str(folder / "tokenizer"))
@@ -323,27 +272,29 @@ def main(argv: list[str] | None = None) -> int:
         opaque_kernels(bool(mode) and not spec.get("traced"))
         graphs = CudaGraphs(model, trainable, exp.train, device) if spec.get("graph") else None  # train.cuda_graphs
 
-        def step(i: int) -> tuple[float, float, int]:
+        def step(i: int, steps: list = steps, graphs: CudaGraphs | None = graphs) -> tuple[float, float, int]:
             return train_step(model, [steps[i % len(steps)]], opt, sched, trainable, exp.train, dist, False, count_tokens, graphs)
 
         try:
             t_warm = time.perf_counter()
             for i in range(args.warmup):
                 step(i)
-            _sync(device)
+            sync(device)
             warm = time.perf_counter() - t_warm
             times, tokens = [], 0
             for i in range(args.steps):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 tokens += step(i)[2]
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - t0)
             # The fastest step is the machine's capability; the median shows what sharing the CPU costs.
             seconds = min(times)
             r: dict[str, Any] = {
-                "seconds_per_step": seconds, "seconds_per_step_median": sorted(times)[len(times) // 2],
-                "warmup_seconds": warm, "tokens_per_step": tokens / args.steps,
+                "seconds_per_step": seconds,
+                "seconds_per_step_median": sorted(times)[len(times) // 2],
+                "warmup_seconds": warm,
+                "tokens_per_step": tokens / args.steps,
             }
             if args.profile:
                 r["profile"] = profile_steps(step, 0, args.profile_steps, seconds, profile_dir, name)
@@ -378,11 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     n_train = sum(p.numel() for p in trainable)
     result = {
         "benchmark": "train_throughput",
-        "preset": args.preset, "lm": args.lm, "encoder": exp.model.encoder.size, "stage": stage.name,
-        "trainable_groups": stage.trainable, "tasks": stage.tasks, "layout": exp.model.connector.layout,
+        "preset": args.preset,
+        "lm": args.lm,
+        "encoder": exp.model.encoder.size,
+        "stage": stage.name,
+        "trainable_groups": stage.trainable,
+        "tasks": stage.tasks,
+        "layout": exp.model.connector.layout,
         "precision": "bf16 autocast" if device.type == "cuda" or exp.train.precision == "bf16" else "fp32",
-        "variant": best, "compile": VARIANTS[best].get("compile") is not None, "batch_size": batch_size, "steps_timed": args.steps,
-        "params": n_params, "trainable_params": n_train,
+        "variant": best,
+        "compile": VARIANTS[best].get("compile") is not None,
+        "batch_size": batch_size,
+        "steps_timed": args.steps,
+        "params": n_params,
+        "trainable_params": n_train,
         "seconds_per_step": seconds,
         "seconds_per_step_median": median,
         "clips_per_s": batch_size / seconds,
@@ -401,10 +361,16 @@ def main(argv: list[str] | None = None) -> int:
         "kernels": kernel_path(device) if not VARIANTS[best].get("kernels") else "pure PyTorch (sam.ssd)",
         # Every variant timed in this process, on the same model and batches: ratios are side by side.
         "variants": {
-            v: m if "error" in m else {
-                **m, "clips_per_s": batch_size / m["seconds_per_step"], "mfu": flops / m["seconds_per_step"] / peak,
+            v: m
+            if "error" in m
+            else {
+                **m,
+                "clips_per_s": batch_size / m["seconds_per_step"],
+                "mfu": flops / m["seconds_per_step"] / peak,
                 "mfu_full_head_count": counts["full_head"] / m["seconds_per_step"] / peak,
-                "speedup_vs": first, "speedup": ok[first]["seconds_per_step"] / m["seconds_per_step"]}
+                "speedup_vs": first,
+                "speedup": ok[first]["seconds_per_step"] / m["seconds_per_step"],
+            }
             for v, m in measured.items()
         },
         "command": portable_command("bench_train.py", list(argv if argv is not None else sys.argv[1:])),
@@ -424,14 +390,16 @@ def _default_name(args: argparse.Namespace, device: torch.device) -> str:
 
 def _markdown(r: dict[str, Any]) -> str:
     rows = [
-        ("device", f"{r['device']} (1-min load average {r['load_average_1min']:.1f})"), ("model", f"LM {r['lm']}, encoder {r['encoder']}, layout {r['layout']}"),
+        ("device", f"{r['device']} (1-min load average {r['load_average_1min']:.1f})"),
+        ("model", f"LM {r['lm']}, encoder {r['encoder']}, layout {r['layout']}"),
         ("stage", f"{r['stage']} (trains {', '.join(r['trainable_groups'])}; tasks {', '.join(r['tasks'])})"),
-        ("precision / compile", f"{r['precision']} / {r['compile']}"), ("kernels", r["kernels"]),
+        ("precision / compile", f"{r['precision']} / {r['compile']}"),
+        ("kernels", r["kernels"]),
         ("params (trainable)", f"{r['params'] / 1e6:.1f} M ({r['trainable_params'] / 1e6:.1f} M)"),
         ("batch", f"{r['batch_size']} clips, {r['tokens_per_step']:.0f} LM tokens"),
         ("step time (fastest / median)", f"{r['seconds_per_step'] * 1e3:.1f} / {r['seconds_per_step_median'] * 1e3:.1f} ms"),
         ("throughput (fastest step)", f"{r['clips_per_s']:.2f} clips/s, {r['tokens_per_s']:.0f} tokens/s"),
-        ("FLOPs per step", _flops_text(r)),
+        ("FLOPs per step", flops_text(r)),
         ("achieved / peak", f"{r['achieved_tflops']:.2f} / {r['peak_tflops']:.1f} TFLOP/s ({r['peak_kind']})"),
         ("MFU", f"{100 * r['mfu']:.1f} % ({r['variant']})"),
     ]
@@ -440,14 +408,24 @@ def _markdown(r: dict[str, Any]) -> str:
             rows.append((f"variant {v}", f"failed: {cell(m['error'], 200)}"))
             continue
         full = f" ({100 * m['mfu_full_head_count']:.1f} % by the full-head count)" if "mfu_full_head_count" in m else ""
-        rows.append((f"variant {v}", f"{m['seconds_per_step'] * 1e3:.1f} / {m['seconds_per_step_median'] * 1e3:.1f} ms, "
-                     f"{m['clips_per_s']:.1f} clips/s, MFU {100 * m['mfu']:.1f} %{full}, {m['speedup']:.2f}x vs {m['speedup_vs']} "
-                     f"(warmup incl. compilation {m['warmup_seconds']:.0f} s)"))
+        rows.append(
+            (
+                f"variant {v}",
+                f"{m['seconds_per_step'] * 1e3:.1f} / {m['seconds_per_step_median'] * 1e3:.1f} ms, "
+                f"{m['clips_per_s']:.1f} clips/s, MFU {100 * m['mfu']:.1f} %{full}, {m['speedup']:.2f}x vs {m['speedup_vs']} "
+                f"(warmup incl. compilation {m['warmup_seconds']:.0f} s)",
+            )
+        )
         p = m.get("profile")
         if p:
             top = "; ".join(f"{cell(k, 60)} {ms:.1f} ms" for k, ms, _ in (p["top_gpu_ms_per_step"] or p["top_cpu_ms_per_step"])[:5])
-            rows.append((f"profile {v}", f"GPU kernels {p['gpu_kernel_ms_per_step']:.1f} ms/step (busy {100 * p['gpu_busy_fraction']:.0f} % of the step), "
-                         f"{p['gpu_ops_per_step']:.0f} GPU ops/step; top: {top}"))
+            rows.append(
+                (
+                    f"profile {v}",
+                    f"GPU kernels {p['gpu_kernel_ms_per_step']:.1f} ms/step (busy {100 * p['gpu_busy_fraction']:.0f} % of the step), "
+                    f"{p['gpu_ops_per_step']:.0f} GPU ops/step; top: {top}",
+                )
+            )
     if r.get("note"):  # a remark added to the result file after the run
         rows.append(("note", cell(r["note"], 1000)))
     rows += [

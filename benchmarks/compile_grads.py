@@ -12,6 +12,7 @@ LoRA B is set non-zero (every LoRA matrix then gets a gradient) except in the `-
 which keep peft's zero init as a fresh stage does. `DIAG_LIMIT_S` (seconds) stops starting new
 settings. A diagnostic of `train.compile` (see sam/train/speed.py), not part of the library.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,28 +30,32 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sam.config import preset  # noqa: E402
-from sam.model.mamba2 import Mamba2Mixer, _kernels, opaque_kernels  # noqa: E402
 from sam.model import SAM  # noqa: E402
+from sam.model.mamba2 import Mamba2Mixer, _kernels, opaque_kernels  # noqa: E402
 from sam.prompt import IGNORE_INDEX  # noqa: E402
 from sam.tokenizer import train_bpe  # noqa: E402
 from sam.train import CudaGraphs, autocast, compile_blocks, uncompile_blocks  # noqa: E402
 
 
-
 def summarize(path: str) -> str:
     """A Markdown table of a results file holding {"runs": [diag_compile.json contents + "command"]}."""
     data = json.loads(Path(path).read_text())
-    lines = ["# Eager vs compiled gradients (smoke SAM, stage 4, one forward + backward)", "",
-             "| setting | device | loss eager / compiled | grad norm eager / compiled | params with rel. error > 1e-2 | worst parameter (rel. error) | eager repeat |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Eager vs compiled gradients (smoke SAM, stage 4, one forward + backward)",
+        "",
+        "| setting | device | loss eager / compiled | grad norm eager / compiled | params with rel. error > 1e-2 | worst parameter (rel. error) | eager repeat |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in data["runs"]:
         for name, r in run["settings"].items():
             if "rows" not in r:
                 lines.append(f"| {name} | {run['device']} | {r.get('error', r.get('skipped', ''))[:120]} | | | | |")
                 continue
             worst = r["rows"][0]
-            lines.append(f"| {name} | {run['device']} | {r['eager_loss']:.6f} / {r['test_loss']:.6f} | {r['eager_norm']:.5f} / {r['test_norm']:.5f} "
-                         f"| {r['n_rel_gt_1e-2']} / {r['n_params']} | {worst[0]} ({worst[1]:.2e}) | {r['eager_repeat_max_rel']:.1e} |")
+            lines.append(
+                f"| {name} | {run['device']} | {r['eager_loss']:.6f} / {r['test_loss']:.6f} | {r['eager_norm']:.5f} / {r['test_norm']:.5f} "
+                f"| {r['n_rel_gt_1e-2']} / {r['n_params']} | {worst[0]} ({worst[1]:.2e}) | {r['eager_repeat_max_rel']:.1e} |"
+            )
     lines += ["", "Commands: " + "; ".join(f"`{run['command']}`" for run in data["runs"]), ""]
     return "\n".join(lines)
 
@@ -120,7 +125,12 @@ labels[:, : W // 2] = IGNORE_INDEX
 mask = torch.ones_like(ids)
 mask[1, W - 5 :] = 0
 labels[1, W - 5 :] = IGNORE_INDEX
-BATCH = {"fbank": torch.randn(4, AUDIO.target_frames, AUDIO.num_mel_bins, generator=g), "input_ids": ids, "labels": labels, "attention_mask": mask}
+BATCH = {
+    "fbank": torch.randn(4, AUDIO.target_frames, AUDIO.num_mel_bins, generator=g),
+    "input_ids": ids,
+    "labels": labels,
+    "attention_mask": mask,
+}
 BATCH = {k: v.to(DEV) for k, v in BATCH.items()}
 
 KERN = _kernels()
@@ -186,7 +196,12 @@ def total_norm(gr: dict[str, torch.Tensor]) -> float:
     return float(torch.stack([v.norm() for v in gr.values()]).norm())
 
 
-results = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__, "kernels_error": KERN.error, "settings": {}}
+results = {
+    "device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu",
+    "torch": torch.__version__,
+    "kernels_error": KERN.error,
+    "settings": {},
+}
 wanted = sys.argv[2:] or list(SETTINGS)
 for name in wanted:
     s = SETTINGS[name]
@@ -231,7 +246,8 @@ for name in wanted:
     results["settings"][name] = rec
     msg = rec.get("error") or (
         f"loss {rec['eager_loss']:.6f}/{rec['test_loss']:.6f} norm {rec['eager_norm']:.5f}/{rec['test_norm']:.5f} "
-        f"max rel {rec['max_rel']:.2e} (eager repeat {rec['eager_repeat_max_rel']:.1e}), {rec['n_rel_gt_1e-2']}/{rec['n_params']} params > 1e-2")
+        f"max rel {rec['max_rel']:.2e} (eager repeat {rec['eager_repeat_max_rel']:.1e}), {rec['n_rel_gt_1e-2']}/{rec['n_params']} params > 1e-2"
+    )
     print(f"[{time.time() - T0:5.0f}s] {name}: {msg}", flush=True)
     if "rows" in rec:
         for r in rec["rows"][:8]:

@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import probes
 import torch
+
+import probes
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ and ``--cached`` work as for the tables); the probe needs the weights and is cac
 ``<runs>/evals/<key>.probe.json``, so with ``--cached`` a probe not measured where the run was
 trained reads empty.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib import common
-from lib import controls
-from lib import gate
-from lib import measure
+from lib import common, controls, gate, measure
 
 TASKS = ("classification", "caption")
 PROBE_TRAIN_CLIPS = 2048  # the gate asks for >= 1,000: the cpu preset has 1,000 training scenes, the gpu 4,000
@@ -38,8 +36,18 @@ def plot(data: pd.DataFrame):
             sub = data[data.metric == metric]
         long = sub.melt(id_vars=["lm_size", "seed"], value_vars=["own", "other_audio"], var_name="audio").dropna(subset=["value"])
         long = long.assign(task="gate", metric=metric, chance=float(sub.random_baseline.mean()))
-        common.bars(ax, long, "gate", metric, "lm_size", "audio", order=common.sizes_in(data), hue_order=["own", "other_audio"],
-                    title=f"{metric}: own vs other audio", ylabel=metric)
+        common.bars(
+            ax,
+            long,
+            "gate",
+            metric,
+            "lm_size",
+            "audio",
+            order=common.sizes_in(data),
+            hue_order=["own", "other_audio"],
+            title=f"{metric}: own vs other audio",
+            ylabel=metric,
+        )
     return fig
 
 
@@ -48,8 +56,9 @@ def probe_ceiling(s: common.Settings, run: measure.Run, stage: str) -> float | N
     measured here (``--cached`` without a record, or another measurement worker's share)."""
     from sam.config import config_hash
 
-    key = config_hash({"run": run.dir.name, "stage": stage, "train_clips": PROBE_TRAIN_CLIPS, "n_test": run.cfg.data.n_test,
-                       "version": PROBE_VERSION})
+    key = config_hash(
+        {"run": run.dir.name, "stage": stage, "train_clips": PROBE_TRAIN_CLIPS, "n_test": run.cfg.data.n_test, "version": PROBE_VERSION}
+    )
     path = s.runs / "evals" / f"{key}.probe.json"
     if not path.is_file():
         if s.cached or not measure._in_shard(s, key):
@@ -63,8 +72,8 @@ def probe_ceiling(s: common.Settings, run: measure.Run, stage: str) -> float | N
 
 def gate_rows(s: common.Settings, run: measure.Run) -> list[dict[str, Any]]:
     """The rows of audio_use.csv for one run (experiments/gate.py); [] with ``--defer-scoring``."""
-    from sam.eval.baselines import random_map
     from sam.data.types import label_matrix
+    from sam.eval.baselines import random_map
 
     stage_name, checkpoint = measure.checkpoints(run)[-1][1:]
     probe = probe_ceiling(s, run, stage_name)
@@ -79,10 +88,12 @@ def gate_rows(s: common.Settings, run: measure.Run) -> list[dict[str, Any]]:
         return gate.row(size, seed, metric, r["own"], result, other_audio=r["other_audio"], ci=(r["ci_low"], r["ci_high"]), **extra)
 
     m, c, q = main[("classification", "mAP")], main[("caption", "CIDEr-D")], reasoning[("reasoning", "accuracy")]
-    return [row("mAP", m, gate.g1(s.preset, m["own"], random, probe), random_baseline=random, probe_ceiling=probe),
-            row("mAP", m, gate.g2("mAP", m["audio_use"], m["ci_low"]), random_baseline=random, probe_ceiling=probe),
-            row("CIDEr-D", c, gate.g2("CIDEr-D", c["audio_use"], c["ci_low"])),
-            row("reasoning accuracy", q, gate.g3(s.preset, q["own"], q["audio_use"]), note=f"after {stage_name}")]
+    return [
+        row("mAP", m, gate.g1(s.preset, m["own"], random, probe), random_baseline=random, probe_ceiling=probe),
+        row("mAP", m, gate.g2("mAP", m["audio_use"], m["ci_low"]), random_baseline=random, probe_ceiling=probe),
+        row("CIDEr-D", c, gate.g2("CIDEr-D", c["audio_use"], c["ci_low"])),
+        row("reasoning accuracy", q, gate.g3(s.preset, q["own"], q["audio_use"]), note=f"after {stage_name}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,12 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows, columns=gate.COLUMNS)
     table = data.assign(passes=data.passes.map({True: "yes", False: "no"}).fillna("not measured"))
-    notes = ("Every run at its final stage on the preset's test scenes. own / other_audio: the same prompts with the "
-             "run's own audio and with another test scene's; ci_low / ci_high: paired 95% bootstrap CI over test clips of "
-             "own - other audio; random_baseline: the expected mAP of random scores on these scenes; probe_ceiling: a "
-             "linear probe on the run's own encoder output. Rules: experiments/gate.py. passes empty: not measured.")
-    return common.write_outputs(s, data, plot(data), table.round(2), title="The audio-use gate", notes=notes,
-                                configs=measure.configs(runs))
+    notes = (
+        "Every run at its final stage on the preset's test scenes. own / other_audio: the same prompts with the "
+        "run's own audio and with another test scene's; ci_low / ci_high: paired 95% bootstrap CI over test clips of "
+        "own - other audio; random_baseline: the expected mAP of random scores on these scenes; probe_ceiling: a "
+        "linear probe on the run's own encoder output. Rules: experiments/gate.py. passes empty: not measured."
+    )
+    return common.write_outputs(s, data, plot(data), table.round(2), title="The audio-use gate", notes=notes, configs=measure.configs(runs))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ For one trained run, on the first validation scenes of a task (real rendered aud
 
     python experiments/check_audio_conditioning.py runs/<hash>-cpu [--task classification] [--clips 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     print(f"{args.task} response loss: own audio {out['loss_own_audio']:.4f} vs another clip's audio {out['loss_other_audio']:.4f}")
     print(f"distinct greedy answers: {len(set(answers))} of {len(items)} clips (e.g. {answers[0]!r})")
-    print(f"audio token norm {out['audio_token_norm']:.2f} vs text embedding norm {out['text_embedding_norm']:.2f}; "
-          f"{100 * out['audio_energy_varying_across_clips']:.1f}% of the audio tokens' energy varies across clips")
+    print(
+        f"audio token norm {out['audio_token_norm']:.2f} vs text embedding norm {out['text_embedding_norm']:.2f}; "
+        f"{100 * out['audio_energy_varying_across_clips']:.1f}% of the audio tokens' energy varies across clips"
+    )
     return out
 
 

@@ -12,6 +12,7 @@ stages before pretraining leave it untouched), which is the baseline a pretraine
 
     python experiments/check_encoder_probe.py runs/<hash>-cpu [--stage stage0] [--train-clips 2048]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,18 +51,19 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c
     return scores
 
 
-def probe(run_dir: Path, stage: str = "stage0", train_clips: int = 2048, test_clips: int | None = None, c: float = 1.0,
-          batch_size: int = 32) -> dict[str, Any]:
+def probe(
+    run_dir: Path, stage: str = "stage0", train_clips: int = 2048, test_clips: int | None = None, c: float = 1.0, batch_size: int = 32
+) -> dict[str, Any]:
     """Linear-probe (and, where the stage kept one, stage-head) test mAP of the encoder of `run_dir`
     after `stage`, in percent, with its chance level (module docstring). Needs the run's weights."""
+    import measure
+    from check_audio_conditioning import task_data
+
     from sam.config import load_yaml
     from sam.data import build_examples
     from sam.data.types import label_matrix
     from sam.eval.metrics import classification_metrics
     from sam.train.runs import get_tokenizer, stage_model
-
-    import measure
-    from check_audio_conditioning import task_data
 
     if not (run_dir / "run.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a finished run (no run.json)")
@@ -69,7 +71,11 @@ def probe(run_dir: Path, stage: str = "stage0", train_clips: int = 2048, test_cl
     model = stage_model(run_dir, stage).eval()
     head_path = measure.stage(measure.Run(exp, run_dir, {}), stage) / "encoder_head.pt"
     head = torch.load(head_path, weights_only=True) if head_path.is_file() else None
-    classes = list(head["classes"]) if head is not None else sorted({lab for ex in build_examples(exp.data, "train", ["classification"]) for lab in ex.labels})
+    classes = (
+        list(head["classes"])
+        if head is not None
+        else sorted({lab for ex in build_examples(exp.data, "train", ["classification"]) for lab in ex.labels})
+    )
 
     data = task_data(exp, "classification", get_tokenizer(exp, run_dir.parent))
     splits = {}
@@ -82,9 +88,16 @@ def probe(run_dir: Path, stage: str = "stage0", train_clips: int = 2048, test_cl
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
 
     scored = classification_metrics(y_test, linear_probe(x_train, y_train, x_test, c, exp.train.seed), bootstrap=0)
-    out: dict[str, Any] = {"run": run_dir.name, "stage": stage, "train_clips": len(x_train), "test_clips": len(x_test),
-                           "classes": len(classes), "chance_mAP": 100 * scored["chance"]["mAP"],
-                           "linear_probe_mAP": 100 * scored["mAP"], "linear_probe_accuracy": 100 * scored["accuracy"]}
+    out: dict[str, Any] = {
+        "run": run_dir.name,
+        "stage": stage,
+        "train_clips": len(x_train),
+        "test_clips": len(x_test),
+        "classes": len(classes),
+        "chance_mAP": 100 * scored["chance"]["mAP"],
+        "linear_probe_mAP": 100 * scored["mAP"],
+        "linear_probe_accuracy": 100 * scored["accuracy"],
+    }
     if head is not None:
         lin = torch.nn.Linear(x_test.shape[1], len(classes)).double()
         lin.load_state_dict({k: v.double() for k, v in head["head"].items()})

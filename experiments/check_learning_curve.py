@@ -17,11 +17,11 @@ text-only LM stage and the encoder pretraining train once per seed). After stage
     python experiments/check_learning_curve.py --preset gpu --variants recipe,steps_x3   # measure
     python experiments/check_learning_curve.py --preset gpu --score                      # score, write
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -117,10 +117,13 @@ def token_stats(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch
             tokens.append(model.encode_audio(batch["fbank"]).float().cpu())
     audio = torch.cat(tokens)  # [clips, N, d]
     text = model.language_model.get_input_embeddings().weight.detach().float().cpu()
-    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio ** 2).sum(-1).mean()
-    return {"audio_token_norm": float(audio.norm(dim=-1).mean()), "text_embedding_norm": float(text.norm(dim=-1).mean()),
-            "energy_varying_across_clips": float(varying),
-            "raw_tau_rank": float(np.mean([tau_effective_rank(x, tau=0.99) for x in audio]))}
+    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
+    return {
+        "audio_token_norm": float(audio.norm(dim=-1).mean()),
+        "text_embedding_norm": float(text.norm(dim=-1).mean()),
+        "energy_varying_across_clips": float(varying),
+        "raw_tau_rank": float(np.mean([tau_effective_rank(x, tau=0.99) for x in audio])),
+    }
 
 
 def _phase(record: dict[str, Any], path: Path, what: str, t0: float) -> None:
@@ -143,8 +146,16 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
     t0 = time.time()
     run_dir = train_or_load(exp, args.runs)
     record: dict[str, Any] = {
-        "variant": name, "changes": VARIANTS[name][1], "set": list(args.set), "what": VARIANTS[name][0], "preset": args.preset, "seed": args.seed,
-        "run": run_dir.name, "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES), "complete": False}
+        "variant": name,
+        "changes": VARIANTS[name][1],
+        "set": list(args.set),
+        "what": VARIANTS[name][0],
+        "preset": args.preset,
+        "seed": args.seed,
+        "run": run_dir.name,
+        "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES),
+        "complete": False,
+    }
     _phase(record, path, "train", t0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = stage_model(run_dir, "stage4", device).eval()
@@ -161,19 +172,28 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
         for cond, items in (("own", exs), ("other_audio", _deranged(exs))):
             gen = generate_predictions(generate, items, batch_size=bs, max_new_tokens=n_new, audio_loader=features.features)
             answers[f"{task}/{cond}"] = gen["prediction"].tolist()
-    record.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu", answers=answers,
-                  test={task: [ex.id for ex in exs] for task, exs in test.items()})
+    record.update(
+        device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        answers=answers,
+        test={task: [ex.id for ex in exs] for task, exs in test.items()},
+    )
     _phase(record, path, "generate", t0)
     cls = test["classification"]
-    record.update(loss_own=response_loss(model, exp, tok, cls, bs), loss_other_audio=response_loss(model, exp, tok, _deranged(cls), bs),
-                  **token_stats(model, exp, tok, cls, bs))
+    record.update(
+        loss_own=response_loss(model, exp, tok, cls, bs),
+        loss_other_audio=response_loss(model, exp, tok, _deranged(cls), bs),
+        **token_stats(model, exp, tok, cls, bs),
+    )
     _phase(record, path, "losses", t0)
     train_cls = build_examples(exp.data, "train", ["classification"])[: args.probe_train]
     classes = sorted({c for ex in train_cls + cls for c in ex.labels})
     feats_train = hidden_features(model, exp, tok, train_cls, bs)
     feats_test = hidden_features(model, exp, tok, cls, bs)
-    record.update(classes=classes, complete=True,
-                  probe_map=probe_maps(feats_train, feats_test, label_matrix(train_cls, classes), label_matrix(cls, classes)))
+    record.update(
+        classes=classes,
+        complete=True,
+        probe_map=probe_maps(feats_train, feats_test, label_matrix(train_cls, classes), label_matrix(cls, classes)),
+    )
     _phase(record, path, "probes", t0)
     return record
 
@@ -203,8 +223,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         path = args.records / f"{args.preset}-{name}-s{args.seed}.json"
         record = measure(args, name, path)
-        print(f"[curve] {name}: loss own {record['loss_own']:.3f} vs other {record['loss_other_audio']:.3f}; "
-              f"probe mAP {json.dumps({k: round(v, 1) for k, v in record['probe_map'].items()})} -> {path}", flush=True)
+        print(
+            f"[curve] {name}: loss own {record['loss_own']:.3f} vs other {record['loss_other_audio']:.3f}; "
+            f"probe mAP {json.dumps({k: round(v, 1) for k, v in record['probe_map'].items()})} -> {path}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

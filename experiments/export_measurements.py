@@ -10,6 +10,7 @@ The intended use: on a GPU machine without the text scorers (MiniLM, Java),
 result; on a machine with the scorers, ``import`` and ``table_main.py --preset gpu --cached cuda``
 scores the answers and writes the outputs (`measure`'s docstring has the cache layout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,19 @@ def import_(file: Path, runs: Path) -> tuple[int, list[str]]:
     with tarfile.open(file, "r:gz") as tar:
         for m in tar.getmembers():
             parts = Path(m.name).parts
-            ok = m.isfile() and ".." not in parts and not Path(m.name).is_absolute() and (
-                (len(parts) == 2 and parts[0] == "evals" and Path(m.name).suffix in EVAL_SUFFIXES)
-                or (len(parts) == 2 and parts[1] in RUN_FILES))
+            ok = (
+                m.isfile()
+                and ".." not in parts
+                and not Path(m.name).is_absolute()
+                and (
+                    (len(parts) == 2 and parts[0] == "evals" and Path(m.name).suffix in EVAL_SUFFIXES)
+                    or (len(parts) == 2 and parts[1] in RUN_FILES)
+                )
+            )
             if not ok:
-                raise SystemExit(f"import: {file}: unexpected member {m.name!r} (not a run record or an evals/ file); nothing after it unpacked")
+                raise SystemExit(
+                    f"import: {file}: unexpected member {m.name!r} (not a run record or an evals/ file); nothing after it unpacked"
+                )
             data = tar.extractfile(m).read()
             dest = runs / m.name
             if dest.exists():
@@ -63,8 +72,10 @@ def import_(file: Path, runs: Path) -> tuple[int, list[str]]:
                 continue
             atomic_write_bytes(dest, data)
             written += 1
-    print(f"import: {written} files from {file} into {runs}"
-          + (f"; kept {len(conflicts)} differing files already there: {', '.join(conflicts[:5])}" if conflicts else ""))
+    print(
+        f"import: {written} files from {file} into {runs}"
+        + (f"; kept {len(conflicts)} differing files already there: {', '.join(conflicts[:5])}" if conflicts else "")
+    )
     return written, conflicts
 
 

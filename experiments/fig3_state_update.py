@@ -9,13 +9,13 @@ the absolute distance ||h_t - h_{t-1}||_F and the relative one, divided by ||h_{
 over heads, tokens and the probed test scenes. Both are drawn: the relative distance shrinks as the
 state norm grows along a long sequence, so it alone would confound length with the update size.
 """
+
 from __future__ import annotations
 
 import pandas as pd
 import seaborn as sns
 
-from lib import common
-from lib import measure
+from lib import common, measure
 
 LAYOUTS = {"concat": "(a) concat", "time_major": "(b) time-major", "freq_major": "(c) freq-major"}
 
@@ -41,10 +41,24 @@ def plot(data: pd.DataFrame):
         for col, size in enumerate(sizes):
             ax = axes[row * len(sizes) + col]
             here = sub[sub.lm_size == size]
-            sns.lineplot(here, x="layer", y="value", hue="layout", hue_order=list(LAYOUTS.values()), style="model",
-                         style_order=[m for m in MODELS if m in set(here.model)], marker="o", errorbar="sd", ax=ax)
-            ax.set(title=f"{size} LM: state change per token ({MEASURE_TITLES[measure_name]})", xlabel="LM layer (index)",
-                   ylabel=ylabel, yscale="log")
+            sns.lineplot(
+                here,
+                x="layer",
+                y="value",
+                hue="layout",
+                hue_order=list(LAYOUTS.values()),
+                style="model",
+                style_order=[m for m in MODELS if m in set(here.model)],
+                marker="o",
+                errorbar="sd",
+                ax=ax,
+            )
+            ax.set(
+                title=f"{size} LM: state change per token ({MEASURE_TITLES[measure_name]})",
+                xlabel="LM layer (index)",
+                ylabel=ylabel,
+                yscale="log",
+            )
             ax.set_xticks(sorted(here.layer.unique()))
             ax.legend(fontsize=7)
     return fig
@@ -61,15 +75,29 @@ def main(argv: list[str] | None = None) -> dict:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     over_layers = seed_means(data).groupby(["lm_size", "layout", "model", "seed", "measure"], as_index=False).value.mean()
-    table = (over_layers.groupby(["lm_size", "layout", "model", "measure"]).value.apply(lambda v: common.fmt(list(v), 4))
-             .unstack("measure").reset_index().rename(columns={"distance": "mean distance", "relative": "mean relative distance"}))
-    notes = ("Mean over layers, heads, audio-token pairs and the first "
-             f"{measure.PROBE_CLIPS[s.preset]} test scenes; mean ± sd over seeds. The paper's Fig. 3 shows this measure; "
-             "its values are not published. Relative distance = ||h_t - h_(t-1)||_F / ||h_(t-1)||_F; for layouts (b)/(c) the "
-             "audio span includes the separator tokens. Untrained (control): the same config and seed at its random "
-             "initialization, before any training, probed on the same scenes.")
-    return common.write_outputs(s, data, plot(data), table, title="Figure 3: state-update distance between adjacent audio tokens",
-                                notes=notes, configs=measure.configs(runs))
+    table = (
+        over_layers.groupby(["lm_size", "layout", "model", "measure"])
+        .value.apply(lambda v: common.fmt(list(v), 4))
+        .unstack("measure")
+        .reset_index()
+        .rename(columns={"distance": "mean distance", "relative": "mean relative distance"})
+    )
+    notes = (
+        "Mean over layers, heads, audio-token pairs and the first "
+        f"{measure.PROBE_CLIPS[s.preset]} test scenes; mean ± sd over seeds. The paper's Fig. 3 shows this measure; "
+        "its values are not published. Relative distance = ||h_t - h_(t-1)||_F / ||h_(t-1)||_F; for layouts (b)/(c) the "
+        "audio span includes the separator tokens. Untrained (control): the same config and seed at its random "
+        "initialization, before any training, probed on the same scenes."
+    )
+    return common.write_outputs(
+        s,
+        data,
+        plot(data),
+        table,
+        title="Figure 3: state-update distance between adjacent audio tokens",
+        notes=notes,
+        configs=measure.configs(runs),
+    )
 
 
 if __name__ == "__main__":

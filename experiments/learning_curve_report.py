@@ -6,6 +6,7 @@ scored as everywhere else in the project (`sam.eval.TextClassifier` scores -> mA
 exact expected mAP of random scores on the same clips (`sam.eval.baselines.random_map`); "audio use" is
 own minus other-audio with a paired bootstrap 95% CI over the test clips.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,9 @@ def _examples(record: dict[str, Any], task: str) -> list[Any]:
 
 def score_record(record: dict[str, Any], encoder: Any) -> list[dict[str, Any]]:
     """Tidy rows (metric, value, ci_low, ci_high) of one record."""
-    from sam.eval.baselines import fast_map, map_ci, paired_bootstrap_ci, random_map
     from sam.data.types import label_matrix
     from sam.eval import TextClassifier
+    from sam.eval.baselines import fast_map, map_ci, paired_bootstrap_ci, random_map
     from sam.eval.metrics import caption_metrics
 
     base = {k: record[k] for k in ("variant", "what", "seed", "audio_steps")}
@@ -117,8 +118,7 @@ def plot(data: pd.DataFrame):
         for where, style in (("audio_last", "-"), ("prompt_last", "--")):
             part = sub[sub.metric.str.endswith(where)]
             ax2.plot(range(len(part)), part.value, style, label=f"{variant}, {where.replace('_', ' ')}")
-    ax2.set(xlabel="LM site (embedding, then each layer)", ylabel="linear-probe mAP (%)",
-            title="Class information along the LM")
+    ax2.set(xlabel="LM site (embedding, then each layer)", ylabel="linear-probe mAP (%)", title="Class information along the LM")
     ax2.legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -141,15 +141,26 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
     incomplete = [r["variant"] for r in records if not r.get("complete")]
     (out / "learning_curve.md").write_text(
         f"# Why the LM ignores its audio: recipe variants ({args.preset} preset, small LM, seed {args.seed})\n\n"
-        + table.to_markdown() + "\n\n"
+        + table.to_markdown()
+        + "\n\n"
         + "mAP from generated text, as Table 1; 'random scores' is the exact expected mAP of a random ranking of the same clips; "
-          "'audio use' = own minus another scene's audio (95% CIs over clips in the CSV). "
-        + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}.\n" if incomplete else "\n"))
+        "'audio use' = own minus another scene's audio (95% CIs over clips in the CSV). "
+        + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}.\n" if incomplete else "\n")
+    )
     fig = plot(data)
     fig.savefig(out / "learning_curve.png", dpi=150)
-    (out / "learning_curve.json").write_text(json.dumps({
-        "experiment": "check_learning_curve", "preset": args.preset, "records": [p.name for p in paths],
-        "measured_on": sorted({r.get("device", "?") for r in records}), "scored_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "runs": {r["variant"]: r["run"] for r in records}}, indent=1))
+    (out / "learning_curve.json").write_text(
+        json.dumps(
+            {
+                "experiment": "check_learning_curve",
+                "preset": args.preset,
+                "records": [p.name for p in paths],
+                "measured_on": sorted({r.get("device", "?") for r in records}),
+                "scored_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "runs": {r["variant"]: r["run"] for r in records},
+            },
+            indent=1,
+        )
+    )
     print(f"[curve] wrote {out / 'learning_curve.csv'} ({len(data)} rows)")
     return data

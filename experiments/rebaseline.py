@@ -17,12 +17,12 @@ margin (mAP >= random + 5 / 10 pp) already fails, with the reason in `note`.
 
     python experiments/rebaseline.py [FOLDER ...]    (default: figures figures/gpu figures/cpu_medium_large)
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib import common
-from lib import gate
+from lib import common, gate
 
 FOLDERS = ("figures", "figures/gpu", "figures/cpu_medium_large")
 MARKER = "Baselines recomputed on the same test scenes by experiments/rebaseline.py"
@@ -41,9 +40,9 @@ MARKER = "Baselines recomputed on the same test scenes by experiments/rebaseline
 def test_baselines(prov: dict[str, Any], where: Path) -> dict[str, Any]:
     """{"classification": {...}, "reasoning": {...}, "categories": {cat: {...}}, "test_scenes": n} (fractions)
     on the test split the provenance's configs describe; an error names the file if that split cannot be rebuilt."""
-    from sam.eval.baselines import answer_prior, example_baselines
     from sam.config import ExperimentConfig, from_dict
     from sam.data import build_examples
+    from sam.eval.baselines import answer_prior, example_baselines
 
     configs = prov.get("configs") or {}
     if not configs:
@@ -60,8 +59,9 @@ def test_baselines(prov: dict[str, Any], where: Path) -> dict[str, Any]:
     out = {**example_baselines(cls + qs, None, cfg.eval.f1_top_k), "test_scenes": len(cls), "categories": {}}
     for cat in sorted({str(ex.metadata.get("category")) for ex in qs}):
         sub = [ex for ex in qs if str(ex.metadata.get("category")) == cat]
-        out["categories"][cat] = answer_prior([ex.answer for ex in sub], [ex.metadata.get("question_type") for ex in sub],
-                                              [ex.choices for ex in sub])
+        out["categories"][cat] = answer_prior(
+            [ex.answer for ex in sub], [ex.metadata.get("question_type") for ex in sub], [ex.choices for ex in sub]
+        )
     return out
 
 
@@ -81,8 +81,9 @@ def rebaseline_csv(data: pd.DataFrame, base: dict[str, Any]) -> pd.DataFrame:
     data = data.copy()
     for col in ("uniform", "prior"):
         if col not in data.columns:
-            data.insert(list(data.columns).index("chance") + 1 if col == "uniform" else list(data.columns).index("uniform") + 1,
-                        col, np.nan)
+            data.insert(
+                list(data.columns).index("chance") + 1 if col == "uniform" else list(data.columns).index("uniform") + 1, col, np.nan
+            )
     for i, row in data.iterrows():
         b = _baseline_for(row, base)
         if b is not None:
@@ -116,9 +117,11 @@ def rewrite_markdown(text: str, data: pd.DataFrame) -> str:
         lines[k] = "|" + "|".join(cells) + "|"
     text = "\n".join(lines)
     text = re.sub(rf"\n\n{re.escape(MARKER)}[^\n]*\n?", "\n", text).rstrip() + "\n"
-    return text + (f"\n{MARKER}: chance = the larger of uniform (random scores / a random class / 1 / choices) and the "
-                   "prior (a constant score, the majority class(es), the best single-answer prior); for mAP the exact "
-                   "expected mAP of random scores. The scores are as measured.\n")
+    return text + (
+        f"\n{MARKER}: chance = the larger of uniform (random scores / a random class / 1 / choices) and the "
+        "prior (a constant score, the majority class(es), the best single-answer prior); for mAP the exact "
+        "expected mAP of random scores. The scores are as measured.\n"
+    )
 
 
 def audio_use_rows(main: pd.DataFrame, preset: str) -> pd.DataFrame:
@@ -127,8 +130,17 @@ def audio_use_rows(main: pd.DataFrame, preset: str) -> pd.DataFrame:
     rows = []
     for _, r in maps.sort_values(["lm_size", "seed"]).iterrows():
         passes, rule, why = gate.g1(preset, float(r.value), float(r.chance), None)
-        rows.append(gate.row(r.lm_size, int(r.seed), "mAP", float(r.value), (passes, rule, why), random_baseline=float(r.chance),
-                             note="Table 1's mAP after stage 4; the other-audio control was not measured for these runs"))
+        rows.append(
+            gate.row(
+                r.lm_size,
+                int(r.seed),
+                "mAP",
+                float(r.value),
+                (passes, rule, why),
+                random_baseline=float(r.chance),
+                note="Table 1's mAP after stage 4; the other-audio control was not measured for these runs",
+            )
+        )
     return pd.DataFrame(rows, columns=gate.COLUMNS)
 
 
@@ -150,8 +162,11 @@ def rebaseline_folder(folder: Path) -> dict[str, Any]:
             md.write_text(rewrite_markdown(md.read_text(), data))
         module = importlib.import_module(csv.stem)
         common.save_figure(module.plot(data), csv.with_suffix(""))
-        summary = {f"{t} {m}": {k: round(100 * v[k], 3) if isinstance(v[k], float) else v[k] for k in ("chance", "uniform", "prior", "prior_rule")}
-                   for t in ("classification", "reasoning") for m, v in base.get(t, {}).items()}
+        summary = {
+            f"{t} {m}": {k: round(100 * v[k], 3) if isinstance(v[k], float) else v[k] for k in ("chance", "uniform", "prior", "prior_rule")}
+            for t in ("classification", "reasoning")
+            for m, v in base.get(t, {}).items()
+        }
         prov["baselines"] = {"recomputed_by": "experiments/rebaseline.py", "test_scenes": base["test_scenes"], "percent": summary}
         prov_path.write_text(json.dumps(prov, indent=2) + "\n")
         done[csv.name] = summary

@@ -8,6 +8,7 @@ the provenance JSON of every experiment in `--out` and in its sub-folders (e.g. 
 preset and figures/gpu/ for the gpu one); `python experiments/run_all.py --findings-only` rewrites it
 from those files without running anything.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,12 +20,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib import common
-from lib import paper_numbers
-from lib import stats
+from lib import common, paper_numbers, stats
 
-SCRIPTS = ("fig1_architecture", "table_main", "fig2_rank", "table_reasoning", "table_lora_rank", "table_encoder",
-           "table_token_length", "fig3_state_update")
+SCRIPTS = (
+    "fig1_architecture",
+    "table_main",
+    "fig2_rank",
+    "table_reasoning",
+    "table_lora_rank",
+    "table_encoder",
+    "table_token_length",
+    "fig3_state_update",
+)
 
 
 def _preset_rank(prov: object) -> int:
@@ -63,8 +70,8 @@ def gate_file(path: Path, out: Path) -> Path:
 RULES = (
     "Rules. The unit is the training seed: the paired differences of a finding are averaged over LM sizes within "
     "each seed (the runs of one seed share its encoder pretraining), and the per-seed means enter a t-test with "
-    "df = seeds - 1 (scipy.stats.t); effect = their mean with its 95% CI. Tests: `t` (claim \"A beats B\"), "
-    "two-sided; `non-superiority` (claim \"A does not beat B\"): one-sided test of H0 \"difference >= margin\" "
+    'df = seeds - 1 (scipy.stats.t); effect = their mean with its 95% CI. Tests: `t` (claim "A beats B"), '
+    'two-sided; `non-superiority` (claim "A does not beat B"): one-sided test of H0 "difference >= margin" '
     "(significant exactly when the one-sided 95% upper bound is below the margin), held only if also the "
     "one-sided test that A is better is not significant, and did not hold if that test is significant "
     "(Bonferroni over the preset's findings); `TOST`: two one-sided tests against +-margin (equivalence). "
@@ -73,7 +80,7 @@ RULES = (
     "with fewer than two seeds. No verdict is computed from another number of seeds than the preset fixes "
     f"({', '.join(f'{k} {v}' for k, v in stats.FIXED_SEEDS.items())}), so seeds cannot be added after looking, "
     "nor when a run entering a finding does not pass the audio-use gate of `<preset folder>/audio_use.csv` "
-    "(read per LM size and seed; a missing file, run or `passes` value reads \"not measured\"): then the verdict "
+    '(read per LM size and seed; a missing file, run or `passes` value reads "not measured"): then the verdict '
     "says why the finding is not testable, and effect, CI, n and p are still shown."
 )
 
@@ -89,23 +96,33 @@ def findings_markdown(out: Path) -> str:
     for path, prov in provs:
         if not (isinstance(prov, dict) and "experiment" in prov and "preset" in prov):
             continue
-        sizes = list(dict.fromkeys(part.split("=", 1)[1] for label in prov.get("configs", {})
-                                   for part in label.split("/") if part.startswith("lm_size=")))
+        sizes = list(
+            dict.fromkeys(
+                part.split("=", 1)[1] for label in prov.get("configs", {}) for part in label.split("/") if part.startswith("lm_size=")
+            )
+        )
         where = f"{prov['preset']} (seeds {len(prov['seeds'])}" + (f"; LM {', '.join(sizes)})" if sizes else ")")
         for f in recorded_findings(path, prov):
             rows.append((where, prov["experiment"], f))
             by_preset.setdefault(prov["preset"], []).append((f, gate_file(path, out)))
     for preset, entries in by_preset.items():
         stats.judge([f for f, _ in entries], preset, [g for _, g in entries])
-    lines = ["# The paper's findings, checked", "",
-             f"Claims from {paper_numbers.CITATION} (abstract and ablation directions). Written by "
-             "`experiments/run_all.py` from the provenance and CSVs of each experiment.", "", RULES, ""]
+    lines = [
+        "# The paper's findings, checked",
+        "",
+        f"Claims from {paper_numbers.CITATION} (abstract and ablation directions). Written by "
+        "`experiments/run_all.py` from the provenance and CSVs of each experiment.",
+        "",
+        RULES,
+        "",
+    ]
     for key, claim in paper_numbers.FINDINGS.items():
         mine = [(w, e, f) for w, e, f in rows if f.key == key]
         lines += [f"## {claim}", ""]
         if mine:
-            lines += stats.findings_table([f for _, _, f in mine], {"preset": [w for w, _, _ in mine],
-                                                                    "experiment": [f"`{e}`" for _, e, _ in mine]})
+            lines += stats.findings_table(
+                [f for _, _, f in mine], {"preset": [w for w, _, _ in mine], "experiment": [f"`{e}`" for _, e, _ in mine]}
+            )
         else:
             lines.append("Not measured (needs at least two LM sizes or a run of the script that checks it).")
         lines.append("")
@@ -129,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[run_all] {name}: FAILED ({type(e).__name__}: {e})", flush=True)
     s.out.mkdir(parents=True, exist_ok=True)
     (s.out / "findings.md").write_text(findings_markdown(s.out) + "\n")
-    print(f"[run_all] {0 if only else len(SCRIPTS) - len(failed)}/{len(SCRIPTS)} experiments in {time.perf_counter() - started:.0f} s; "
-          f"findings in {s.out / 'findings.md'}" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    print(
+        f"[run_all] {0 if only else len(SCRIPTS) - len(failed)}/{len(SCRIPTS)} experiments in {time.perf_counter() - started:.0f} s; "
+        f"findings in {s.out / 'findings.md'}" + (f"; failed: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     return 1 if failed else 0
 
 

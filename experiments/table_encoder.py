@@ -9,13 +9,13 @@ Compares, for each LM size and seed:
 Paper findings checked: joint finetuning beats a frozen encoder; an encoder finetuned with one SSM
 size works best with that size.
 """
+
 from __future__ import annotations
 
 import pandas as pd
 import seaborn as sns
 
-from lib import common
-from lib import measure
+from lib import common, measure
 
 METRICS = [("classification", "mAP"), ("classification", "accuracy"), ("caption", "CIDEr-D")]
 
@@ -25,21 +25,38 @@ def frozen_changes(s: common.Settings) -> list[str]:
     from sam.train import is_encoder_stage
 
     stages = common.run_config(s).train.stages
-    return [f"train.stages.{i}.trainable=[{', '.join(g for g in st.trainable if g != 'encoder')}]"
-            for i, st in enumerate(stages) if "encoder" in st.trainable and not is_encoder_stage(st)]
+    return [
+        f"train.stages.{i}.trainable=[{', '.join(g for g in st.trainable if g != 'encoder')}]"
+        for i, st in enumerate(stages)
+        if "encoder" in st.trainable and not is_encoder_stage(st)
+    ]
 
 
 def plot(data: pd.DataFrame):
     """The figure from the tidy table (the CSV): frozen vs finetuned bars, and the encoder-swap grid."""
     sizes = common.sizes_in(data)
     fig, axes = common.figure(ncols=2, width=5.2)
-    common.bars(axes[0], data[data.encoder != "swapped"], "classification", "mAP", "lm_size", "encoder", order=sizes,
-                hue_order=["frozen", "finetuned"], title="Jointly finetuned vs frozen encoder", ylabel="mAP (%)")
-    grid = (data[(data.encoder != "frozen") & (data.task == "classification") & (data.metric == "mAP")]
-            .pivot_table(index="encoder_from", columns="lm_size", values="value").loc[sizes, sizes])
+    common.bars(
+        axes[0],
+        data[data.encoder != "swapped"],
+        "classification",
+        "mAP",
+        "lm_size",
+        "encoder",
+        order=sizes,
+        hue_order=["frozen", "finetuned"],
+        title="Jointly finetuned vs frozen encoder",
+        ylabel="mAP (%)",
+    )
+    grid = (
+        data[(data.encoder != "frozen") & (data.task == "classification") & (data.metric == "mAP")]
+        .pivot_table(index="encoder_from", columns="lm_size", values="value")
+        .loc[sizes, sizes]
+    )
     sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", ax=axes[1], cbar_kws={"label": "mAP (%)"})
-    axes[1].set(title="Encoder finetuned with one LM size, used with another",
-                xlabel="LM size (evaluated)", ylabel="encoder finetuned with LM size")
+    axes[1].set(
+        title="Encoder finetuned with one LM size, used with another", xlabel="LM size (evaluated)", ylabel="encoder finetuned with LM size"
+    )
     return fig
 
 
@@ -52,17 +69,25 @@ def swapped(run: measure.Run, donor: measure.Run):
 
 def findings(data: pd.DataFrame) -> list[common.Finding]:
     """The paper's findings this table checks, from its tidy table (the CSV)."""
+
     def per(**where: object) -> pd.Series:
         return common.per_seed(data, "classification", "mAP", **where)
 
-    out = [common.compare("joint_finetuning", per(encoder="finetuned"), per(encoder="frozen"),
-                          "finetuned mAP", "frozen mAP", "%")]
+    out = [common.compare("joint_finetuning", per(encoder="finetuned"), per(encoder="frozen"), "finetuned mAP", "frozen mAP", "%")]
     if len(common.sizes_in(data)) > 1:
         swapped = data[(data.encoder == "swapped") & (data.task == "classification") & (data.metric == "mAP")]
         other = swapped.groupby(["lm_size", "seed"]).value.mean()  # mean over the other sizes' encoders
         matched = per(encoder="finetuned")
-        out.append(common.compare("encoder_matched", matched[matched.index.isin(other.index)], other,
-                                  "matched encoder mAP", "mean of other sizes' encoders", "%"))
+        out.append(
+            common.compare(
+                "encoder_matched",
+                matched[matched.index.isin(other.index)],
+                other,
+                "matched encoder mAP",
+                "mean of other sizes' encoders",
+                "%",
+            )
+        )
     return out
 
 
@@ -77,8 +102,13 @@ def main(argv: list[str] | None = None) -> dict:
     for (size, seed), run in joint.items():
         for source in sizes:
             if source != size:
-                m = measure.evaluate(s, run, measure.stage(run, "stage4"), model=lambda r=run, d=joint[(source, seed)]: swapped(r, d),
-                                     variant=f"audio_tower from {joint[(source, seed)].dir.name}")
+                m = measure.evaluate(
+                    s,
+                    run,
+                    measure.stage(run, "stage4"),
+                    model=lambda r=run, d=joint[(source, seed)]: swapped(r, d),
+                    variant=f"audio_tower from {joint[(source, seed)].dir.name}",
+                )
                 rows += measure.metric_rows(m, **{**run.labels, "encoder": "swapped", "encoder_from": source})
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
@@ -86,11 +116,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = common.summary(data, ["lm_size", "encoder", "encoder_from"], METRICS)
 
-    notes = (f"Percent, mean ± sd over seeds, {common.test_data(s)}. Frozen = the encoder keeps its "
-             "stage-0 weights through stages 1-4. Swapped = a finetuned model evaluated with another size's "
-             "finetuned encoder, no retraining (our protocol). The paper reports only the directions.")
-    return common.write_outputs(s, data, plot(data), table, title="Table 3: encoder frozen, finetuned, swapped across LM sizes",
-                                notes=notes, configs=measure.configs(runs), findings=findings(data))
+    notes = (
+        f"Percent, mean ± sd over seeds, {common.test_data(s)}. Frozen = the encoder keeps its "
+        "stage-0 weights through stages 1-4. Swapped = a finetuned model evaluated with another size's "
+        "finetuned encoder, no retraining (our protocol). The paper reports only the directions."
+    )
+    return common.write_outputs(
+        s,
+        data,
+        plot(data),
+        table,
+        title="Table 3: encoder frozen, finetuned, swapped across LM sizes",
+        notes=notes,
+        configs=measure.configs(runs),
+        findings=findings(data),
+    )
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ Beside MMAU's rule, a second protocol: the choice the model finds most likely as
 the expected form from a model that does not know it. It needs the weights, so runs measured only
 from cached answers (``--cached``) report it as not measured.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from lib import common
-from lib import controls
-from lib import measure
-from lib import paper_numbers
+from lib import common, controls, measure, paper_numbers
 
 STAGES = {"stage4": "without reasoning (stage 4)", "stage5": "with reasoning (stage 5)"}
 
@@ -32,34 +30,87 @@ def plot(data: pd.DataFrame):
     valid = data[(data.category == "all") & (data.metric == "valid_choice_rate")]
     likely = data[(data.category == "all") & data.metric.isin(["likelihood_accuracy", "likelihood_accuracy_other_audio"])]
     fig, axes = common.figure(ncols=2 + bool(len(valid)) + bool(len(likely)), width=5.4)
-    common.bars(axes[0], data[data.category == "all"], "reasoning", "accuracy", "lm_size", "stage", order=sizes,
-                hue_order=order, title="Multiple-choice accuracy before / after the reasoning stage", ylabel="accuracy (%)")
-    common.bars(axes[1], data[(data.category != "all") & (data.lm_size == sizes[-1])], "reasoning", "accuracy",
-                "category", "stage", hue_order=order, title=f"By question category ({sizes[-1]} LM)", ylabel="accuracy (%)")
+    common.bars(
+        axes[0],
+        data[data.category == "all"],
+        "reasoning",
+        "accuracy",
+        "lm_size",
+        "stage",
+        order=sizes,
+        hue_order=order,
+        title="Multiple-choice accuracy before / after the reasoning stage",
+        ylabel="accuracy (%)",
+    )
+    common.bars(
+        axes[1],
+        data[(data.category != "all") & (data.lm_size == sizes[-1])],
+        "reasoning",
+        "accuracy",
+        "category",
+        "stage",
+        hue_order=order,
+        title=f"By question category ({sizes[-1]} LM)",
+        ylabel="accuracy (%)",
+    )
     axes[1].tick_params(axis="x", rotation=20)
     if len(valid):
-        common.bars(axes[2], valid, "reasoning", "valid_choice_rate", "lm_size", "stage", order=sizes, hue_order=order,
-                    title="Answers that pick exactly one choice", ylabel="share of questions (%)")
+        common.bars(
+            axes[2],
+            valid,
+            "reasoning",
+            "valid_choice_rate",
+            "lm_size",
+            "stage",
+            order=sizes,
+            hue_order=order,
+            title="Answers that pick exactly one choice",
+            ylabel="share of questions (%)",
+        )
     if len(likely):
-        audio = likely.assign(stage=likely.stage + likely.metric.map({"likelihood_accuracy": "", "likelihood_accuracy_other_audio": ", other audio"}),
-                              metric="likelihood_accuracy")
-        common.bars(axes[-1], audio, "reasoning", "likelihood_accuracy", "lm_size", "stage", order=sizes,
-                    hue_order=[f"{o}{a}" for o in order for a in ("", ", other audio") if f"{o}{a}" in set(audio.stage)],
-                    title="Most likely choice (likelihood protocol), own vs other audio", ylabel="accuracy (%)")
+        audio = likely.assign(
+            stage=likely.stage + likely.metric.map({"likelihood_accuracy": "", "likelihood_accuracy_other_audio": ", other audio"}),
+            metric="likelihood_accuracy",
+        )
+        common.bars(
+            axes[-1],
+            audio,
+            "reasoning",
+            "likelihood_accuracy",
+            "lm_size",
+            "stage",
+            order=sizes,
+            hue_order=[f"{o}{a}" for o in order for a in ("", ", other audio") if f"{o}{a}" in set(audio.stage)],
+            title="Most likely choice (likelihood protocol), own vs other audio",
+            ylabel="accuracy (%)",
+        )
     return fig
 
 
 def findings(data: pd.DataFrame) -> list[common.Finding]:
     """The paper's findings this table checks, from its tidy table (the CSV)."""
     overall, order = data[data.category == "all"], list(STAGES.values())
-    out = [common.compare("reasoning", common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
-                          common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
-                          "with reasoning stage", "without", "%")]
+    out = [
+        common.compare(
+            "reasoning",
+            common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
+            common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
+            "with reasoning stage",
+            "without",
+            "%",
+        )
+    ]
     if (overall.metric == "likelihood_accuracy").any():  # the second protocol, where the weights were measured
-        out.append(common.compare("reasoning", common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[1]),
-                                  common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[0]),
-                                  "most likely choice (likelihood protocol, not the paper's) with reasoning stage",
-                                  "without", "%"))
+        out.append(
+            common.compare(
+                "reasoning",
+                common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[1]),
+                common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[0]),
+                "most likely choice (likelihood protocol, not the paper's) with reasoning stage",
+                "without",
+                "%",
+            )
+        )
     return out
 
 
@@ -89,39 +140,74 @@ def main(argv: list[str] | None = None) -> dict:
             for suffix, other in (("", False), ("_other_audio", True)):
                 lk = measure.choice_likelihood(s, run, checkpoint, other_audio=other)
                 if lk is not None:
-                    rows += [dict(**run.labels, stage=label, category="all", task="reasoning", metric=f"likelihood_{k}{suffix}",
-                                  value=100 * lk[k], **{b: 100 * lk.get(b, float("nan")) for b in ("chance", "uniform", "prior")},
-                                  **dict(zip(("ci_low", "ci_high"), 100 * np.asarray(lk.get("ci", {}).get(k, (np.nan, np.nan)), float))))
-                             for k in ("accuracy", "accuracy_per_token")]
+                    rows += [
+                        dict(
+                            **run.labels,
+                            stage=label,
+                            category="all",
+                            task="reasoning",
+                            metric=f"likelihood_{k}{suffix}",
+                            value=100 * lk[k],
+                            **{b: 100 * lk.get(b, float("nan")) for b in ("chance", "uniform", "prior")},
+                            **dict(zip(("ci_low", "ci_high"), 100 * np.asarray(lk.get("ci", {}).get(k, (np.nan, np.nan)), float))),
+                        )
+                        for k in ("accuracy", "accuracy_per_token")
+                    ]
             by_category = m["reasoning"]["by"].get("category", {}) if m else {}
             base = category_baselines(run) if by_category else {}
             for cat, g in by_category.items():
-                rows.append(dict(**run.labels, stage=label, category=cat, task="reasoning", metric="accuracy",
-                                 value=100 * g["accuracy"], **base[cat]))
+                rows.append(
+                    dict(
+                        **run.labels, stage=label, category=cat, task="reasoning", metric="accuracy", value=100 * g["accuracy"], **base[cat]
+                    )
+                )
     if s.defer_scoring:
         return measure.deferred(s, len(runs))
     data = pd.DataFrame(rows)
     overall = data[data.category == "all"]
 
-    table = common.summary(overall, ["lm_size", "stage"],
-                           [("reasoning", m) for m in ("accuracy", "accuracy_other_audio", "accuracy_audio_use", "valid_choice_rate", "accuracy_among_valid",
-                                                       "likelihood_accuracy", "likelihood_accuracy_other_audio",
-                                                       "likelihood_accuracy_per_token")])
-    paper = pd.DataFrame([{"model": paper_numbers.paper_label(k), "MMAU-Sound accuracy (%)": v}
-                          for k, v in paper_numbers.MMAU_SOUND.items()])
-    notes = ("Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
-             "MMAU's string-match rule, mean ± sd over seeds, chance = the larger of uniform (1 / choices) and the best single-answer prior on the same questions (prior: per question type always the most frequent answer, or always one choice position). valid_choice_rate: answers that pick "
-             "exactly one choice under that rule (the others name none, or several, and count as wrong); "
-             "accuracy_among_valid: the accuracy over those answers (chance as overall). likelihood_accuracy: a second protocol, "
-             "not the paper's: the choice whose text, as the response, the model finds most likely (summed log-probability; "
-             "_per_token: per-token mean), measured from the weights; n/a where only cached answers were available (the "
-             "weights were not kept). likelihood_accuracy_other_audio: the same with every question asked about another "
-             "test scene's audio, the control: what the question text and answer priors give without listening. "
-             "accuracy_other_audio / accuracy_audio_use: the same control under MMAU's rule (own minus other audio; its "
-             "95% CI over test clips in the CSV). Paper: MMAU test-mini, Sound subset.")
-    return common.write_outputs(s, data, plot(data), {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
-                                title="Table 5: reasoning supervision and multiple-choice accuracy", notes=notes,
-                                configs=measure.configs(runs), findings=findings(data))
+    table = common.summary(
+        overall,
+        ["lm_size", "stage"],
+        [
+            ("reasoning", m)
+            for m in (
+                "accuracy",
+                "accuracy_other_audio",
+                "accuracy_audio_use",
+                "valid_choice_rate",
+                "accuracy_among_valid",
+                "likelihood_accuracy",
+                "likelihood_accuracy_other_audio",
+                "likelihood_accuracy_per_token",
+            )
+        ],
+    )
+    paper = pd.DataFrame(
+        [{"model": paper_numbers.paper_label(k), "MMAU-Sound accuracy (%)": v} for k, v in paper_numbers.MMAU_SOUND.items()]
+    )
+    notes = (
+        "Ours: 4-choice questions generated from the test scenes' metadata (MMAU's JSON shape and categories), "
+        "MMAU's string-match rule, mean ± sd over seeds, chance = the larger of uniform (1 / choices) and the best single-answer prior on the same questions (prior: per question type always the most frequent answer, or always one choice position). valid_choice_rate: answers that pick "
+        "exactly one choice under that rule (the others name none, or several, and count as wrong); "
+        "accuracy_among_valid: the accuracy over those answers (chance as overall). likelihood_accuracy: a second protocol, "
+        "not the paper's: the choice whose text, as the response, the model finds most likely (summed log-probability; "
+        "_per_token: per-token mean), measured from the weights; n/a where only cached answers were available (the "
+        "weights were not kept). likelihood_accuracy_other_audio: the same with every question asked about another "
+        "test scene's audio, the control: what the question text and answer priors give without listening. "
+        "accuracy_other_audio / accuracy_audio_use: the same control under MMAU's rule (own minus other audio; its "
+        "95% CI over test clips in the CSV). Paper: MMAU test-mini, Sound subset."
+    )
+    return common.write_outputs(
+        s,
+        data,
+        plot(data),
+        {f"Ours ({common.test_data(s)})": table, "Paper (reported)": paper},
+        title="Table 5: reasoning supervision and multiple-choice accuracy",
+        notes=notes,
+        configs=measure.configs(runs),
+        findings=findings(data),
+    )
 
 
 if __name__ == "__main__":

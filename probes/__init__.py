@@ -10,6 +10,7 @@ Works on SAM, `sam.model.lm.MambaLM`, mamba_ssm's `MambaLMHeadModel` and transfo
 
 This package imports nothing from `sam`.
 """
+
 from .hooks import ActivationCache, expand_sites, hooked, run_with_cache, site_names
 from .rank import effective_rank, stable_rank, tau_effective_rank, windowed_tau_rank
 from .similarity import token_similarity

@@ -21,6 +21,7 @@ an attention mask's non-padding region, or the whole sequence), so `cache.tokens
 audio tokens of each clip. Hooks only read: they never return a value or modify a tensor, so a
 hooked forward equals an unhooked one bit for bit. This module must never import `sam`.
 """
+
 from __future__ import annotations
 
 import re
@@ -141,7 +142,10 @@ def resolve_sites(model: nn.Module, names: Names = None) -> dict[str, Site]:
         if name in set(paths):
             return by_path(name)
         close = [n for n in list(stable) + paths if name.split(".")[0] in n][:8]
-        raise KeyError(f"unknown probe site {name!r} for {type(model).__name__}; stable names here include {sorted(stable)[:12]}" + (f"; similar: {close}" if close else ""))
+        raise KeyError(
+            f"unknown probe site {name!r} for {type(model).__name__}; stable names here include {sorted(stable)[:12]}"
+            + (f"; similar: {close}" if close else "")
+        )
 
     if names is None:
         return dict(stable)
@@ -247,7 +251,9 @@ def hooked(
 
     def on_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not first_inputs:
-            first_inputs.append(args[0] if takes_batch(model) and args else (dict(kwargs) if kwargs else args[0] if len(args) == 1 else args))
+            first_inputs.append(
+                args[0] if takes_batch(model) and args else (dict(kwargs) if kwargs else args[0] if len(args) == 1 else args)
+            )
 
     try:
         handles.append(model.register_forward_pre_hook(on_call, with_kwargs=True))
@@ -267,7 +273,10 @@ def hooked(
         else:
             cache.silent.append(name)
     if cache.silent:
-        warnings.warn(f"probe sites {cache.silent} never ran during the forward (their module's forward was not called), so they are not in the cache", stacklevel=3)
+        warnings.warn(
+            f"probe sites {cache.silent} never ran during the forward (their module's forward was not called), so they are not in the cache",
+            stacklevel=3,
+        )
     seq = next((cache[n] for n, s in sites.items() if s.sequence and n in cache), None)
     if seq is not None and seq.dim() >= 2:
         cache.spans = resolve_spans(model, first_inputs[0] if first_inputs else None, span, seq.shape[0], seq.shape[1])
@@ -294,5 +303,3 @@ def run_with_cache(
 def site_names(model: nn.Module) -> list[str]:
     """The stable probe names `model` supports, in order."""
     return list(stable_sites(model))
-
-

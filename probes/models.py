@@ -10,6 +10,7 @@ Supported layouts (all found through `named_modules()`, so peft/LoRA wrappers ar
 Also how to call a model on `inputs` and which token span of each sequence is audio. This module
 must never import `sam` or `mamba_ssm`, and never change a model.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -57,7 +58,9 @@ def mamba2_mixers(model: nn.Module, layers: Sequence[int] | None = None) -> list
         mixer = backbone.layers[i].mixer
         if not is_mamba2_mixer(mixer):
             if layers is not None:
-                raise ValueError(f"layer {i} ({type(mixer).__name__}) is not a Mamba-2 mixer (needs in_proj, conv1d, dt_bias, per-head A_log)")
+                raise ValueError(
+                    f"layer {i} ({type(mixer).__name__}) is not a Mamba-2 mixer (needs in_proj, conv1d, dt_bias, per-head A_log)"
+                )
             continue
         out.append((i, join(path, "layers", str(i), "mixer"), mixer))
     if not out:

@@ -5,6 +5,7 @@ rows; seaborn's bootstrap would be slow), draws onto `ax` (or a new figure) and 
 Saving and styling of whole figures belong to the experiment scripts. This module must never
 compute a measure or run a model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

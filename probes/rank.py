@@ -14,15 +14,14 @@ every measure: it spans no direction. Singular values below a round-off floor re
 uncentred tokens' norm count as zero, so identical tokens give exactly 0 after centring and a
 rank-1 set gives exactly 1. This module only measures; it must never run a model or keep state.
 """
-from __future__ import annotations
 
-from typing import Union
+from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import Tensor
 
-ArrayLike = Union[Tensor, np.ndarray]
+ArrayLike = Tensor | np.ndarray
 # Spectrum entries this far (relative, times max(N, d)) below the uncentred tokens' norm are
 # round-off: centring identical float64 tokens can leave ~1e-17 residues.
 _ROUNDOFF = float(torch.finfo(torch.float64).eps)

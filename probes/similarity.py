@@ -6,6 +6,7 @@ the full similarity matrix. A zero token has cosine 0 with every other token (th
 scikit-learn's `cosine_similarity`, which the tests compare against), so zero rows never give NaN.
 Computed in float64. This module only measures; it must never run a model or keep state.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ tau measure), value, tokens, dim.
 Experiments add their own columns (model size, training stage, layout) before concatenating. This
 module must never run a model.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,11 +54,18 @@ def _rows_for(site: str, clips: list[torch.Tensor], taus: Sequence[float], cente
     for (measure, tau), vals in values.items():
         for clip, value in enumerate(vals):
             n, d = clips[clip].shape
-            yield dict(site=site, part=site_part(site), layer=site_layer(site), clip=clip, measure=measure, tau=tau, value=value, tokens=n, dim=d)
+            yield dict(
+                site=site, part=site_part(site), layer=site_layer(site), clip=clip, measure=measure, tau=tau, value=value, tokens=n, dim=d
+            )
 
 
-def token_measures(cache: ActivationCache, names: Sequence[str] | None = None, taus: Sequence[float] = (0.9, 0.95, 0.99),
-                   center: bool = True, window: int | None = None) -> pd.DataFrame:
+def token_measures(
+    cache: ActivationCache,
+    names: Sequence[str] | None = None,
+    taus: Sequence[float] = (0.9, 0.95, 0.99),
+    center: bool = True,
+    window: int | None = None,
+) -> pd.DataFrame:
     """Rank and similarity of each clip's audio tokens at each cached site (default: all of them);
     with `window`, also the rank over contiguous windows of that many tokens (`windowed_tau_rank`),
     which compares sites or layouts of different lengths at one length."""

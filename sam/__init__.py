@@ -1,5 +1,6 @@
 """SAM: a Mamba-2 state-space audio-language model. `sam.SAM` is imported lazily so that light
 modules (`sam.config`, `sam.prompt`) stay cheap to import; this file must never import torch eagerly."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -20,6 +20,7 @@ pattern that matches a checkpoint path being written, the writer stops halfway t
 temporary file for ``SAM_CHECKPOINT_FAULT_SECONDS`` (default 600) seconds, so a test can kill the
 process in the middle of a write.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -30,8 +31,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -141,8 +143,10 @@ def _why_unloadable(e: BaseException) -> tuple[str, bool]:
     text = str(e)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if isinstance(e, pickle.UnpicklingError) and found:
-        return (f"holds Python objects ({found.group(1)}) that cannot be loaded safely; only tensors and plain "
-                "containers are accepted (a checkpoint of an older format, or not one written by sam)"), True
+        return (
+            f"holds Python objects ({found.group(1)}) that cannot be loaded safely; only tensors and plain "
+            "containers are accepted (a checkpoint of an older format, or not one written by sam)"
+        ), True
     first = next((line.strip() for line in text.splitlines() if line.strip() and "Weights only load failed" not in line), "")
     return f"not a readable checkpoint, truncated or damaged ({type(e).__name__}{': ' + first[:120] if first else ''})", False
 

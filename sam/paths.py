@@ -4,6 +4,7 @@ A manifest row or archive entry is data from disk, not an instruction: its path 
 the folder it is relative to. `confined` rejects absolute paths, `..` parts and symbolic links
 that lead out of the root, so a crafted manifest can neither read nor write outside it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath

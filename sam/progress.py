@@ -6,6 +6,7 @@ line per `interval` seconds, and at the start and the end:
 so a job that runs for hours is never silent in its log. Where a run folder exists, the same lines
 are appended to a log file in it. ``SAM_PROGRESS_SECONDS`` sets the interval (default 30).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,17 @@ def _clock(seconds: float) -> str:
 class Progress:
     """Counts `total` units of work named `what`; a bar on a TTY, timed plain lines otherwise."""
 
-    def __init__(self, what: str, total: int, unit: str = "steps", initial: int = 0, enabled: bool = True,
-                 log: str | Path | None = None, interval: float | None = None, stream: Any = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str = "steps",
+        initial: int = 0,
+        enabled: bool = True,
+        log: str | Path | None = None,
+        interval: float | None = None,
+        stream: Any = None,
+    ) -> None:
         self.what, self.total, self.unit, self.done, self.start = what, total, unit, initial, initial
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
@@ -39,8 +49,9 @@ class Progress:
         if enabled and tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=what, unit=unit.rstrip("s") or unit, file=self.stream,
-                            dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=what, unit=unit.rstrip("s") or unit, file=self.stream, dynamic_ncols=True, leave=False
+            )
         self._line(force=True, console=enabled and self.bar is None)
 
     def line(self) -> str:
@@ -75,7 +86,7 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(**values)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

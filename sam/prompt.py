@@ -5,6 +5,7 @@ tokens come first (they are embeddings, not ids, and are inserted by `sam.model.
 response tokens and the final eos carry loss. Training collate and `SAM.generate` both build
 prompts here, so the two can never disagree.
 """
+
 from __future__ import annotations
 
 from typing import Any

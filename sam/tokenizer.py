@@ -5,10 +5,11 @@ the cpu/gpu presets train a small byte-level BPE on the corpus' own captions and
 back as `PreTrainedTokenizerFast` with eos and pad set, and `train_bpe` writes a directory that
 `load_tokenizer` reads. This module never downloads anything: paths are local only.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -58,7 +59,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path | None 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN], initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN], initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=PAD_TOKEN)
     if out_dir is not None:

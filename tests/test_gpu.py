@@ -4,6 +4,7 @@ They prove that the mamba_ssm Triton path and the PyTorch path are the same mode
 and gradients from the same parameters, exact left padding, cached decoding equal to the parallel
 forward, and probes that read the states the kernel path produces.
 """
+
 from __future__ import annotations
 
 import copy
@@ -266,7 +267,12 @@ def test_cuda_graphed_train_step_equals_eager() -> None:
         mask = torch.ones_like(ids)
         mask[1, width - 3 :] = 0  # right padding, as collate makes it
         labels[1, width - 3 :] = IGNORE_INDEX
-        return {"fbank": torch.randn(2, audio.target_frames, audio.num_mel_bins, generator=g), "input_ids": ids, "labels": labels, "attention_mask": mask}
+        return {
+            "fbank": torch.randn(2, audio.target_frames, audio.num_mel_bins, generator=g),
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+        }
 
     batches = [batch(9), batch(13), batch(9)]
     dist = Dist(device=torch.device("cuda"))
@@ -338,7 +344,12 @@ def test_compiled_blocks_give_eager_gradients(precision: str, graphed: bool) -> 
     mask[1, 27:] = 0  # right padding, as collate makes it
     labels[1, 27:] = IGNORE_INDEX
     audio = exp.model.audio
-    batch = {"fbank": torch.randn(4, audio.target_frames, audio.num_mel_bins, generator=g), "input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {
+        "fbank": torch.randn(4, audio.target_frames, audio.num_mel_bins, generator=g),
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+    }
     batch = {k: v.cuda() for k, v in batch.items()}
 
     def grads(model: SAM, graphs: CudaGraphs | None) -> tuple[float, dict[str, torch.Tensor]]:
@@ -401,7 +412,10 @@ def test_ddp_and_fsdp_on_two_gpus_match_one_gpu(tmp_path) -> None:
         got[name] = weights(finish_run(train_cli(tmp_path / f"{name}.yaml", tmp_path / name, torchrun=procs, device="cuda")) / "model")
     one = got["one"]
     moved = {k: (one[k].float() - start[k].float()).abs() for k in one if k in start}
-    top, mean = max(float(m.max()) for m in moved.values()), sum(float(m.sum()) for m in moved.values()) / sum(m.numel() for m in moved.values())
+    top, mean = (
+        max(float(m.max()) for m in moved.values()),
+        sum(float(m.sum()) for m in moved.values()) / sum(m.numel() for m in moved.values()),
+    )
     assert top > 0
     for name in ("ddp", "fsdp"):
         assert got[name].keys() == one.keys()
@@ -410,6 +424,8 @@ def test_ddp_and_fsdp_on_two_gpus_match_one_gpu(tmp_path) -> None:
         n = sum(d.numel() for d in dev.values())
         avg = sum(float(d.sum()) for d in dev.values()) / n
         flipped = sum(int((d > 0.1 * top).sum()) for d in dev.values()) / n
-        print(f"{name}: mean deviation {avg:.2e} (mean update {mean:.2e}), max {worst:.2e} (largest update {top:.2e}), "
-              f"share above 10% of the largest update {flipped:.1e}")
+        print(
+            f"{name}: mean deviation {avg:.2e} (mean update {mean:.2e}), max {worst:.2e} (largest update {top:.2e}), "
+            f"share above 10% of the largest update {flipped:.1e}"
+        )
         assert avg <= 0.01 * mean and flipped <= 1e-3, (name, avg, mean, worst, top, flipped)

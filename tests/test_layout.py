@@ -133,7 +133,9 @@ def test_no_import_cycles() -> None:
 
 @pytest.mark.parametrize("folder", SIZE_CHECKED)
 def test_no_module_over_500_lines(folder: str) -> None:
-    long = {str(p.relative_to(REPO)): n for p in sorted((REPO / folder).rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(REPO)): n for p in sorted((REPO / folder).rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 

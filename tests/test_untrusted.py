@@ -1,5 +1,6 @@
 """Files from disk are untrusted: crafted archives, checkpoints and run folders can neither write
 outside their root nor run code, and damaged ones are named in a one-line error."""
+
 from __future__ import annotations
 
 import io
@@ -30,10 +31,12 @@ def _archive(path: Path, clip_path: str) -> Path:
     wave, row = _real_clip()
     row = {**row, "path": clip_path}
     with tarfile.open(path, "w") as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
         add("corpus/manifest.jsonl", (json.dumps(row) + "\n").encode())
         add("corpus/classes.json", b"{}")
         add("corpus/report.json", b"{}")

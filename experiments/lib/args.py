@@ -4,14 +4,15 @@ The flags: `--preset`, `--out`, `--seeds`, `--runs`, the paper preset's local pa
 front, all missing ones named in one message), the LM sizes, and the options of the run cache and
 of parallel measurement. `Settings` is what one invocation was asked to do.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -78,34 +79,77 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
     with one message listing all that are missing."""
     p = argparse.ArgumentParser(prog=f"{name}.py", description=description.strip().splitlines()[0])
     p.add_argument("--preset", choices=PRESETS, default=None, help="smoke | cpu | gpu | paper (default: gpu with CUDA, else cpu)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: figures/ for the cpu preset, figures/<preset>/ for the others)")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the preset's fixed count, 1 smoke/paper, 3 cpu/gpu; verdicts are only computed from that count)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: figures/ for the cpu preset, figures/<preset>/ for the others)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="training seeds 0..N-1 (default: the preset's fixed count, 1 smoke/paper, 3 cpu/gpu; verdicts are only computed from that count)",
+    )
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="trained-run cache shared by all scripts (default: runs/)")
-    p.add_argument("--sizes", default=None, metavar="SIZE[,SIZE...]",
-                   help="LM sizes to run, a subset of the preset's (default: all of them, e.g. small,medium,large)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every run, e.g. --set train.stages.0.steps=50")
-    p.add_argument("--defer-scoring", action="store_true",
-                   help="train, generate and probe (all cached under --runs), but score no generated text and write no "
-                        "outputs: for a GPU machine without the text scorers (MiniLM, Java); finish with --cached")
-    p.add_argument("--cached", choices=("cpu", "cuda"), default=None, metavar="DEVICE",
-                   help="build the outputs from the run cache's records of runs trained on DEVICE (cpu | cuda) and their "
-                        "cached answers and probe rows: never trains, never loads weights, scores cached answers; "
-                        "see experiments/export_measurements.py")
-    p.add_argument("--train-procs", type=int, default=1, metavar="N",
-                   help="train each missing run with torchrun over N processes (one per GPU on CUDA, gloo on CPU; DDP "
-                        "matches one process at the same global batch), then measure it in this process")
-    p.add_argument("--parallel-runs", type=int, default=1, metavar="N",
-                   help="train the runs the cache lacks N at a time, each by `sam train` in its own process (one GPU "
-                        "each on CUDA, the CPU cores split between them on CPU), then generate and probe in N processes "
-                        "likewise (each its share of the items, --measure-shard), and score and write in this one")
-    p.add_argument("--probe-runs", type=Path, default=None, metavar="DIR",
-                   help="with --cached: read the probe rows from this run cache instead of --runs, for probes measured "
-                        "on a second training of the same configs (the outputs say so); answers still come from --runs")
-    p.add_argument("--measure-shard", default=None, metavar="I/N",
-                   help="with --defer-scoring: generate and probe only the uncached items of share I of N (0-based); "
-                        "--parallel-runs N launches these workers itself, one per GPU, after training")
+    p.add_argument(
+        "--sizes",
+        default=None,
+        metavar="SIZE[,SIZE...]",
+        help="LM sizes to run, a subset of the preset's (default: all of them, e.g. small,medium,large)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every run, e.g. --set train.stages.0.steps=50",
+    )
+    p.add_argument(
+        "--defer-scoring",
+        action="store_true",
+        help="train, generate and probe (all cached under --runs), but score no generated text and write no "
+        "outputs: for a GPU machine without the text scorers (MiniLM, Java); finish with --cached",
+    )
+    p.add_argument(
+        "--cached",
+        choices=("cpu", "cuda"),
+        default=None,
+        metavar="DEVICE",
+        help="build the outputs from the run cache's records of runs trained on DEVICE (cpu | cuda) and their "
+        "cached answers and probe rows: never trains, never loads weights, scores cached answers; "
+        "see experiments/export_measurements.py",
+    )
+    p.add_argument(
+        "--train-procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train each missing run with torchrun over N processes (one per GPU on CUDA, gloo on CPU; DDP "
+        "matches one process at the same global batch), then measure it in this process",
+    )
+    p.add_argument(
+        "--parallel-runs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train the runs the cache lacks N at a time, each by `sam train` in its own process (one GPU "
+        "each on CUDA, the CPU cores split between them on CPU), then generate and probe in N processes "
+        "likewise (each its share of the items, --measure-shard), and score and write in this one",
+    )
+    p.add_argument(
+        "--probe-runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --cached: read the probe rows from this run cache instead of --runs, for probes measured "
+        "on a second training of the same configs (the outputs say so); answers still come from --runs",
+    )
+    p.add_argument(
+        "--measure-shard",
+        default=None,
+        metavar="I/N",
+        help="with --defer-scoring: generate and probe only the uncached items of share I of N (0-based); "
+        "--parallel-runs N launches these workers itself, one per GPU, after training",
+    )
     for key, (what, _) in PAPER_INPUTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=Path, default=None, help=f"paper preset: {what}")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -120,8 +164,10 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
         sizes = [z.strip() for z in args.sizes.split(",") if z.strip()]
         bad = [z for z in sizes if z not in known]
         if bad or not sizes:
-            p.error(f"--sizes {args.sizes!r}: the {args.preset} preset has LM sizes {', '.join(known)}"
-                    + (f"; unknown: {', '.join(bad)}" if bad else ""))
+            p.error(
+                f"--sizes {args.sizes!r}: the {args.preset} preset has LM sizes {', '.join(known)}"
+                + (f"; unknown: {', '.join(bad)}" if bad else "")
+            )
         sizes = [z for z in known if z in sizes]  # the preset's order, smallest first
     if args.train_procs < 1:
         p.error(f"--train-procs must be at least 1, got {args.train_procs}")
@@ -150,9 +196,23 @@ def parse_args(name: str, description: str, needs: Sequence[str] = (), argv: Seq
             p.error(f"the paper preset of {name} needs these local inputs:\n  " + "\n  ".join(missing))
     # Each preset writes its own folder, so a quick smoke run never overwrites the committed cpu results.
     out = args.out if args.out is not None else REPO / "figures" / ("" if args.preset == "cpu" else args.preset)
-    return Settings(name, args.preset, out, list(range(seeds)), args.runs, args.overrides, paths,
-                    [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)], sizes,
-                    args.defer_scoring, args.cached, args.train_procs, args.probe_runs, args.parallel_runs, shard)
+    return Settings(
+        name,
+        args.preset,
+        out,
+        list(range(seeds)),
+        args.runs,
+        args.overrides,
+        paths,
+        [Path(sys.argv[0]).name if argv is None else f"{name}.py", *(sys.argv[1:] if argv is None else argv)],
+        sizes,
+        args.defer_scoring,
+        args.cached,
+        args.train_procs,
+        args.probe_runs,
+        args.parallel_runs,
+        shard,
+    )
 
 
 def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) -> list[str]:
@@ -166,8 +226,11 @@ def missing_paper_inputs(paths: dict[str, Path | None], needs: Sequence[str]) ->
         elif not path.exists() or (kind == "file" and not path.is_file()) or (kind == "dir" and not path.is_dir()):
             lines.append(f"{flag} {path}: no such {'path' if kind == 'any' else kind} ({what})")
         elif key == "mamba_checkpoints":
-            lines += [f"{flag} {path}: lacks {path / ('mamba2-' + n)}/config.json"
-                      for n in paper_numbers.LM_PARAMS if not (path / f"mamba2-{n}" / "config.json").is_file()]
+            lines += [
+                f"{flag} {path}: lacks {path / ('mamba2-' + n)}/config.json"
+                for n in paper_numbers.LM_PARAMS
+                if not (path / f"mamba2-{n}" / "config.json").is_file()
+            ]
     return lines
 
 
@@ -234,8 +297,11 @@ def paper_test_json(s: Settings) -> Path:
     from sam.data import readers
 
     # The files each input's reader reads (their versions key the written JSON).
-    files = {"audioset": lambda p: [p / "eval_segments.csv", p / "class_labels_indices.csv"],
-             "audiocaps": lambda p: [p / "test.csv"], "mmau": lambda p: [p]}
+    files = {
+        "audioset": lambda p: [p / "eval_segments.csv", p / "class_labels_indices.csv"],
+        "audiocaps": lambda p: [p / "test.csv"],
+        "mmau": lambda p: [p],
+    }
     given = {k: files[k](s.paths[k]) for k in PAPER_TEST_SETS if s.paths[k] is not None}
     key = config_hash({k: [[str(f.resolve()), f.stat().st_mtime_ns if f.exists() else None] for f in fs] for k, fs in given.items()})
     path = s.runs / "paper-test" / f"{key}.json"

@@ -11,16 +11,17 @@ test clips of own - other ("audio use"; the same resampled clips for both condit
 `control_rows` turns it into tidy rows named `<metric>_other_audio` and `<metric>_audio_use` (the
 difference), with the CI in ci_low / ci_high, beside the script's own rows of `<metric>`.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import common
-from . import measure
+from . import common, measure
 
 CAPTION_METRICS = ("CIDEr-D", "ROUGE_L")
 
@@ -34,8 +35,8 @@ def _scores(run: measure.Run, texts: list[Any], names: list[str]) -> np.ndarray:
 
 def _classification(run: measure.Run, own: pd.DataFrame, other: pd.DataFrame) -> dict[str, tuple]:
     """{metric: (per-condition statistic of row indices, n, groups)} for classification."""
-    from sam.eval.baselines import fast_map
     from sam.data.types import label_matrix
+    from sam.eval.baselines import fast_map
     from sam.eval.metrics import top_k_predictions
 
     cls = measure.test_examples(run.cfg, ["classification"])
@@ -50,7 +51,7 @@ def _classification(run: measure.Run, own: pd.DataFrame, other: pd.DataFrame) ->
         pred = top_k_predictions(s, k)
         tp, fp, fn = (pred & y).sum(1), (pred & (1 - y)).sum(1), ((1 - pred) & y).sum(1)
         out["mAP"].append(lambda i, s=s: 100 * fast_map(y[i], s[i]))
-        out["accuracy"].append(lambda i, h=hits: 100 * float(h[i][labelled[i]].mean()) if labelled[i].any() else math.nan)
+        out["accuracy"].append(lambda i, h=hits, lab=labelled: 100 * float(h[i][lab[i]].mean()) if lab[i].any() else math.nan)
         out["micro_f1"].append(lambda i, a=tp, b=fp, c=fn: 100 * float(2 * a[i].sum() / max(1, 2 * a[i].sum() + b[i].sum() + c[i].sum())))
     return {m: (f, len(ids), None) for m, f in out.items()}
 

@@ -12,13 +12,26 @@ For each LM size and seed, on the preset's test scenes, at the run's final stage
 A rule that needs a number that was not measured reads passes = None (empty in the CSV) with a note,
 unless a measured part already fails it (then False).
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
-COLUMNS = ("lm_size", "seed", "metric", "own", "other_audio", "random_baseline", "probe_ceiling", "gate", "passes",
-           "ci_low", "ci_high", "note")
+COLUMNS = (
+    "lm_size",
+    "seed",
+    "metric",
+    "own",
+    "other_audio",
+    "random_baseline",
+    "probe_ceiling",
+    "gate",
+    "passes",
+    "ci_low",
+    "ci_high",
+    "note",
+)
 G1_FRACTION = {"gpu": 0.6, "cpu": 0.4, "smoke": 0.4, "paper": 0.6}
 G1_MARGIN = {"gpu": 10.0, "cpu": 5.0, "smoke": 5.0, "paper": 10.0}
 G2_MAP, G2_CIDER = 5.0, 10.0
@@ -67,13 +80,33 @@ def g3(preset: str, own: float, diff: float | None) -> tuple[bool | None, str, s
     return _all(parts), rule, note
 
 
-def row(lm_size: Any, seed: Any, metric: str, own: float, gate_result: tuple[bool | None, str, str], *,
-        other_audio: float | None = None, random_baseline: float | None = None, probe_ceiling: float | None = None,
-        ci: tuple[float, float] = (math.nan, math.nan), note: str = "") -> dict[str, Any]:
+def row(
+    lm_size: Any,
+    seed: Any,
+    metric: str,
+    own: float,
+    gate_result: tuple[bool | None, str, str],
+    *,
+    other_audio: float | None = None,
+    random_baseline: float | None = None,
+    probe_ceiling: float | None = None,
+    ci: tuple[float, float] = (math.nan, math.nan),
+    note: str = "",
+) -> dict[str, Any]:
     """One row of audio_use.csv (COLUMNS); `ci` is the 95% CI of own - other audio."""
     passes, rule, why = gate_result
     nan = math.nan
-    return dict(lm_size=lm_size, seed=seed, metric=metric, own=own, other_audio=nan if other_audio is None else other_audio,
-                random_baseline=nan if random_baseline is None else random_baseline,
-                probe_ceiling=nan if probe_ceiling is None else probe_ceiling, gate=rule, passes=passes,
-                ci_low=ci[0], ci_high=ci[1], note="; ".join(x for x in (why, note) if x))
+    return dict(
+        lm_size=lm_size,
+        seed=seed,
+        metric=metric,
+        own=own,
+        other_audio=nan if other_audio is None else other_audio,
+        random_baseline=nan if random_baseline is None else random_baseline,
+        probe_ceiling=nan if probe_ceiling is None else probe_ceiling,
+        gate=rule,
+        passes=passes,
+        ci_low=ci[0],
+        ci_high=ci[1],
+        note="; ".join(x for x in (why, note) if x),
+    )

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from . import common
 from sam.config import ExperimentConfig
+
+from . import common
 
 
 def device() -> str:
@@ -38,8 +40,23 @@ def train_distributed(cfg: ExperimentConfig, runs: Path, procs: int) -> Path:
     runs.mkdir(parents=True, exist_ok=True)
     config = runs / f".{run_dir.name}.torchrun.yaml"  # the run's full config, read back by every process
     save_yaml(cfg, config)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-           "-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", dev, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        "-m",
+        "sam.cli",
+        "train",
+        "--config",
+        str(config),
+        "--runs-dir",
+        str(runs),
+        "--device",
+        dev,
+        "--no-progress",
+    ]
     try:
         done = subprocess.run(cmd, cwd=common.REPO)
     finally:
@@ -97,9 +114,16 @@ def measure_parallel(s: common.Settings) -> None:
             continue
         args.append(a)
     runs.mkdir(parents=True, exist_ok=True)
-    jobs = [Job(f"measurement share {i}/{n}", [sys.executable, str(script), *args, "--runs", str(runs), "--defer-scoring",
-                                                "--measure-shard", f"{i}/{n}"],
-                 runs / f".{s.name}.measure-{i}-of-{n}.log", lambda: True, cwd=Path.cwd()) for i in range(n)]  # paths as the caller gave them
+    jobs = [
+        Job(
+            f"measurement share {i}/{n}",
+            [sys.executable, str(script), *args, "--runs", str(runs), "--defer-scoring", "--measure-shard", f"{i}/{n}"],
+            runs / f".{s.name}.measure-{i}-of-{n}.log",
+            lambda: True,
+            cwd=Path.cwd(),
+        )
+        for i in range(n)
+    ]  # paths as the caller gave them
     failed = launch(jobs, n, f"measuring in {n} processes", "share")
     if failed:
         raise RuntimeError(f"--parallel-runs: {len(failed)} of {n} measurement processes failed: " + "; ".join(failed))

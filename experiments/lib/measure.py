@@ -23,22 +23,24 @@ machine with the scorers builds the outputs with ``--cached cuda``, which never 
 model. This module must never invent a number: every value comes from a library call on a real
 checkpoint, and failures propagate with the run they concern.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from sam.config import ExperimentConfig, config_hash, to_dict
 
 from . import common
-from .rows import ROW_KEYS, metric_rows  # noqa: F401  (the scripts call measure.metric_rows)
 from .launch import device, measure_parallel, train_distributed, train_parallel  # noqa: F401  (measure.train_parallel)
 from .probing import last_layer, state_rows, token_rows  # noqa: F401  (the scripts call measure.last_layer)
+from .rows import ROW_KEYS, metric_rows  # noqa: F401  (the scripts call measure.metric_rows)
 
 TASKS_MAIN = ("classification", "caption")
 PROBE_CLIPS = {"smoke": 8, "cpu": 32, "gpu": 64, "paper": 64}  # test scenes the probes run on
@@ -72,7 +74,8 @@ def train(s: common.Settings, size: str, seed: int, changes: Sequence[str] = (),
             what = f"the {size} LM, seed {seed}" + (f", {' '.join(changes)}" if changes else "")
             raise FileNotFoundError(
                 f"--cached {s.cached}: {run_dir / 'run.json'} is missing ({what}): train that run on {s.cached} and "
-                f"copy its records here with experiments/export_measurements.py")
+                f"copy its records here with experiments/export_measurements.py"
+            )
     else:
         if s.train_procs > 1:
             train_distributed(cfg, s.runs, s.train_procs)
@@ -97,8 +100,9 @@ def grid(s: common.Settings, variants: dict[Any, Sequence[str]] | None = None, k
     (stored in each run's labels under `key`) to its config changes; None = the preset as is.
     With ``--parallel-runs N`` the runs the cache lacks are first trained N at a time (`train_parallel`),
     then N worker processes generate and probe what the script will read (`measure_parallel`)."""
-    plan = [(size, name, changes, seed) for size in common.lm_sizes(s)
-            for name, changes in (variants or {None: ()}).items() for seed in s.seeds]
+    plan = [
+        (size, name, changes, seed) for size in common.lm_sizes(s) for name, changes in (variants or {None: ()}).items() for seed in s.seeds
+    ]
     if s.parallel_runs > 1 and not s.cached and s.measure_shard is None:
         check_paper_inputs(s)
         train_parallel([common.run_config(s, size, seed, changes) for size, _, changes, seed in plan], s.runs, s.parallel_runs)
@@ -153,8 +157,16 @@ def stage(run: Run, name: str) -> Path:
     return found[0]
 
 
-def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str] = TASKS_MAIN, *,
-             model: Any = None, variant: str = "", other_audio: bool = False) -> dict[str, Any] | None:
+def evaluate(
+    s: common.Settings,
+    run: Run,
+    checkpoint: Path,
+    tasks: Sequence[str] = TASKS_MAIN,
+    *,
+    model: Any = None,
+    variant: str = "",
+    other_audio: bool = False,
+) -> dict[str, Any] | None:
     """Scores of the run's answers on the test split for `tasks`, each step cached (module docstring).
 
     `model` replaces the checkpoint's own model (e.g. one with another run's encoder): a SAM, or a
@@ -180,12 +192,16 @@ def evaluate(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[str
     if generated.is_file():
         record = json.loads(generated.read_text())
         if record["ids"] != [ex.id for ex in examples]:
-            raise ValueError(f"{generated}: its answers are for other examples than the test split of {run.dir.name} "
-                             f"for {sorted(tasks)} ({len(record['ids'])} vs {len(examples)}): delete it to regenerate")
+            raise ValueError(
+                f"{generated}: its answers are for other examples than the test split of {run.dir.name} "
+                f"for {sorted(tasks)} ({len(record['ids'])} vs {len(examples)}): delete it to regenerate"
+            )
     elif s.cached:
-        raise FileNotFoundError(f"--cached {s.cached}: no generated answers {generated.name} for {run.dir.name} "
-                                f"({os.path.relpath(checkpoint, s.runs)}, tasks {sorted(tasks)}{', ' + variant if variant else ''}): "
-                                f"run the script with --defer-scoring where the run was trained and export its records")
+        raise FileNotFoundError(
+            f"--cached {s.cached}: no generated answers {generated.name} for {run.dir.name} "
+            f"({os.path.relpath(checkpoint, s.runs)}, tasks {sorted(tasks)}{', ' + variant if variant else ''}): "
+            f"run the script with --defer-scoring where the run was trained and export its records"
+        )
     else:
         record = _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
         _write_json(generated, record)
@@ -208,10 +224,15 @@ def _eval_path(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[s
     from sam.config import hash_tree
 
     cfg = run.cfg
-    parts = {"checkpoint": os.path.relpath(checkpoint, s.runs), "variant": variant, "tasks": sorted(tasks),
-             "eval": to_dict(cfg.eval), "max_new_tokens": cfg.train.max_new_tokens, "device": run_device(s)}
-    paths = [s.runs / "evals" / f"{config_hash({**parts, 'data': data})}.json"
-             for data in (hash_tree(cfg)["data"], to_dict(cfg.data))]
+    parts = {
+        "checkpoint": os.path.relpath(checkpoint, s.runs),
+        "variant": variant,
+        "tasks": sorted(tasks),
+        "eval": to_dict(cfg.eval),
+        "max_new_tokens": cfg.train.max_new_tokens,
+        "device": run_device(s),
+    }
+    paths = [s.runs / "evals" / f"{config_hash({**parts, 'data': data})}.json" for data in (hash_tree(cfg)["data"], to_dict(cfg.data))]
     return next((p for p in paths if p.is_file() or p.with_suffix(".generated.json").is_file()), paths[0])
 
 
@@ -219,14 +240,23 @@ def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> di
     """The generation record of `examples`: ids, answers (None where an item failed), errors, origin."""
     from sam.eval import generate_predictions
 
-    gen = generate_predictions(model if model is not None else load(checkpoint), examples,
-                               batch_size=run.cfg.train.eval_batch_size, max_new_tokens=run.cfg.train.max_new_tokens)
+    gen = generate_predictions(
+        model if model is not None else load(checkpoint),
+        examples,
+        batch_size=run.cfg.train.eval_batch_size,
+        max_new_tokens=run.cfg.train.max_new_tokens,
+    )
 
     def clean(v: Any) -> str | None:  # pandas may hold a missing answer as None or NaN
         return None if v is None or v != v else str(v)
 
-    return {"ids": [ex.id for ex in examples], "predictions": [clean(v) for v in gen["prediction"]],
-            "errors": [clean(v) for v in gen["error"]], "made_on": _origin(), "trained": trained(run.dir, checkpoint.parent.name)}
+    return {
+        "ids": [ex.id for ex in examples],
+        "predictions": [clean(v) for v in gen["prediction"]],
+        "errors": [clean(v) for v in gen["error"]],
+        "made_on": _origin(),
+        "trained": trained(run.dir, checkpoint.parent.name),
+    }
 
 
 def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path, other_audio: bool = False) -> dict[str, Any] | None:
@@ -257,8 +287,12 @@ def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path, other_audi
         record = json.loads(path.read_text())
     else:
         table = choice_likelihoods(load(checkpoint), examples, batch_size=run.cfg.train.eval_batch_size)
-        record = {"ids": [ex.id for ex in examples], "rows": table.to_dict("records"), "made_on": _origin(),
-                  "trained": trained(run.dir, checkpoint.parent.name)}
+        record = {
+            "ids": [ex.id for ex in examples],
+            "rows": table.to_dict("records"),
+            "made_on": _origin(),
+            "trained": trained(run.dir, checkpoint.parent.name),
+        }
         _write_json(path, record)
     _note(s, record, run.dir, checkpoint.parent.name, f"choice likelihoods of {run.dir.name}")
     if s.defer_scoring:
@@ -270,10 +304,12 @@ def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path, other_audi
 
 def deferred(s: common.Settings, n_runs: int) -> dict[str, Any]:
     """What a ``--defer-scoring`` run of a script returns instead of its outputs (and says so)."""
-    print(f"[{s.name}] --defer-scoring: answers and probe rows of {n_runs} runs cached under {s.runs / 'evals'}; "
-          f"nothing scored or written. Pack them with `python experiments/export_measurements.py export FILE "
-          f"--runs {s.runs}`, then on a machine with the scorers run `{s.name}.py --cached {device()}` with the same flags.",
-          flush=True)
+    print(
+        f"[{s.name}] --defer-scoring: answers and probe rows of {n_runs} runs cached under {s.runs / 'evals'}; "
+        f"nothing scored or written. Pack them with `python experiments/export_measurements.py export FILE "
+        f"--runs {s.runs}`, then on a machine with the scorers run `{s.name}.py --cached {device()}` with the same flags.",
+        flush=True,
+    )
     return {}
 
 
@@ -284,12 +320,23 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
     if what not in ("tokens", "state"):
         raise ValueError(f"probe_rows: what must be 'tokens' or 'state', got {what!r}")
     clips = PROBE_CLIPS[s.preset]
-    key = config_hash({"run": run.dir.name, "stage": stage_name, "what": what, "sites": list(sites), "clips": clips,
-                       "device": run_device(s), "version": PROBE_CACHE_VERSION})
+    key = config_hash(
+        {
+            "run": run.dir.name,
+            "stage": stage_name,
+            "what": what,
+            "sites": list(sites),
+            "clips": clips,
+            "device": run_device(s),
+            "version": PROBE_CACHE_VERSION,
+        }
+    )
     cache = s.probe_runs if s.probe_runs is not None else s.runs
     if s.probe_runs is not None and not (cache / run.dir.name / "run.json").is_file():
-        raise FileNotFoundError(f"--probe-runs {cache}: no run record {run.dir.name}/run.json there, so its probe rows "
-                                f"cannot belong to {run.dir.name} (export that run's records into it)")
+        raise FileNotFoundError(
+            f"--probe-runs {cache}: no run record {run.dir.name}/run.json there, so its probe rows "
+            f"cannot belong to {run.dir.name} (export that run's records into it)"
+        )
     path = cache / "evals" / f"{key}.rows.json"
     if not path.is_file() and not _in_shard(s, key):
         return []  # another measurement worker's item
@@ -298,8 +345,10 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
         record = json.loads(path.read_text())
     else:
         if s.cached:
-            raise FileNotFoundError(f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
-                                    f"{stage_name}: run the script where the run was trained and export its records")
+            raise FileNotFoundError(
+                f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
+                f"{stage_name}: run the script where the run was trained and export its records"
+            )
         model, batch = _probe_inputs(run, stage_name, clips)
         rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
         record = {"rows": rows, "made_on": _origin(), "trained": trained(run.dir, stage_dir)}
@@ -334,8 +383,10 @@ def untrained(run: Run) -> Any:
 
 
 def _origin() -> dict[str, Any]:
-    return {"device": common.device_name(), "versions": {k: v for k, v in common.library_versions().items()
-                                                         if k in ("python", "torch", "mamba-ssm", "sam-audio")}}
+    return {
+        "device": common.device_name(),
+        "versions": {k: v for k, v in common.library_versions().items() if k in ("python", "torch", "mamba-ssm", "sam-audio")},
+    }
 
 
 def _note(s: common.Settings, record: dict[str, Any], run_dir: Path, stage_dir: str, what: str) -> None:
@@ -388,5 +439,3 @@ def probe_batch(model: Any, cfg: ExperimentConfig, n_clips: int) -> dict[str, An
     data = SAMDataset(examples, cfg.model.audio, model.tokenizer, cfg.data.root)
     batch = collate([data[i] for i in range(len(data))])
     return {k: v.to(device()) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-

@@ -5,6 +5,7 @@
 versions, wall time). Nothing that varies between identical runs (a timestamp) goes into a CSV or
 Markdown file.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -15,8 +16,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -29,19 +31,45 @@ import pandas as pd  # noqa: E402
 from sam.config import ExperimentConfig, config_hash, to_dict  # noqa: E402
 
 from . import paper_numbers, stats  # noqa: E402
-from .stats import Finding  # noqa: E402
 from .args import REPO, Settings  # noqa: E402
+from .stats import Finding  # noqa: E402
 
-VERSIONED = ("torch", "transformers", "peft", "tokenizers", "safetensors", "numpy", "scipy", "pandas",
-             "scikit-learn", "matplotlib", "seaborn", "pycocoevalcap", "mamba-ssm", "causal-conv1d", "sam-audio")
+VERSIONED = (
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "matplotlib",
+    "seaborn",
+    "pycocoevalcap",
+    "mamba-ssm",
+    "causal-conv1d",
+    "sam-audio",
+)
 
 
 # ------------------------------------------------------------------------------------------------
 # Outputs
 
 
-def bars(ax: plt.Axes, data: pd.DataFrame, task: str, metric: str, x: str, hue: str | None = None, *,
-         title: str, ylabel: str, order: Sequence[str] | None = None, hue_order: Sequence[str] | None = None) -> None:
+def bars(
+    ax: plt.Axes,
+    data: pd.DataFrame,
+    task: str,
+    metric: str,
+    x: str,
+    hue: str | None = None,
+    *,
+    title: str,
+    ylabel: str,
+    order: Sequence[str] | None = None,
+    hue_order: Sequence[str] | None = None,
+) -> None:
     """Bars of one (task, metric): mean over seeds with sd error bars, and the chance level as a dashed line."""
     import seaborn as sns
 
@@ -86,9 +114,18 @@ def save_figure(fig: plt.Figure, stem: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.DataFrame | dict[str, pd.DataFrame], *, title: str,
-                  notes: str = "", configs: dict[str, ExperimentConfig] | None = None,
-                  findings: Sequence[Finding] = (), data_roots: Sequence[str | Path] = ()) -> dict[str, Path]:
+def write_outputs(
+    s: Settings,
+    data: pd.DataFrame,
+    fig: plt.Figure,
+    table: pd.DataFrame | dict[str, pd.DataFrame],
+    *,
+    title: str,
+    notes: str = "",
+    configs: dict[str, ExperimentConfig] | None = None,
+    findings: Sequence[Finding] = (),
+    data_roots: Sequence[str | Path] = (),
+) -> dict[str, Path]:
     """Write `<name>.png/.pdf/.csv/.md/.json` under `s.out` and return their paths.
 
     `data` is tidy (one row per measurement) and is written sorted by all its columns, so the
@@ -102,22 +139,29 @@ def write_outputs(s: Settings, data: pd.DataFrame, fig: plt.Figure, table: pd.Da
     data.sort_values(list(data.columns), kind="stable").to_csv(paths["csv"], index=False, float_format="%.6g", lineterminator="\n")
     save_figure(fig, s.out / s.name)
     md = [f"# {title}", "", f"Preset `{s.preset}`, seeds {s.seeds}. Written by `experiments/{s.name}.py`."]
-    for heading, t in (table.items() if isinstance(table, dict) else [("", table)]):
+    for heading, t in table.items() if isinstance(table, dict) else [("", table)]:
         md += ["", f"## {heading}", ""] if heading else [""]
         md.append(t.to_markdown(index=False, floatfmt=".4g", missingval="–"))
     if findings:
         stats.judge(findings, s.preset, s.out / "audio_use.csv")
-        md += ["", "Findings (verdict corrected over this table's findings only; `findings.md` applies Holm over every "
-                   "finding of the preset):", "", *stats.findings_table(findings)]
+        md += [
+            "",
+            "Findings (verdict corrected over this table's findings only; `findings.md` applies Holm over every finding of the preset):",
+            "",
+            *stats.findings_table(findings),
+        ]
     if s.probe_runs is not None:
         notes = (notes.strip() + " " if notes else "") + (
             f"Probe rows were read from another run cache ({s.probe_runs.name}/): the same configs and seeds trained "
-            "a second time, so the probes and the scores of a run come from two trainings of its config.")
+            "a second time, so the probes and the scores of a run come from two trainings of its config."
+        )
     if s.other_trainings:
         notes = (notes.strip() + " " if notes else "") + (
             "These measurements were made on another training of the same config and seed, not the one whose run "
             "record is read here (GPU training is not bit-deterministic, so the two trainings differ): "
-            + "; ".join(sorted(s.other_trainings)) + ".")
+            + "; ".join(sorted(s.other_trainings))
+            + "."
+        )
     md += ["", notes.strip(), "", f"Paper numbers: {paper_numbers.CITATION}"] if notes else ["", f"Paper numbers: {paper_numbers.CITATION}"]
     paths["md"].write_text("\n".join(md).rstrip() + "\n")
     prov = provenance(s, configs or {}, data_roots)
@@ -175,7 +219,9 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()} (CUDA {torch.version.cuda})"
-    return f"CPU {platform.machine()} {platform.processor() or ''}".rstrip() + f", {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    return (
+        f"CPU {platform.machine()} {platform.processor() or ''}".rstrip() + f", {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
 
 
 def library_versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ summaries of the full paper (column labels corrected as noted in the project's p
 This module holds data (and the two row-label helpers below); it must never compute, round or
 "adjust" a number.
 """
+
 from __future__ import annotations
 
 CITATION = "Lee, Jung, Lee. SAM: A Mamba-2 State-Space Audio-Language Model. arXiv:2509.15680 v2 (2026)."
@@ -22,7 +23,6 @@ MAIN_TABLE: dict[str, dict[str, float]] = {
 }
 # Which paper row stands for each of our LM sizes (the cpu/gpu presets' stand-ins).
 SAM_ROW_FOR_SIZE = {"small": "SAM-130M (r=256)", "medium": "SAM-780M (r=256)", "large": "SAM-2.7B (r=256)"}
-
 
 
 def paper_label(row: str) -> str:

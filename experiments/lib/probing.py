@@ -3,7 +3,8 @@ state-update distances per LM layer (`probes`), as the tidy records the scripts'
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -27,7 +28,6 @@ def token_rows(model: Any, batch: dict[str, Any], sites: Sequence[str], tau: flo
 def state_rows(model: Any, batch: dict[str, Any], **labels: Any) -> list[dict]:
     """Mean state-update distance (absolute and relative) per LM layer over heads, audio tokens and clips."""
     import probes
-
     from probes.tables import state_update_means
 
     per = state_update_means(probes.state_update_distance(model, batch))

@@ -11,6 +11,7 @@ A row: task, metric, value, chance, uniform, prior, ci_low, ci_high (percent, CI
 Scores cached before baselines and CIs were computed give NaN in the columns they lack (and their
 chance is the old one: rescore them). Strings such as "not computed: ..." are left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,19 @@ def _pct(v: Any) -> float:
     return 100 * float(v) if isinstance(v, (int, float)) and v is not None else NAN
 
 
-def _row(task: str, metric: str, value: Any, m: dict[str, Any], base: dict[str, Any] | None = None,
-         chance: Any = None) -> dict[str, Any]:
+def _row(task: str, metric: str, value: Any, m: dict[str, Any], base: dict[str, Any] | None = None, chance: Any = None) -> dict[str, Any]:
     lo, hi = (m.get("ci") or {}).get(metric, (NAN, NAN))
     base = base or {}
-    return dict(task=task, metric=metric, value=_pct(value), chance=_pct(base.get("chance", chance)),
-                uniform=_pct(base.get("uniform")), prior=_pct(base.get("prior")), ci_low=_pct(lo), ci_high=_pct(hi))
+    return dict(
+        task=task,
+        metric=metric,
+        value=_pct(value),
+        chance=_pct(base.get("chance", chance)),
+        uniform=_pct(base.get("uniform")),
+        prior=_pct(base.get("prior")),
+        ci_low=_pct(lo),
+        ci_high=_pct(hi),
+    )
 
 
 def metric_rows(metrics: dict[str, Any] | None, **labels: Any) -> list[dict[str, Any]]:

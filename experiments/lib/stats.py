@@ -23,13 +23,15 @@ number of seeds differs from the preset's fixed count (FIXED_SEEDS: seeds cannot
 looking), with fewer than two seeds (no df), or when a run entering the finding does not pass the
 audio-use gate (`gate_status`). Effect, CI, n and p are reported in every case.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,7 +98,7 @@ class Finding:
         return {**d, "claim": self.claim}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
         """A finding as provenance JSON holds it (older records lack the statistics: they stay NaN)."""
         known = set(cls.__dataclass_fields__)
         given = {k: (math.nan if v is None else v) for k, v in d.items() if k in known}
@@ -185,7 +187,7 @@ def judge(findings: Sequence[Finding], preset: str, gate_files: Path | Sequence[
 
 
 def gate_status(path: Path, runs: Sequence[Sequence[Any]]) -> str:
-    """"" when every run (lm_size, seed) has rows in `path` (audio_use.csv) and all of them pass;
+    """ "" when every run (lm_size, seed) has rows in `path` (audio_use.csv) and all of them pass;
     else why the finding is not testable. Read defensively: a missing or unreadable file, missing
     columns, a run without rows or an empty `passes` all read as "not measured"."""
     if not runs:
@@ -239,28 +241,32 @@ def paired_by_seed(a: pd.Series, b: pd.Series) -> tuple[pd.Series, list[list[Any
     da, db = a.groupby(level="seed").mean(), b.groupby(level="seed").mean()
     seeds = da.index.intersection(db.index)
     d = (da.loc[seeds] - db.loc[seeds]).astype(float)
-    runs = sorted({(str(z), int(k)) for s_ in (a, b) for z, k in zip(s_.index.get_level_values("lm_size"),
-                                                                     s_.index.get_level_values("seed")) if k in seeds})
+    runs = sorted(
+        {
+            (str(z), int(k))
+            for s_ in (a, b)
+            for z, k in zip(s_.index.get_level_values("lm_size"), s_.index.get_level_values("seed"))
+            if k in seeds
+        }
+    )
     return d, [list(r) for r in runs]
 
 
 RULES = {
     "t": "seed as the unit: paired differences averaged over LM sizes per seed, one-sample t-test (df = seeds - 1), "
-         "two-sided; held if the Holm-corrected p < 0.05 and the effect is positive",
+    "two-sided; held if the Holm-corrected p < 0.05 and the effect is positive",
     "non-superiority": "seed as the unit; one-sided t-test of H0 'difference >= margin' (held if Holm-corrected p < 0.05 "
-                       "and the test that the challenger is better is not significant; did not hold if it is, Bonferroni)",
+    "and the test that the challenger is better is not significant; did not hold if it is, Bonferroni)",
     "TOST": "seed as the unit; two one-sided t-tests against +-margin (held if Holm-corrected p < 0.05: equivalent)",
 }
 
 
-def _finding(key: str, a: pd.Series, b: pd.Series, a_name: str, b_name: str, unit: str, test: str,
-             margin: float = math.nan) -> Finding:
+def _finding(key: str, a: pd.Series, b: pd.Series, a_name: str, b_name: str, unit: str, test: str, margin: float = math.nan) -> Finding:
     d, runs = paired_by_seed(a, b)
     stats = seed_statistics(d.tolist(), test, margin)
     measurement = f"{a_name} {fmt(a.tolist(), 2)}{unit} vs {b_name} {fmt(b.tolist(), 2)}{unit} (mean ± sd over runs)"
     rule = RULES[test] + (f"; margin {margin:g}{unit}" if test != "t" else "")
-    f = Finding(key, measurement, "inconclusive", rule, test, unit, margin,
-                [[int(k), float(v)] for k, v in d.items()], runs, **stats)
+    f = Finding(key, measurement, "inconclusive", rule, test, unit, margin, [[int(k), float(v)] for k, v in d.items()], runs, **stats)
     f.verdict = decide(f, "")
     return f
 
@@ -270,14 +276,14 @@ def compare(key: str, better: pd.Series, worse: pd.Series, better_name: str, wor
     return _finding(key, better, worse, better_name, worse_name, unit, "t")
 
 
-def compare_not_better(key: str, challenger: pd.Series, incumbent: pd.Series, challenger_name: str,
-                       incumbent_name: str, margin: float, unit: str = "") -> Finding:
+def compare_not_better(
+    key: str, challenger: pd.Series, incumbent: pd.Series, challenger_name: str, incumbent_name: str, margin: float, unit: str = ""
+) -> Finding:
     """The claim "`challenger` does not beat `incumbent` by `margin` or more" (non-superiority)."""
     return _finding(key, challenger, incumbent, challenger_name, incumbent_name, unit, "non-superiority", margin)
 
 
-def compare_equivalent(key: str, a: pd.Series, b: pd.Series, a_name: str, b_name: str, margin: float,
-                       unit: str = "") -> Finding:
+def compare_equivalent(key: str, a: pd.Series, b: pd.Series, a_name: str, b_name: str, margin: float, unit: str = "") -> Finding:
     """The claim "`a` and `b` differ by less than `margin`" (TOST)."""
     return _finding(key, a, b, a_name, b_name, unit, "TOST", margin)
 
@@ -313,7 +319,16 @@ def findings_table(findings: Sequence[Finding], first: dict[str, Sequence[str]] 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, f in enumerate(findings):
         test = f.test + (f" (margin {f.margin:g}{f.unit})" if f.test != "t" else "")
-        cells = [*(v[i] for v in first.values()), f.measurement, test, str(f.n), _num(f.effect) + f.unit,
-                 f"[{_num(f.ci_low)}, {_num(f.ci_high)}]", _p(f.p), _p(f.p_holm), f"**{f.verdict}**"]
+        cells = [
+            *(v[i] for v in first.values()),
+            f.measurement,
+            test,
+            str(f.n),
+            _num(f.effect) + f.unit,
+            f"[{_num(f.ci_low)}, {_num(f.ci_high)}]",
+            _p(f.p),
+            _p(f.p_holm),
+            f"**{f.verdict}**",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

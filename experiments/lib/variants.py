@@ -22,8 +22,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "steps_x10": ("10x the audio stages' steps", _steps(10)),
     "token_norm": ("audio tokens RMS-normalized to the text-embedding norm", ["model.connector.token_norm=0.7"]),
     "token_norm_x3": ("token_norm and 3x the audio steps", ["model.connector.token_norm=0.7", *_steps(3)]),
-    "cls_stage1": ("stage 1 on classification only, twice as long",
-                   ["train.stages.stage1.tasks=[classification]", "train.stages.stage1.steps*2"]),
+    "cls_stage1": (
+        "stage 1 on classification only, twice as long",
+        ["train.stages.stage1.tasks=[classification]", "train.stages.stage1.steps*2"],
+    ),
 }
 
 

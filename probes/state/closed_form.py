@@ -31,10 +31,12 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     """
     return torch.float64 if torch.device(device).type == "cpu" else torch.float32
 
+
 def default_chunk_size(device: torch.device | str, backend: str = "torch") -> int:
     """Probe chunk length when none is given: 32 on CPU and through the Triton kernels (whose register
     tiles fit 32-token chunks), 64 on accelerators (the fastest measured, benchmarks/README.md)."""
     return 32 if torch.device(device).type == "cpu" or backend == "triton" else 64
+
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -45,17 +47,20 @@ TRITON_PRECISIONS = ("ieee", "tf32x3")
 # (benchmarks/results/state_update_cuda_780m_triton_segments.md).
 DEFAULT_TRITON_PRECISION = "tf32x3"
 
+
 def check_triton_precision(precision: str) -> str:
     """`precision` if it is one of TRITON_PRECISIONS, else a ValueError naming the choices."""
     if precision not in TRITON_PRECISIONS:
         raise ValueError(f"triton_precision must be one of {TRITON_PRECISIONS}, got {precision!r}")
     return precision
 
+
 def check_backend(backend: str) -> str:
     """`backend` if it is one of BACKENDS, else a ValueError naming the choices."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
 
 @contextlib.contextmanager
 def ieee_matmul() -> Iterator[None]:
@@ -67,9 +72,11 @@ def ieee_matmul() -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
 
+
 def exp_safe(dtype: torch.dtype) -> float:
     """Log-decays above minus this keep exp(-Lambda) and exp(Lambda) clear of overflow and underflow."""
     return 0.8 * math.log(torch.finfo(dtype).max)
+
 
 # ---------------------------------------------------------------------------------------------
 # The math: exact distances and norms from x, B, dt, A
@@ -86,9 +93,11 @@ def check_shapes(x: Tensor, B: Tensor, dt: Tensor, A: Tensor) -> tuple[int, int,
         raise ValueError(f"{H} heads are not a multiple of {G} groups")
     return b, T, H, P, G, N
 
+
 def finish_norms(dist2: Tensor, prev_norm2: Tensor) -> tuple[Tensor, Tensor]:
     # Round-off can push an exact-zero square a few ulps below 0.
     return dist2.clamp_min(0).sqrt(), prev_norm2.clamp_min(0).sqrt()
+
 
 def update_stats_ref(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, return_state: bool = False) -> tuple[Tensor, ...]:
     """Token-by-token reference: (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H] (+ the final state [b, H, P, N])."""
@@ -103,6 +112,7 @@ def update_stats_ref(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, return_state: 
         prev[:, t] = torch.linalg.matrix_norm(state)
         state = new
     return (dist, prev, state) if return_state else (dist, prev)
+
 
 def scan_chunks(log_decay: Tensor, values: Tensor, block: int) -> Tensor:
     """starts_0 = 0, starts_{k+1} = exp(log_decay_k) starts_k + values_k, for log_decay [..., c] <= 0, values [..., c, F].

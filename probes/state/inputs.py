@@ -29,11 +29,13 @@ class MixerShape:
     dt_limit: tuple[float, float]
     activation: str
 
+
 def _attr(module: nn.Module, *names: str) -> Any:
     for name in names:
         if hasattr(module, name):
             return getattr(module, name)
     raise ValueError(f"{type(module).__name__} has none of the attributes {names}; is it a Mamba-2 mixer?")
+
 
 def mixer_shape(mixer: nn.Module) -> MixerShape:
     """Shape of a Mamba-2 mixer (sam / mamba_ssm `Mamba2`, transformers `Mamba2Mixer`), checked for consistency."""
@@ -55,6 +57,7 @@ def mixer_shape(mixer: nn.Module) -> MixerShape:
         raise ValueError(f"{type(mixer).__name__}: conv activation {activation!r} is not supported (Mamba-2 uses silu)")
     return MixerShape(nheads, headdim, ngroups, d_state, int(d_conv), int(conv_dim), (limit[0], limit[1]), activation)
 
+
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype) -> str:
     """'torch' or 'triton' for tensors of this device and dtype.
 
@@ -70,6 +73,7 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
         raise RuntimeError(f"backend='triton': {reason}")
     return "torch" if reason else "triton"
 
+
 def ssm_inputs(
     mixer: nn.Module, zxbcdt: Tensor, mask: Tensor | None = None, dtype: torch.dtype = torch.float64, backend: str = "torch"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -82,7 +86,9 @@ def ssm_inputs(
     """
     shape = mixer_shape(mixer)
     if zxbcdt.dim() != 3:
-        raise ValueError(f"in_proj output must be [batch, length, features], got {tuple(zxbcdt.shape)} (packed/flattened inputs are not supported)")
+        raise ValueError(
+            f"in_proj output must be [batch, length, features], got {tuple(zxbcdt.shape)} (packed/flattened inputs are not supported)"
+        )
     b, T, width = zxbcdt.shape
     if width < shape.conv_dim + shape.nheads:
         raise ValueError(f"in_proj output has {width} features, fewer than conv_dim + nheads = {shape.conv_dim + shape.nheads}")
@@ -99,7 +105,9 @@ def ssm_inputs(
     if resolve_backend(backend, zxbcdt.device, dtype) == "triton":
         xbc = triton_path.conv_silu_triton(zxbcdt, lo, used, weight, bias, mask, mask_input)
     else:
-        xbc = conv_silu_torch(zxbcdt[..., lo : lo + used], weight.to(dtype), None if bias is None else bias.to(dtype), mask, mask_input, dtype)
+        xbc = conv_silu_torch(
+            zxbcdt[..., lo : lo + used], weight.to(dtype), None if bias is None else bias.to(dtype), mask, mask_input, dtype
+        )
     x, B = xbc[..., : h * p], xbc[..., h * p : h * p + g * n]
     dt = F.softplus(dt + mixer.dt_bias.detach().to(dtype))
     if shape.dt_limit != (0.0, float("inf")):

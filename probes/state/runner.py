@@ -20,6 +20,7 @@ applies the padding mask the mixer receives (transformers zeroes padded x and B)
 (mamba_ssm `seq_idx`/`cu_seqlens`) are not supported. This package must never change a model's
 outputs, import `sam` or `mamba_ssm`, or approximate the distances.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,13 @@ from .torch_path import update_stats_torch
 
 
 def update_stats(
-    x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None, backend: str = "auto",
+    x: Tensor,
+    B: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    chunk_size: int = 32,
+    scan_block: int | None = None,
+    backend: str = "auto",
     triton_precision: str = DEFAULT_TRITON_PRECISION,
 ) -> tuple[Tensor, Tensor]:
     """Exact (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], in chunks of `chunk_size` tokens.
@@ -70,6 +77,7 @@ def update_stats(
 
 # ---------------------------------------------------------------------------------------------
 # Running a model
+
 
 @dataclass
 class StateUpdates:
@@ -115,6 +123,7 @@ class StateUpdates:
         if not frames:
             return pd.DataFrame({k: pd.Series(dtype=float if k in ("distance", "state_norm", "relative") else int) for k in COLUMNS})
         return pd.concat(frames, ignore_index=True)[COLUMNS]
+
 
 def state_updates(
     model: nn.Module,
@@ -170,7 +179,9 @@ def state_updates(
     def compute(layer: int, mixer: nn.Module):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             if layer in distance:
-                raise RuntimeError(f"layer {layer}'s in_proj ran twice in one forward; state distances need one full-sequence forward (no step decoding)")
+                raise RuntimeError(
+                    f"layer {layer}'s in_proj ran twice in one forward; state distances need one full-sequence forward (no step decoding)"
+                )
             zxbcdt, mask = output.detach(), masks.get(layer)
             with side.run(zxbcdt, mask) if side and zxbcdt.is_cuda else contextlib.nullcontext():
                 with torch.no_grad(), torch.autocast(output.device.type, enabled=False), ieee_matmul():
@@ -205,8 +216,10 @@ def state_updates(
     spans = resolve_spans(model, inputs, span, seq["batch"], seq["length"])
     return StateUpdates(distance, state_norm, spans, output)
 
+
 # Layers the overlapped probe stream may fall behind the forward (each holds one in_proj output).
 OVERLAP_LAYERS = 2
+
 
 class _SideStream:
     """Runs each layer's probe on one CUDA side stream, overlapping the forward's next layers.
@@ -245,9 +258,17 @@ class _SideStream:
             self.main.wait_stream(self.stream)
             self.pending.clear()
 
+
 def state_update_distance(
-    model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None, *,
-    dtype: torch.dtype | None = None, chunk_size: int | None = None, backend: str = "auto", triton_precision: str = DEFAULT_TRITON_PRECISION,
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[int] | None = None,
+    span: SpanLike = None,
+    *,
+    dtype: torch.dtype | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    triton_precision: str = DEFAULT_TRITON_PRECISION,
     overlap: bool = True,
 ) -> pd.DataFrame:
     """Exact state-update distances of every (selected) Mamba-2 layer, head and audio token, tidy.
@@ -260,9 +281,17 @@ def state_update_distance(
     within ~3e-5 relative error of float64, measured). `backend`, `triton_precision`, `overlap`: see `state_updates`.
     """
     return state_updates(
-        model, inputs, layers, span, dtype=dtype, chunk_size=chunk_size, backend=backend, triton_precision=triton_precision,
+        model,
+        inputs,
+        layers,
+        span,
+        dtype=dtype,
+        chunk_size=chunk_size,
+        backend=backend,
+        triton_precision=triton_precision,
         overlap=overlap,
     ).to_frame()
+
 
 def state_update_distance_ref(model: nn.Module, inputs: Any, layers: Sequence[int] | None = None, span: SpanLike = None) -> pd.DataFrame:
     """`state_update_distance` through the token-by-token recurrence in float64 (slow; the test reference)."""

@@ -15,7 +15,9 @@ from torch import Tensor
 from .closed_form import check_shapes, exp_safe, finish_norms, scan_chunks
 
 
-def update_stats_torch(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None) -> tuple[Tensor, Tensor]:
+def update_stats_torch(
+    x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: int = 32, scan_block: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Exact (||h_t - h_{t-1}||_F, ||h_{t-1}||_F), each [b, T, H], in chunks of `chunk_size` tokens.
 
     Work is about one SSD pass (batched matmuls over chunks); memory is O(b T H chunk_size) plus one
@@ -95,6 +97,7 @@ def update_stats_torch(x: Tensor, B: Tensor, dt: Tensor, A: Tensor, chunk_size: 
     am1, dtf = tokens(torch.expm1(la)), tokens(dts)
     dist2 = am1**2 * prev_norm2 + 2 * am1 * dtf * tokens(cross) + tokens(sq_update)
     return finish_norms(dist2, prev_norm2)
+
 
 def conv_silu_torch(
     xbc_in: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None, mask_input: bool, dtype: torch.dtype

@@ -101,11 +101,43 @@ if triton is not None:
 
     @triton.jit
     def _carry_kernel(
-        x_ptr, b_ptr, dt_ptr, la_ptr, cin_ptr, snorm_ptr, start_ptr, end_ptr,
-        T, Q, nchunks, seg_chunks, P, N, heads_per_group, n_tiles_n, n_tiles, padded_T,
-        sxb, sxt, sxh, sxp, sbb, sbt, sbg, sbn, sdb, sdt, sdh,
-        BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, STATIC_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
-        READOUT: tl.constexpr, HAS_START: tl.constexpr, STORE_END: tl.constexpr,
+        x_ptr,
+        b_ptr,
+        dt_ptr,
+        la_ptr,
+        cin_ptr,
+        snorm_ptr,
+        start_ptr,
+        end_ptr,
+        T,
+        Q,
+        nchunks,
+        seg_chunks,
+        P,
+        N,
+        heads_per_group,
+        n_tiles_n,
+        n_tiles,
+        padded_T,
+        sxb,
+        sxt,
+        sxh,
+        sxp,
+        sbb,
+        sbt,
+        sbg,
+        sbn,
+        sdb,
+        sdt,
+        sdh,
+        BQ: tl.constexpr,
+        BP: tl.constexpr,
+        BN: tl.constexpr,
+        STATIC_CHUNKS: tl.constexpr,
+        PRECISION: tl.constexpr,
+        READOUT: tl.constexpr,
+        HAS_START: tl.constexpr,
+        STORE_END: tl.constexpr,
     ):
         pid, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         tile, seg = pid % n_tiles, pid // n_tiles
@@ -148,10 +180,34 @@ if triton is not None:
 
     @triton.jit
     def _chunk_kernel(
-        x_ptr, dt_ptr, la_ptr, am1_ptr, gram_ptr, cin_ptr, snorm_ptr, dist_ptr, norm_ptr,
-        T, Q, nchunks, P, heads_per_group, n_groups, n_tiles, padded_T,
-        sxb, sxt, sxh, sxp, sdb, sdt, sdh,
-        BQ: tl.constexpr, BPF: tl.constexpr, BT: tl.constexpr, PRECISION: tl.constexpr,
+        x_ptr,
+        dt_ptr,
+        la_ptr,
+        am1_ptr,
+        gram_ptr,
+        cin_ptr,
+        snorm_ptr,
+        dist_ptr,
+        norm_ptr,
+        T,
+        Q,
+        nchunks,
+        P,
+        heads_per_group,
+        n_groups,
+        n_tiles,
+        padded_T,
+        sxb,
+        sxt,
+        sxh,
+        sxp,
+        sdb,
+        sdt,
+        sdh,
+        BQ: tl.constexpr,
+        BPF: tl.constexpr,
+        BT: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         ci, h, bi = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         g = h // heads_per_group
@@ -166,13 +222,15 @@ if triton is not None:
         am1 = tl.load(am1_ptr + d_off, mask=valid, other=0.0)  # a_t - 1
         x = tl.load(
             x_ptr + bi * sxb + h * sxh + t[:, None] * sxt + offs_p[None, :] * sxp,
-            mask=valid[:, None] & (offs_p[None, :] < P), other=0.0,
+            mask=valid[:, None] & (offs_p[None, :] < P),
+            other=0.0,
         )  # [BQ, BPF]
         gram_x = tl.dot(x, tl.trans(x), input_precision=PRECISION)  # x_t . x_s
         in_q = offs_q < Q
         gram_b = tl.load(
             gram_ptr + ((bi * n_groups + g) * nchunks + ci) * Q * Q + offs_q[:, None] * Q + offs_q[None, :],
-            mask=in_q[:, None] & in_q[None, :], other=0.0,
+            mask=in_q[:, None] & in_q[None, :],
+            other=0.0,
         )  # B_t . B_s
         lam = tl.cumsum(la, 0)
         lam_prev = _shift(lam, offs_q)
@@ -194,8 +252,24 @@ if triton is not None:
 
     @triton.jit
     def _conv_kernel(
-        z_ptr, w_ptr, bias_ptr, mask_ptr, out_ptr, T, C, lo, szb, szt, szc, smb, smt,
-        K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+        z_ptr,
+        w_ptr,
+        bias_ptr,
+        mask_ptr,
+        out_ptr,
+        T,
+        C,
+        lo,
+        szb,
+        szt,
+        szc,
+        smb,
+        smt,
+        K: tl.constexpr,
+        BT: tl.constexpr,
+        BC: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_MASK: tl.constexpr,
         MASK_INPUT: tl.constexpr,
     ):
         # out[b, t, c] = silu(bias_c + sum_j w[c, j] z[b, t - K + 1 + j, lo + c]) (x mask), in float32
@@ -221,8 +295,9 @@ if triton is not None:
         tl.store(out_ptr + (bi * T + t[:, None]) * C + c[None, :], acc, mask=in_t[:, None] & in_c[None, :])
 
 
-def conv_silu_triton(zxbcdt: Tensor, lo: int, channels: int, weight: Tensor, bias: Tensor | None,
-                     mask: Tensor | None = None, mask_input: bool = True) -> Tensor:
+def conv_silu_triton(
+    zxbcdt: Tensor, lo: int, channels: int, weight: Tensor, bias: Tensor | None, mask: Tensor | None = None, mask_input: bool = True
+) -> Tensor:
     """The mixer's causal depthwise conv + SiLU on zxbcdt[..., lo : lo + channels], fused, as float32 [b, T, channels].
 
     `weight` [channels, d_conv] and `bias` [channels] are the conv's (cast to float32 here); `mask`
@@ -243,8 +318,24 @@ def conv_silu_triton(zxbcdt: Tensor, lo: int, channels: int, weight: Tensor, bia
     smb, smt = mask_f.stride() if mask is not None else (0, 0)
     BT, BC = 32, 128
     _conv_kernel[(triton.cdiv(T, BT), triton.cdiv(channels, BC), b)](
-        zxbcdt, w, bias_f, mask_f, out, T, channels, lo, *zxbcdt.stride(), smb, smt,
-        K=K, BT=BT, BC=BC, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, MASK_INPUT=mask_input, num_warps=4,
+        zxbcdt,
+        w,
+        bias_f,
+        mask_f,
+        out,
+        T,
+        channels,
+        lo,
+        *zxbcdt.stride(),
+        smb,
+        smt,
+        K=K,
+        BT=BT,
+        BC=BC,
+        HAS_BIAS=bias is not None,
+        HAS_MASK=mask is not None,
+        MASK_INPUT=mask_input,
+        num_warps=4,
     )
     return out
 
@@ -307,7 +398,11 @@ def update_stats_triton(
     dist, norm = torch.empty_like(dt), torch.empty_like(dt)
     BQ, R = _pow2(Q), H // G
     carry = dict(
-        BQ=BQ, BP=bp, BN=bn, STATIC_CHUNKS=seg if interpreted() else 0, PRECISION=precision,
+        BQ=BQ,
+        BP=bp,
+        BN=bn,
+        STATIC_CHUNKS=seg if interpreted() else 0,
+        PRECISION=precision,
         num_warps=num_warps or CARRY_WARPS,
     )
     args = (T, Q, nc, seg, P, N, R, n_tiles_n, n_tiles, padded_T, *x.stride(), *B.stride(), *dt.stride())
@@ -328,9 +423,29 @@ def update_stats_triton(
     )
     del starts
     _chunk_kernel[(c, H, b)](
-        x, dt, la, am1, gram_b, cin, snorm, dist, norm,
-        T, Q, nc, P, R, G, n_tiles, padded_T,
-        *x.stride(), *dt.stride(),
-        BQ=BQ, BPF=_pow2(P), BT=_pow2(n_tiles, 1), PRECISION=precision, num_warps=CHUNK_WARPS,
+        x,
+        dt,
+        la,
+        am1,
+        gram_b,
+        cin,
+        snorm,
+        dist,
+        norm,
+        T,
+        Q,
+        nc,
+        P,
+        R,
+        G,
+        n_tiles,
+        padded_T,
+        *x.stride(),
+        *dt.stride(),
+        BQ=BQ,
+        BPF=_pow2(P),
+        BT=_pow2(n_tiles, 1),
+        PRECISION=precision,
+        num_warps=CHUNK_WARPS,
     )
     return dist, norm

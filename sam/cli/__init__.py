@@ -9,8 +9,8 @@ commands (`caption`) report each bad input on its own line and go on with the re
 
 This package must never hold training, evaluation or analysis logic of its own.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from sam.cli.data_commands import cmd_convert, cmd_data_summary, cmd_export_corpus, cmd_prepare_data
 from sam.cli.model_commands import cmd_ask, cmd_caption, cmd_eval, cmd_train
@@ -38,4 +38,3 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command(args.command, COMMANDS[args.command], args, args.debug)
-

@@ -1,5 +1,4 @@
-"""What several subcommands share: the config a command runs, its device, the model it loads, audio files, sites, spans.
-"""
+"""What several subcommands share: the config a command runs, its device, the model it loads, audio files, sites, spans."""
 
 from __future__ import annotations
 
@@ -34,7 +33,9 @@ def load_model(args: argparse.Namespace) -> tuple[Any, ExperimentConfig | None]:
         raise ConfigError(f"--checkpoint {args.checkpoint}: not a SAM checkpoint directory (no config.json)")
     model = SAM.from_pretrained(args.checkpoint)
     if model.tokenizer is None:
-        raise ConfigError(f"--checkpoint {args.checkpoint}: no tokenizer.json there (a SAM checkpoint keeps its tokenizer beside its weights)")
+        raise ConfigError(
+            f"--checkpoint {args.checkpoint}: no tokenizer.json there (a SAM checkpoint keeps its tokenizer beside its weights)"
+        )
     return model.to(device_for(args.device)).eval(), None
 
 

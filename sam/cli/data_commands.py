@@ -1,5 +1,4 @@
-"""`sam prepare-data`, `sam export-corpus`, `sam data-summary`, `sam convert`: thin wrappers over `sam.data`.
-"""
+"""`sam prepare-data`, `sam export-corpus`, `sam data-summary`, `sam convert`: thin wrappers over `sam.data`."""
 
 from __future__ import annotations
 
@@ -17,16 +16,17 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sam.data import build_examples
-    from sam.data.types import TASKS
-
     from sam.data.corpus import prepare_corpus
     from sam.data.summary import format_summary
+    from sam.data.types import TASKS
 
     exp = config_from(args.config, args.preset, args.overrides)
     openaqa = exp.data.source == "openaqa"
     if openaqa:  # no corpus: the instruction JSON is the data
-        print(f"instruction JSON: train/valid {exp.data.json_train or '(data.json_train not set)'}, "
-              f"test {exp.data.json_test or '(data.json_test not set)'}\n")
+        print(
+            f"instruction JSON: train/valid {exp.data.json_train or '(data.json_train not set)'}, "
+            f"test {exp.data.json_test or '(data.json_test not set)'}\n"
+        )
     else:
         prepare_corpus(exp.data, progress=False)
         print(format_summary(exp.data.root) + "\n")
@@ -81,12 +81,17 @@ def reader_for(name: str, needs_audio_dir: bool = True) -> Any:
         if needs_audio_dir and not args.audio_dir:
             raise ConfigError(f"--audio-dir: required for {args.format}")
         return getattr(readers, name)(args.input, args.audio_dir)
+
     return read
 
 
 CONVERTERS = {
-    "audioset": read_audioset_args, "audiocaps": reader_for("read_audiocaps"), "clotho": reader_for("read_clotho"),
-    "esc50": reader_for("read_esc50"), "mmau": reader_for("read_mmau", False), "openaqa": reader_for("read_openaqa", False),
+    "audioset": read_audioset_args,
+    "audiocaps": reader_for("read_audiocaps"),
+    "clotho": reader_for("read_clotho"),
+    "esc50": reader_for("read_esc50"),
+    "mmau": reader_for("read_mmau", False),
+    "openaqa": reader_for("read_openaqa", False),
 }
 
 

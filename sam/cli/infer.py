@@ -4,14 +4,16 @@ Files are decoded a batch at a time, each only as far as the model reads it (`au
 frames), so memory depends on the batch size and the model's clip length, never on how many files
 there are or how long they are. Bad files are reported on stderr and skipped; the rest go on.
 """
+
 from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from sam.model.audio import AudioError, load_audio, samples_for_frames
 from sam.config import ConfigError
+from sam.model.audio import AudioError, load_audio, samples_for_frames
 from sam.progress import Progress
 
 _BREAKS = re.compile(r"[\s\x00-\x1f\x7f]+")

@@ -1,5 +1,4 @@
-"""`sam train`, `sam eval`, `sam caption`, `sam ask`: thin wrappers over training, evaluation and generation.
-"""
+"""`sam train`, `sam eval`, `sam caption`, `sam ask`: thin wrappers over training, evaluation and generation."""
 
 from __future__ import annotations
 

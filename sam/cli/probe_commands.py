@@ -1,5 +1,4 @@
-"""`sam probe` (a SAM run) and `sam probe-lm` (any local text LM folder): thin wrappers over `probes`.
-"""
+"""`sam probe` (a SAM run) and `sam probe-lm` (any local text LM folder): thin wrappers over `probes`."""
 
 from __future__ import annotations
 
@@ -22,9 +21,20 @@ def state_update_rows(upd: Any) -> Any:
     from probes.tables import state_update_means
 
     per = state_update_means(upd).sort_values(["clip", "layer"])  # rows by clip, then layer
-    return pd.DataFrame([{"site": f"lm.layers.{r.layer}.mixer", "part": "lm", "layer": r.layer, "clip": r.clip,
-                          "measure": f"state_update_{m}", "value": getattr(r, m)}
-                         for r in per.itertuples() for m in ("distance", "relative")])
+    return pd.DataFrame(
+        [
+            {
+                "site": f"lm.layers.{r.layer}.mixer",
+                "part": "lm",
+                "layer": r.layer,
+                "clip": r.clip,
+                "measure": f"state_update_{m}",
+                "value": getattr(r, m),
+            }
+            for r in per.itertuples()
+            for m in ("distance", "relative")
+        ]
+    )
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -86,7 +96,9 @@ def load_text_lm(model_dir: str, tokenizer_dir: str | None, device: str) -> tupl
         raise ConfigError(f"{flag} {tok_dir}: no tokenizer could be loaded there ({str(e).splitlines()[0]})") from None
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # ids past the embedding would index out of range on the first text
-        raise ConfigError(f"--tokenizer {tok_dir}: {len(tokenizer)} tokens, but the model embeds only {rows}; use the model's own tokenizer")
+        raise ConfigError(
+            f"--tokenizer {tok_dir}: {len(tokenizer)} tokens, but the model embeds only {rows}; use the model's own tokenizer"
+        )
     return model.to(device).eval(), tokenizer
 
 
@@ -123,8 +135,13 @@ def cmd_probe_lm(args: argparse.Namespace) -> int:
     for i, text in enumerate(tqdm(texts, desc="texts", disable=len(texts) < 10 or not sys.stderr.isatty())):
         ids = torch.tensor([tokenizer(text)["input_ids"]], dtype=torch.long, device=device)
         n = ids.shape[1]
-        why = (f"{n} tokens, too few to measure" if n < 2
-               else f"{n} tokens, fewer than --span end {span[1]}" if span is not None and span[1] > n else "")
+        why = (
+            f"{n} tokens, too few to measure"
+            if n < 2
+            else f"{n} tokens, fewer than --span end {span[1]}"
+            if span is not None and span[1] > n
+            else ""
+        )
         if why:  # reported at the end; the other texts go on
             skipped.append(f"text {i}: {why}")
             continue

@@ -5,14 +5,16 @@ input was bad (a config key, an audio or dataset file, an output path that canno
 exit 1 that the work failed (a damaged corpus or checkpoint, a full disk, anything unexpected).
 A traceback appears only with ``--debug``.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sam.config import ConfigError
 
@@ -21,8 +23,8 @@ EXIT_FAILURE = 1
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    from sam.model.audio import AudioError
     from sam.data.readers import DatasetError
+    from sam.model.audio import AudioError
     from sam.model.encoder import EncoderCheckpointError
     from sam.model.lm import CheckpointError as LMCheckpointError
     from sam.paths import UnsafePathError

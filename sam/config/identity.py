@@ -24,8 +24,10 @@ SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp", "ssd_chunk_size")}
 
 # Settings added after runs had been cached under hashes that did not include them: left out of
 # every hash while they hold these defaults, so those runs keep their names.
-HASH_OMIT_AT_DEFAULT = {"data": {"json_train": "", "json_test": "", "audio_dir": "", "valid_permille": 20},
-                        "model.connector": {"token_norm": 0.0}}
+HASH_OMIT_AT_DEFAULT = {
+    "data": {"json_train": "", "json_test": "", "audio_dir": "", "valid_permille": 20},
+    "model.connector": {"token_norm": 0.0},
+}
 
 
 def hash_tree(cfg: Any) -> Any:
@@ -52,6 +54,7 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     blob = json.dumps(tree, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
+
 # --------------------------------------------------------------------------------------------
 # Stage keys: what names each trained stage in the run cache
 
@@ -77,7 +80,7 @@ PART_MODEL_FIELDS = {"lm": ("lm", "lm_checkpoint", "tokenizer"), "encoder": ("au
 
 
 def stage_part(exp: ExperimentConfig, index: int) -> str | None:
-    """"lm" or "encoder" for a stage that trains that part alone, None for a joint stage."""
+    """ "lm" or "encoder" for a stage that trains that part alone, None for a joint stage."""
     stage = exp.train.stages[index]
     if is_lm_stage(stage):
         return "lm"

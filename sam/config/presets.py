@@ -51,9 +51,7 @@ def _curriculum(
         StageConfig("stage1", ["classification"], ["connector"], 1e-3, s(300), s(30), bs),
         StageConfig("stage2", ["classification"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs),
         StageConfig("stage3", ["classification", "closed"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs),
-        StageConfig(
-            "stage4", ["classification", "closed", "open", "caption"], ["encoder", "connector", "lora"], 1e-4, s(400), s(40), bs
-        ),
+        StageConfig("stage4", ["classification", "closed", "open", "caption"], ["encoder", "connector", "lora"], 1e-4, s(400), s(40), bs),
     ]
     if reasoning:
         stages.append(StageConfig("stage5", ["reasoning", "closed", "caption"], ["encoder", "connector", "lora"], 1e-4, s(300), s(30), bs))
@@ -71,8 +69,14 @@ def _scratch_curriculum(bs: int, lm_steps: int, lm_bs: int, steps: dict[str, int
     Every stage's step count is given. Stage 1 trains the LM with the connector, on every instruction
     type (the reasons are measured; see the cpu preset), and the later stages use a higher learning rate.
     """
-    stages = _curriculum(1.0, bs, lm_steps=lm_steps, lm_bs=lm_bs, steps=steps,
-                         lr={"stage0": 1e-3, "stage2": 5e-4, "stage3": 5e-4, "stage4": 5e-4, "stage5": 5e-4})
+    stages = _curriculum(
+        1.0,
+        bs,
+        lm_steps=lm_steps,
+        lm_bs=lm_bs,
+        steps=steps,
+        lr={"stage0": 1e-3, "stage2": 5e-4, "stage3": 5e-4, "stage4": 5e-4, "stage5": 5e-4},
+    )
     stage1 = next(s for s in stages if s.name == "stage1")
     stage1.trainable, stage1.tasks = ["connector", "lm"], ["classification", "closed", "open", "caption"]
     return stages
@@ -134,7 +138,9 @@ def preset(name: str, lm_size: str = "small") -> ExperimentConfig:
         # The curriculum has the cpu preset's shape, for the same reasons: the LM starts from scratch
         # (see _scratch_curriculum).
         cfg.data = DataConfig(n_train=4000, n_valid=200, n_test=2000, bpe_vocab_size=4096, num_workers=6)
-        stages = _scratch_curriculum(32, 600, 64, {"stage0": 600, "stage1": 300, "stage2": 150, "stage3": 100, "stage4": 200, "stage5": 100})
+        stages = _scratch_curriculum(
+            32, 600, 64, {"stage0": 600, "stage1": 300, "stage2": 150, "stage3": 100, "stage4": 200, "stage5": 100}
+        )
         cfg.train = TrainConfig(stages=stages, max_new_tokens=32, checkpoint_every=100)
         return cfg
     if name == "paper":

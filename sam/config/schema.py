@@ -4,6 +4,7 @@ Every other module takes its settings from these dataclasses and nothing else, s
 fully described by one `SAMConfig` + one `TrainConfig` (and its hash names the run in `runs/`).
 This module imports no torch: it is the contract between parts and must stay cheap to import.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

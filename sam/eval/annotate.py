@@ -10,6 +10,7 @@
   IDF) held at the full test set; corpus-level BLEU and METEOR get none. Classification's comes
   from `sam.eval.metrics.classification_metrics`.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def clip_ids(examples: Sequence[Any]) -> list[str]:
     return out
 
 
-def annotate(metrics: dict[str, Any], frame: pd.DataFrame, examples: Sequence[Any],
-             class_names: Sequence[str] | None = None, top_k: int = 1) -> dict[str, Any]:
+def annotate(
+    metrics: dict[str, Any], frame: pd.DataFrame, examples: Sequence[Any], class_names: Sequence[str] | None = None, top_k: int = 1
+) -> dict[str, Any]:
     """`metrics` with baselines and per-clip CIs added (module docstring), in place and returned.
     `frame` is score_predictions' per-example table, row i = examples[i]."""
     ok = frame["prediction"].notna().to_numpy()
@@ -57,8 +59,11 @@ def annotate(metrics: dict[str, Any], frame: pd.DataFrame, examples: Sequence[An
             rows = ok & (tasks == task)
             sub = frame.loc[rows]
             first = ~pd.Series(list(zip(clips[rows], sub["instruction"]))).duplicated().to_numpy()  # one row per scored item
-            m["ci"] = {k: list(mean_ci(pd.to_numeric(sub[k], errors="coerce").to_numpy()[first], list(clips[rows][first])))
-                       for k in MEAN_OVER_CLIPS if k in sub.columns and isinstance(m.get(k), (int, float))}
+            m["ci"] = {
+                k: list(mean_ci(pd.to_numeric(sub[k], errors="coerce").to_numpy()[first], list(clips[rows][first])))
+                for k in MEAN_OVER_CLIPS
+                if k in sub.columns and isinstance(m.get(k), (int, float))
+            }
     return metrics
 
 

@@ -22,6 +22,7 @@ test items, so every baseline here is a function of the test labels alone:
 
 Nothing here loads a model or reads a file; inputs are arrays and strings.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,13 +92,16 @@ def label_baselines(y_true: np.ndarray, top_k: int = 1) -> dict[str, dict[str, A
     p_rand, r_rand = y.sum() / (c * n), top_k / c
     f1_uniform = float(2 * p_rand * r_rand / (p_rand + r_rand)) if y.sum() else 0.0
     acc_uniform = float(y[labelled].sum(axis=1).mean() / c) if labelled.any() else math.nan
-    return {"mAP": _row(random_map(y), prevalence, "constant score (AP = prevalence)"),
-            "accuracy": _row(acc_uniform, majority_accuracy(y), "always the most frequent class"),
-            "micro_f1": _row(f1_uniform, majority_micro_f1(y, top_k), f"always the top-{top_k} most frequent classes")}
+    return {
+        "mAP": _row(random_map(y), prevalence, "constant score (AP = prevalence)"),
+        "accuracy": _row(acc_uniform, majority_accuracy(y), "always the most frequent class"),
+        "micro_f1": _row(f1_uniform, majority_micro_f1(y, top_k), f"always the top-{top_k} most frequent classes"),
+    }
 
 
-def example_baselines(examples: Sequence[Any], class_names: Sequence[str] | None = None,
-                      top_k: int = 1) -> dict[str, dict[str, dict[str, Any]]]:
+def example_baselines(
+    examples: Sequence[Any], class_names: Sequence[str] | None = None, top_k: int = 1
+) -> dict[str, dict[str, dict[str, Any]]]:
     """{task: {metric: baselines}} for the scored tasks among `examples` (`sam.data.Example`s):
     classification (`label_baselines`), reasoning (multiple choice: `answer_prior` by question type)
     and closed (the most frequent answer per question type). Captions have none."""
@@ -111,8 +115,11 @@ def example_baselines(examples: Sequence[Any], class_names: Sequence[str] | None
     for task in ("reasoning", "closed"):
         qs = [ex for ex in examples if ex.task == task]
         if qs:
-            p = answer_prior([ex.answer for ex in qs], [ex.metadata.get("question_type") for ex in qs],
-                             [ex.choices for ex in qs] if task == "reasoning" else None)
+            p = answer_prior(
+                [ex.answer for ex in qs],
+                [ex.metadata.get("question_type") for ex in qs],
+                [ex.choices for ex in qs] if task == "reasoning" else None,
+            )
             out[task] = {"accuracy": _row(p["uniform"], p["prior"], p["prior_rule"])}
     return out
 
@@ -121,8 +128,9 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\w+", str(text).lower()))
 
 
-def answer_prior(answers: Sequence[str], groups: Sequence[Any] | None = None,
-                 choices: Sequence[Sequence[str] | None] | None = None) -> dict[str, Any]:
+def answer_prior(
+    answers: Sequence[str], groups: Sequence[Any] | None = None, choices: Sequence[Sequence[str] | None] | None = None
+) -> dict[str, Any]:
     """Best answer-prior rate of questions that ignore the audio (module docstring).
 
     `answers`: the correct answers; `groups`: each question's type (None: one group); `choices`: each
@@ -210,8 +218,9 @@ def _interval(values: Sequence[float]) -> tuple[float, float]:
     return float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))
 
 
-def bootstrap_ci(n: int, statistic: Callable[[np.ndarray], float], groups: Sequence[Any] | None = None,
-                 draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    n: int, statistic: Callable[[np.ndarray], float], groups: Sequence[Any] | None = None, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
     """Percentile 95% CI of `statistic(indices)` over clips resampled with replacement.
 
     `statistic` receives the item indices of one resample (rows of the caller's arrays); `groups`
@@ -221,8 +230,9 @@ def bootstrap_ci(n: int, statistic: Callable[[np.ndarray], float], groups: Seque
     return _interval([statistic(idx) for idx in _draws(n, groups, draws, seed)])
 
 
-def mean_ci(values: Sequence[float], groups: Sequence[Any] | None = None, draws: int = BOOTSTRAP_DRAWS,
-            seed: int = 0) -> tuple[float, float]:
+def mean_ci(
+    values: Sequence[float], groups: Sequence[Any] | None = None, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
     """`bootstrap_ci` of the mean of per-item `values` (e.g. 0/1 correctness, per-clip CIDEr-D)."""
     v = np.asarray(values, dtype=float)
     return bootstrap_ci(len(v), lambda idx: float(v[idx].mean()), groups, draws, seed)
@@ -234,9 +244,14 @@ def map_ci(y: np.ndarray, scores: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed
     return bootstrap_ci(len(y), lambda idx: fast_map(y[idx], scores[idx]), None, draws, seed)
 
 
-def paired_bootstrap_ci(n: int, own: Callable[[np.ndarray], float], other: Callable[[np.ndarray], float],
-                        groups: Sequence[Any] | None = None, draws: int = BOOTSTRAP_DRAWS,
-                        seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    n: int,
+    own: Callable[[np.ndarray], float],
+    other: Callable[[np.ndarray], float],
+    groups: Sequence[Any] | None = None,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+) -> tuple[float, float]:
     """95% CI of own(idx) - other(idx) with the same resampled clips for both conditions."""
     if n == 0:
         return math.nan, math.nan

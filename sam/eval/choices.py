@@ -14,6 +14,7 @@ from sam.data.types import Example
 from sam.eval.annotate import accuracy_ci, question_baselines
 from sam.eval.generation import default_audio_loader, loaded_batches
 
+
 def choice_likelihoods(
     model: Any,
     examples: Sequence[Example],
@@ -38,30 +39,37 @@ def choice_likelihoods(
     examples = list(examples)
     bad = [ex.id for ex in examples if not ex.choices]
     if bad:
-        raise ValueError(f"choice_likelihoods: example {bad[0]!r} has no choices ({len(bad)} such examples); pass multiple-choice examples only")
+        raise ValueError(
+            f"choice_likelihoods: example {bad[0]!r} has no choices ({len(bad)} such examples); pass multiple-choice examples only"
+        )
     if not hasattr(model, "continuation_logprobs"):
         raise TypeError(f"model must have continuation_logprobs(audio, prompts, continuations), got {type(model).__name__}")
     load = audio_loader or default_audio_loader()
     per_batch = max(1, batch_size // max(len(ex.choices or ()) for ex in examples)) if examples else 1
     rows: list[dict[str, Any]] = []
-    for batch, audio, failed in loaded_batches(examples, per_batch, load, progress=progress, desc="choice likelihoods",
-                                                unit="question"):
-        rows += [dict(id=ex.id, choice=i, logprob=None, tokens=None, error=error)
-                 for ex, error in failed for i in range(len(ex.choices or ()))]
+    for batch, audio, failed in loaded_batches(examples, per_batch, load, progress=progress, desc="choice likelihoods", unit="question"):
+        rows += [
+            dict(id=ex.id, choice=i, logprob=None, tokens=None, error=error) for ex, error in failed for i in range(len(ex.choices or ()))
+        ]
         if batch:
             flat = [(k, i, c) for k, ex in enumerate(batch) for i, c in enumerate(ex.choices or ())]
             try:
-                logp, count = model.continuation_logprobs([audio[k] for k, _, _ in flat], [batch[k].instruction for k, _, _ in flat],
-                                                          [c for _, _, c in flat])
-                rows += [dict(id=batch[k].id, choice=i, logprob=float(lp), tokens=int(n), error=None)
-                         for (k, i, _), lp, n in zip(flat, logp.tolist(), count.tolist())]
+                logp, count = model.continuation_logprobs(
+                    [audio[k] for k, _, _ in flat], [batch[k].instruction for k, _, _ in flat], [c for _, _, c in flat]
+                )
+                rows += [
+                    dict(id=batch[k].id, choice=i, logprob=float(lp), tokens=int(n), error=None)
+                    for (k, i, _), lp, n in zip(flat, logp.tolist(), count.tolist())
+                ]
             except Exception as e:
-                rows += [dict(id=batch[k].id, choice=i, logprob=None, tokens=None, error=f"score: {type(e).__name__}: {e}")
-                         for k, i, _ in flat]
+                rows += [
+                    dict(id=batch[k].id, choice=i, logprob=None, tokens=None, error=f"score: {type(e).__name__}: {e}") for k, i, _ in flat
+                ]
     frame = pd.DataFrame(rows, columns=["id", "choice", "logprob", "tokens", "error"])
     if len(frame) and frame["logprob"].isna().all():
         raise RuntimeError(f"every example failed; first error: {frame['error'].iloc[0]}")
     return frame
+
 
 def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFrame) -> dict[str, Any]:
     """Accuracy of picking the most likely choice, from `choice_likelihoods`' table.
@@ -91,7 +99,12 @@ def score_choice_likelihoods(examples: Sequence[Example], likelihoods: pd.DataFr
         scored.append(ex)
     if not hits:
         raise ValueError(f"no example has every choice scored ({failed} failed)")
-    return {"n": len(hits), "n_failed": failed, "accuracy": float(np.mean(hits)),
-            "accuracy_per_token": float(np.mean(hits_norm)), **question_baselines(scored),
-            "ci": {"accuracy": accuracy_ci(hits, scored), "accuracy_per_token": accuracy_ci(hits_norm, scored)},
-            "rule": "most likely choice (summed / per-token log-probability of the choice as the response)"}
+    return {
+        "n": len(hits),
+        "n_failed": failed,
+        "accuracy": float(np.mean(hits)),
+        "accuracy_per_token": float(np.mean(hits_norm)),
+        **question_baselines(scored),
+        "ci": {"accuracy": accuracy_ci(hits, scored), "accuracy_per_token": accuracy_ci(hits_norm, scored)},
+        "rule": "most likely choice (summed / per-token log-probability of the choice as the response)",
+    }

@@ -18,6 +18,7 @@ from sam.data.types import Example
 
 Generate = Callable[[list[Any], list[str], int], list[str]]
 
+
 def default_audio_loader(corpus_root: str | Path = "data", sample_rate: int = 16000) -> Callable[[Example], np.ndarray]:
     """Example -> waveform: files through `sam.model.audio.load_audio`, scene specs through `render_scene`."""
 
@@ -32,9 +33,11 @@ def default_audio_loader(corpus_root: str | Path = "data", sample_rate: int = 16
 
     return load
 
+
 def generation_key(example: Example) -> str:
     audio = example.audio if isinstance(example.audio, str) else json.dumps(example.audio, sort_keys=True, default=str)
     return json.dumps([audio, example.instruction])
+
 
 def resolve_generate(model: Any) -> Generate:
     if hasattr(model, "generate") and callable(model.generate):
@@ -43,8 +46,10 @@ def resolve_generate(model: Any) -> Generate:
         return lambda audio, prompts, n: model(audio, prompts, n)
     raise TypeError(f"model must have a generate(audio, prompts, max_new_tokens) method or be such a callable, got {type(model).__name__}")
 
-def loaded_batches(items: Sequence[Any], size: int, load: Callable[[Any], Any], *, progress: bool, desc: str,
-                    unit: str) -> Iterator[tuple[list[Any], list[Any], list[tuple[Any, str]]]]:
+
+def loaded_batches(
+    items: Sequence[Any], size: int, load: Callable[[Any], Any], *, progress: bool, desc: str, unit: str
+) -> Iterator[tuple[list[Any], list[Any], list[tuple[Any, str]]]]:
     """`items` in chunks of `size` with their audio loaded, for the batched runners below: yields
     (the items that loaded, their audio, [(item, error)] for those whose audio failed), so a bad item
     is reported and its batch goes on; `sam.progress` counts the items when `progress`."""
@@ -62,6 +67,7 @@ def loaded_batches(items: Sequence[Any], size: int, load: Callable[[Any], Any], 
                     failed.append((item, f"audio: {type(e).__name__}: {e}"))
             yield loaded, audio, failed
             bar.update(len(chunk))
+
 
 def generate_predictions(
     model: Any,
@@ -88,15 +94,18 @@ def generate_predictions(
         unique.setdefault(generation_key(ex), ex)
     keys = list(unique)
     answers: dict[str, tuple[str | None, str | None]] = {}
-    for batch_keys, audio, failed in loaded_batches(keys, batch_size, lambda k: load(unique[k]), progress=progress,
-                                                     desc="generate", unit="clip"):
+    for batch_keys, audio, failed in loaded_batches(
+        keys, batch_size, lambda k: load(unique[k]), progress=progress, desc="generate", unit="clip"
+    ):
         answers.update({key: (None, error) for key, error in failed})
         if batch_keys:
             prompts = [unique[k].instruction for k in batch_keys]
             try:
                 texts = generate(audio, prompts, max_new_tokens)
                 if not isinstance(texts, (list, tuple)) or len(texts) != len(batch_keys) or not all(isinstance(t, str) for t in texts):
-                    raise TypeError(f"generate returned {type(texts).__name__} of {len(texts) if hasattr(texts, '__len__') else '?'} items for {len(batch_keys)} prompts; expected a list of strings")
+                    raise TypeError(
+                        f"generate returned {type(texts).__name__} of {len(texts) if hasattr(texts, '__len__') else '?'} items for {len(batch_keys)} prompts; expected a list of strings"
+                    )
                 answers.update({k: (t, None) for k, t in zip(batch_keys, texts)})
             except Exception as e:
                 answers.update({k: (None, f"generate: {type(e).__name__}: {e}") for k in batch_keys})

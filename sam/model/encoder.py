@@ -12,6 +12,7 @@ through `torch.load(weights_only=True)` with only inert stand-ins allowed for th
 objects (omegaconf, argparse, enums, numpy scalars) that fairseq pickles beside the weights. A stand-in
 records what it is given and runs nothing. Any other pickled global is refused with its name.
 """
+
 from __future__ import annotations
 
 import json
@@ -131,7 +132,9 @@ class AudioEncoder(nn.Module):
         dim, depth, heads = encoder_shape(enc_cfg)
         p = enc_cfg.patch_size
         if audio_cfg.target_frames < p or audio_cfg.num_mel_bins < p:
-            raise ValueError(f"audio.target_frames={audio_cfg.target_frames} and audio.num_mel_bins={audio_cfg.num_mel_bins} must be >= encoder.patch_size={p}")
+            raise ValueError(
+                f"audio.target_frames={audio_cfg.target_frames} and audio.num_mel_bins={audio_cfg.num_mel_bins} must be >= encoder.patch_size={p}"
+            )
         self.embed_dim, self.patch_size, self.norm_first = dim, p, enc_cfg.norm_first
         self.max_t, self.f = audio_cfg.target_frames // p, audio_cfg.num_mel_bins // p
         self.num_mel_bins = audio_cfg.num_mel_bins
@@ -173,7 +176,9 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"encoder input must be [batch, frames, {self.num_mel_bins}] fbank, got {tuple(fbank.shape)}")
         t, f = self.grid_shape(fbank.shape[1])
         if not 1 <= t <= self.max_t:
-            raise ValueError(f"fbank has {fbank.shape[1]} frames; the encoder takes {self.patch_size} to {self.max_t * self.patch_size} (audio.target_frames)")
+            raise ValueError(
+                f"fbank has {fbank.shape[1]} frames; the encoder takes {self.patch_size} to {self.max_t * self.patch_size} (audio.target_frames)"
+            )
         x = self.patch_embed(fbank.unsqueeze(1))  # [B, D, T, F]
         x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, : t * f]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
@@ -200,7 +205,9 @@ class ASTEncoder(nn.Module):
 
         path = Path(enc_cfg.checkpoint)
         if not enc_cfg.checkpoint or not (path / "config.json").is_file():
-            raise EncoderCheckpointError(f"encoder.kind=ast needs encoder.checkpoint = a local Hugging Face AST directory with config.json; got {enc_cfg.checkpoint!r}")
+            raise EncoderCheckpointError(
+                f"encoder.kind=ast needs encoder.checkpoint = a local Hugging Face AST directory with config.json; got {enc_cfg.checkpoint!r}"
+            )
         self.ast = ASTModel.from_pretrained(str(path), local_files_only=True)
         c = self.ast.config
         if c.max_length != audio_cfg.target_frames or c.num_mel_bins != audio_cfg.num_mel_bins:
@@ -249,7 +256,7 @@ class _Inert:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":  # used as a default_factory or reducer
+    def __call__(self, *args: Any, **kwargs: Any) -> _Inert:  # used as a default_factory or reducer
         return _Inert(*args, **kwargs)
 
 
@@ -268,7 +275,9 @@ def _load_fairseq_pt(path: Path) -> dict[str, Any]:
         raise EncoderCheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     refused = sorted(g for g in needed if not _INERT_GLOBAL.match(g))
     if refused:
-        raise EncoderCheckpointError(f"{path}: refusing to unpickle {', '.join(refused)} (only weights and fairseq/omegaconf config objects are accepted)")
+        raise EncoderCheckpointError(
+            f"{path}: refusing to unpickle {', '.join(refused)} (only weights and fairseq/omegaconf config objects are accepted)"
+        )
     with torch.serialization.safe_globals([(_Inert, g) for g in needed]):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -314,8 +323,13 @@ _KEY_RULES: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"^pre_norm\.(weight|bias)$"), r"input_norm.\1"),
     (re.compile(r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$"), r"blocks.\1.\2.\3"),
     (re.compile(r"^norm\.(weight|bias)$"), r"norm.\1"),
-    (re.compile(r"^(_ema|modality_encoders\.IMAGE\.decoder\.|decoder\.|fc_norm\.|head\.|recon_proj\.|cls_proj\.|center$|"
-                r"modality_encoders\.IMAGE\.(alibi_scale|encoder_mask)|modality_encoders\.IMAGE\.positional_encoder\.)"), None),
+    (
+        re.compile(
+            r"^(_ema|modality_encoders\.IMAGE\.decoder\.|decoder\.|fc_norm\.|head\.|recon_proj\.|cls_proj\.|center$|"
+            r"modality_encoders\.IMAGE\.(alibi_scale|encoder_mask)|modality_encoders\.IMAGE\.positional_encoder\.)"
+        ),
+        None,
+    ),
 ]
 
 
@@ -324,7 +338,7 @@ def map_eat_keys(state: dict[str, Tensor], source: str = "checkpoint") -> dict[s
     out: dict[str, Tensor] = {}
     unknown: list[str] = []
     for key, value in state.items():
-        k = key[len("model."):] if key.startswith("model.") else key
+        k = key[len("model.") :] if key.startswith("model.") else key
         for pattern, target in _KEY_RULES:
             if pattern.search(k):
                 if target is not None:
@@ -344,13 +358,21 @@ def load_eat_checkpoint(encoder: AudioEncoder, path: str | Path) -> None:
     has_input_norm = "input_norm.weight" in state
     if has_input_norm == encoder.norm_first:
         want = "false" if has_input_norm else "true"
-        raise EncoderCheckpointError(f"{source}: checkpoint blocks are {'post' if has_input_norm else 'pre'}-norm; set encoder.norm_first={want}")
+        raise EncoderCheckpointError(
+            f"{source}: checkpoint blocks are {'post' if has_input_norm else 'pre'}-norm; set encoder.norm_first={want}"
+        )
     _check_heads(Path(path), encoder)
     own = encoder.state_dict()
     if "pos_embed" in state:
-        pos = state["pos_embed"].reshape(1, -1, encoder.embed_dim) if state["pos_embed"].shape[-1] == encoder.embed_dim else state["pos_embed"]
+        pos = (
+            state["pos_embed"].reshape(1, -1, encoder.embed_dim)
+            if state["pos_embed"].shape[-1] == encoder.embed_dim
+            else state["pos_embed"]
+        )
         if pos.shape[1] < own["pos_embed"].shape[1]:
-            raise EncoderCheckpointError(f"{source}: positions cover {pos.shape[1]} patches, the encoder needs {own['pos_embed'].shape[1]} (audio.target_frames too large)")
+            raise EncoderCheckpointError(
+                f"{source}: positions cover {pos.shape[1]} patches, the encoder needs {own['pos_embed'].shape[1]} (audio.target_frames too large)"
+            )
         state["pos_embed"] = pos[:, : own["pos_embed"].shape[1]]
     elif isinstance(encoder.pos_embed, nn.Parameter):
         raise EncoderCheckpointError(f"{source}: no positional embeddings, but encoder.pos_embed=learned needs them")
@@ -360,10 +382,14 @@ def load_eat_checkpoint(encoder: AudioEncoder, path: str | Path) -> None:
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         detail = f"missing {missing[:4]}" if missing else f"unexpected {unexpected[:4]}"
-        raise EncoderCheckpointError(f"{source}: does not fit encoder of depth {len(encoder.blocks)} and dim {encoder.embed_dim}: {detail} (set encoder.depth / embed_dim / size)")
+        raise EncoderCheckpointError(
+            f"{source}: does not fit encoder of depth {len(encoder.blocks)} and dim {encoder.embed_dim}: {detail} (set encoder.depth / embed_dim / size)"
+        )
     for k, v in own.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise EncoderCheckpointError(f"{source}: {k} has shape {tuple(state[k].shape)}, the encoder expects {tuple(v.shape)} (check encoder.size / embed_dim)")
+            raise EncoderCheckpointError(
+                f"{source}: {k} has shape {tuple(state[k].shape)}, the encoder expects {tuple(v.shape)} (check encoder.size / embed_dim)"
+            )
     encoder.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -385,4 +411,14 @@ def param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["AudioEncoder", "ASTEncoder", "EncoderCheckpointError", "SIZES", "encoder_shape", "load_eat_checkpoint", "map_eat_keys", "read_eat_state", "sincos_2d"]
+__all__ = [
+    "AudioEncoder",
+    "ASTEncoder",
+    "EncoderCheckpointError",
+    "SIZES",
+    "encoder_shape",
+    "load_eat_checkpoint",
+    "map_eat_keys",
+    "read_eat_state",
+    "sincos_2d",
+]

@@ -13,6 +13,7 @@ it) and then steps one token at a time; it never steps through the prompt.
 Loading never unpickles arbitrary objects (safetensors, or `torch.load(weights_only=True)`), and
 this module never imports GPU-only packages (kernel dispatch lives in `sam.model.mamba2`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -146,7 +147,7 @@ class MambaLM(nn.Module):
     # ---- construction ----------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, name_or_config: str | MambaConfig | dict[str, Any], **overrides: Any) -> "MambaLM":
+    def from_config(cls, name_or_config: str | MambaConfig | dict[str, Any], **overrides: Any) -> MambaLM:
         """Randomly initialized model of a named size ('130m'..'2.7b', 'cpu-small', ...) or a config."""
         if isinstance(name_or_config, str):
             cfg = named_config(name_or_config)
@@ -269,7 +270,9 @@ class MambaLM(nn.Module):
     # ---- checkpoints -----------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = torch.float32, device: torch.device | str = "cpu") -> "MambaLM":
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: torch.dtype | None = torch.float32, device: torch.device | str = "cpu"
+    ) -> MambaLM:
         """Load a state-spaces/mamba2 dir (config.json with d_model..., pytorch_model.bin or safetensors)
         or a Hugging Face Mamba2 dir (config.json with hidden_size..., model.safetensors)."""
         path = Path(path)
@@ -289,7 +292,9 @@ class MambaLM(nn.Module):
         elif "hidden_size" in raw:
             cfg, hf = config_from_hf(raw, cfg_file), True
         else:
-            raise CheckpointError(f"{cfg_file}: neither a mamba_ssm config (d_model, n_layer, ...) nor a Hugging Face Mamba2 config (hidden_size, ...)")
+            raise CheckpointError(
+                f"{cfg_file}: neither a mamba_ssm config (d_model, n_layer, ...) nor a Hugging Face Mamba2 config (hidden_size, ...)"
+            )
         state = read_weights(path)
         if hf:
             state = {("backbone.embedding.weight" if k == "backbone.embeddings.weight" else k): v for k, v in state.items()}
@@ -308,12 +313,18 @@ class MambaLM(nn.Module):
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if missing:
-            raise CheckpointError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
+            raise CheckpointError(
+                f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
+            )
         if unexpected:
-            raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''})")
+            raise CheckpointError(
+                f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''})"
+            )
         for k, v in own.items():
             if tuple(state[k].shape) != tuple(v.shape):
-                raise CheckpointError(f"{source}: key {k!r} has shape {tuple(state[k].shape)} in the checkpoint but the model expects {tuple(v.shape)}")
+                raise CheckpointError(
+                    f"{source}: key {k!r} has shape {tuple(state[k].shape)} in the checkpoint but the model expects {tuple(v.shape)}"
+                )
         self.load_state_dict(state, strict=False, assign=True)
         for layer in self.backbone.layers:  # assign=True replaced the Parameter objects
             for p in (layer.mixer.dt_bias, layer.mixer.A_log, layer.mixer.D):

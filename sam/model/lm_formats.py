@@ -5,6 +5,7 @@ Converts each format's config.json to and from `MambaConfig` (unsupported option
 or `pytorch_model.bin` through `torch.load(weights_only=True)`, never arbitrary pickles) and writes
 files atomically. `sam.model.lm.MambaLM.from_pretrained` / `save_pretrained` use these.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,33 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing a file, or its config/tensors do not fit; names file or key."""
 
 
-
 def padded_vocab_size(cfg: MambaConfig) -> int:
     m = cfg.pad_vocab_size_multiple
     return cfg.vocab_size + (m - cfg.vocab_size % m) % m
 
 
-
 # ssm_cfg keys of mamba_ssm's Mamba2 that only affect initialization (safe to ignore when loading).
-_INIT_ONLY = {"layer", "A_init_range", "dt_min", "dt_max", "dt_init_floor", "conv_init", "use_mem_eff_path", "process_group", "sequence_parallel"}
+_INIT_ONLY = {
+    "layer",
+    "A_init_range",
+    "dt_min",
+    "dt_max",
+    "dt_init_floor",
+    "conv_init",
+    "use_mem_eff_path",
+    "process_group",
+    "sequence_parallel",
+}
 # ssm_cfg keys we do not implement, with the only value we support.
-_FIXED = {"d_ssm": None, "D_has_hdim": False, "rmsnorm": True, "norm_before_gate": False, "bias": False, "conv_bias": True, "dt_limit": [0.0, float("inf")]}
+_FIXED = {
+    "d_ssm": None,
+    "D_has_hdim": False,
+    "rmsnorm": True,
+    "norm_before_gate": False,
+    "bias": False,
+    "conv_bias": True,
+    "dt_limit": [0.0, float("inf")],
+}
 _SSM_FIELDS = ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
 
 
@@ -56,7 +73,16 @@ def config_from_mamba_ssm(raw: dict[str, Any], where: Path | str = "config.json"
     if unknown:
         raise CheckpointError(f"{where}: unknown ssm_cfg key {unknown[0]!r}")
     kw: dict[str, Any] = {k: ssm[k] for k in _SSM_FIELDS if k in ssm}
-    for k in ("d_model", "n_layer", "vocab_size", "rms_norm", "residual_in_fp32", "tie_embeddings", "pad_vocab_size_multiple", "norm_epsilon"):
+    for k in (
+        "d_model",
+        "n_layer",
+        "vocab_size",
+        "rms_norm",
+        "residual_in_fp32",
+        "tie_embeddings",
+        "pad_vocab_size_multiple",
+        "norm_epsilon",
+    ):
         if k in raw:
             kw[k] = raw[k]
     for k in ("d_model", "n_layer", "vocab_size"):
@@ -104,14 +130,24 @@ def config_from_hf(raw: dict[str, Any], where: Path | str = "config.json") -> Ma
     d, expand = raw["hidden_size"], raw.get("expand", 2)
     headdim = raw.get("head_dim", 64)
     if "num_heads" in raw and raw["num_heads"] * headdim != d * expand:
-        raise CheckpointError(f"{where}: num_heads * head_dim (= {raw['num_heads']} * {headdim}) must equal hidden_size * expand (= {d} * {expand})")
+        raise CheckpointError(
+            f"{where}: num_heads * head_dim (= {raw['num_heads']} * {headdim}) must equal hidden_size * expand (= {d} * {expand})"
+        )
     vocab = raw["vocab_size"]
     try:
         cfg = MambaConfig(
-            d_model=d, n_layer=raw["num_hidden_layers"], vocab_size=vocab, d_state=raw.get("state_size", 128),
-            d_conv=raw.get("conv_kernel", 4), expand=expand, headdim=headdim, ngroups=raw.get("n_groups", 8),
-            chunk_size=raw.get("chunk_size", 256), norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
-            residual_in_fp32=raw.get("residual_in_fp32", True), tie_embeddings=raw.get("tie_word_embeddings", False),
+            d_model=d,
+            n_layer=raw["num_hidden_layers"],
+            vocab_size=vocab,
+            d_state=raw.get("state_size", 128),
+            d_conv=raw.get("conv_kernel", 4),
+            expand=expand,
+            headdim=headdim,
+            ngroups=raw.get("n_groups", 8),
+            chunk_size=raw.get("chunk_size", 256),
+            norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
+            residual_in_fp32=raw.get("residual_in_fp32", True),
+            tie_embeddings=raw.get("tie_word_embeddings", False),
             pad_vocab_size_multiple=16 if isinstance(vocab, int) and vocab % 16 == 0 else 1,
         )
         check_config(cfg)

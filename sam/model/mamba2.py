@@ -10,6 +10,7 @@ Rules this module keeps: mamba_ssm is imported lazily inside `_kernels()`, never
 (on CPU machines it must not be touched); `in_proj` and `out_proj` are always called as modules,
 never through their weights, so peft LoRA wrappers and forward hooks see every call.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,7 +32,18 @@ from sam.model.ssd import CPU_CHUNK_SIZE, ssd_chunked
 
 def check_config(cfg: MambaConfig) -> None:
     """Raise ConfigError naming the field when a MambaConfig cannot describe a Mamba-2 LM."""
-    for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size", "pad_vocab_size_multiple"):
+    for name in (
+        "d_model",
+        "n_layer",
+        "vocab_size",
+        "d_state",
+        "d_conv",
+        "expand",
+        "headdim",
+        "ngroups",
+        "chunk_size",
+        "pad_vocab_size_multiple",
+    ):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"lm.{name} must be a positive integer, got {v!r}")
@@ -42,7 +54,9 @@ def check_config(cfg: MambaConfig) -> None:
         )
     nheads = d_inner // cfg.headdim
     if nheads % cfg.ngroups:
-        raise ConfigError(f"number of heads (lm.d_model * lm.expand / lm.headdim = {nheads}) must be divisible by lm.ngroups (= {cfg.ngroups})")
+        raise ConfigError(
+            f"number of heads (lm.d_model * lm.expand / lm.headdim = {nheads}) must be divisible by lm.ngroups (= {cfg.ngroups})"
+        )
     if not cfg.rms_norm:
         raise ConfigError("lm.rms_norm=false (LayerNorm blocks) is not supported; Mamba-2 checkpoints use RMSNorm")
     if not cfg.norm_epsilon > 0:
@@ -265,7 +279,9 @@ class Mamba2Mixer(nn.Module):
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
 
         self.in_proj = nn.Linear(self.d_model, 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads, bias=False)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1, bias=True)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, kernel_size=self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1, bias=True
+        )
         # mamba_ssm's initialization: dt log-uniform in [1e-3, 0.1] stored as inverse softplus, A in [1, 16].
         dt = torch.exp(torch.rand(self.nheads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
@@ -324,10 +340,21 @@ class Mamba2Mixer(nn.Module):
 
         if k is not None and k.split_conv1d_scan is not None and mask is None and cache is None:
             y = k.split_conv1d_scan(
-                zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self.D,
-                chunk_size=self.ssd_chunk_size or self.chunk_size, activation="silu", rmsnorm_weight=self.norm.weight,
-                rmsnorm_eps=self.norm.eps, outproj_weight=None, outproj_bias=None, headdim=self.headdim,
-                ngroups=self.ngroups, norm_before_gate=False,
+                zxbcdt,
+                self.conv1d.weight.squeeze(1),
+                self.conv1d.bias,
+                self.dt_bias,
+                A,
+                D=self.D,
+                chunk_size=self.ssd_chunk_size or self.chunk_size,
+                activation="silu",
+                rmsnorm_weight=self.norm.weight,
+                rmsnorm_eps=self.norm.eps,
+                outproj_weight=None,
+                outproj_bias=None,
+                headdim=self.headdim,
+                ngroups=self.ngroups,
+                norm_before_gate=False,
             )
             return self.out_proj(y)
 
@@ -351,12 +378,25 @@ class Mamba2Mixer(nn.Module):
         init = cache.ssm_states[self.layer_idx] if cache is not None and cache.seqlen_offset > 0 else None
         want_state = cache is not None
         if k is not None:
-            res = k.chunk_scan(x, dt, A, B, C, self.ssd_chunk_size or self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
-                               initial_states=init, dt_softplus=True, return_final_states=want_state)
+            res = k.chunk_scan(
+                x,
+                dt,
+                A,
+                B,
+                C,
+                self.ssd_chunk_size or self.chunk_size,
+                D=self.D,
+                z=None,
+                dt_bias=self.dt_bias,
+                initial_states=init,
+                dt_softplus=True,
+                return_final_states=want_state,
+            )
         else:
             chunk = self.ssd_chunk_size or (self.chunk_size if x.is_cuda else CPU_CHUNK_SIZE)
-            res = ssd_chunked(x, dt, A, B, C, chunk, D=self.D, dt_bias=self.dt_bias,
-                              initial_state=init, dt_softplus=True, return_final_state=want_state)
+            res = ssd_chunked(
+                x, dt, A, B, C, chunk, D=self.D, dt_bias=self.dt_bias, initial_state=init, dt_softplus=True, return_final_state=want_state
+            )
         if want_state:
             y, final = res
             cache.ssm_states[self.layer_idx].copy_(final)  # type: ignore[union-attr]
@@ -371,12 +411,16 @@ class Mamba2Mixer(nn.Module):
 
     # ---- single-token step -----------------------------------------------------------------
 
-    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    def allocate_cache(
+        self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor]:
         device = device if device is not None else self.in_proj.weight.device
         dtype = dtype if dtype is not None else self.conv1d.weight.dtype
         conv = torch.zeros(batch_size, self.conv_dim, self.d_conv, dtype=dtype, device=device)
         # SSM states accumulate over the whole sequence: keep them in at least fp32.
-        ssm = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, dtype=torch.promote_types(dtype, torch.float32), device=device)
+        ssm = torch.zeros(
+            batch_size, self.nheads, self.headdim, self.d_state, dtype=torch.promote_types(dtype, torch.float32), device=device
+        )
         return conv, ssm
 
     def step(self, hidden_states: Tensor, cache: MambaCache) -> Tensor:

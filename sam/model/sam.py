@@ -14,23 +14,25 @@ separable for further training and probing, and `merge_lora` folds them in when 
 This module never downloads anything and never unfreezes parameters behind the caller's back:
 trainability changes only through `set_trainable`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam.model.audio import load_audio, waves_to_features
 from sam.checkpoint import atomic_write_bytes
 from sam.config import ConfigError, SAMConfig, from_dict, to_dict
+from sam.model.audio import load_audio, waves_to_features
 from sam.model.connector import Connector
 from sam.model.encoder import AudioEncoder
 from sam.model.lm import MambaLM, padded_vocab_size
@@ -90,7 +92,9 @@ class SAM(nn.Module):
                 self.language_model = MambaLM(self.config.lm)
         lm_dim = self.language_model.config.d_model
         if tokenizer is not None and len(tokenizer) > padded_vocab_size(self.language_model.config):
-            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but lm.vocab_size allows {padded_vocab_size(self.language_model.config)}; raise lm.vocab_size")
+            raise ConfigError(
+                f"tokenizer has {len(tokenizer)} tokens but lm.vocab_size allows {padded_vocab_size(self.language_model.config)}; raise lm.vocab_size"
+            )
         sep_ids = tokenizer.encode(self.config.connector.separator, add_special_tokens=False) if tokenizer is not None else []
         self.register_buffer("separator_ids", torch.tensor(sep_ids, dtype=torch.long), persistent=False)
         grid = self.audio_tower.grid_shape(self.config.audio.target_frames)
@@ -114,7 +118,9 @@ class SAM(nn.Module):
         if lc.rank <= 0:
             raise ConfigError(f"lora.rank must be > 0 to add LoRA, got {lc.rank}")
         before = {n: p.requires_grad for n, p in self.language_model.named_parameters()}
-        peft_cfg = PeftLoraConfig(r=lc.rank, lora_alpha=lc.alpha or 2 * lc.rank, lora_dropout=lc.dropout, target_modules=list(lc.target_modules))
+        peft_cfg = PeftLoraConfig(
+            r=lc.rank, lora_alpha=lc.alpha or 2 * lc.rank, lora_dropout=lc.dropout, target_modules=list(lc.target_modules)
+        )
         inject_adapter_in_model(peft_cfg, self.language_model)
         # peft freezes the base weights; trainability is this class's job (set_trainable), so undo that.
         for n, p in self.language_model.named_parameters():
@@ -167,7 +173,9 @@ class SAM(nn.Module):
         if not self.connector.uses_separator:
             return None
         if self.separator_ids.numel() == 0:
-            raise ConfigError(f"connector.layout={self.connector.layout} needs a tokenizer to embed the separator {self.config.connector.separator!r}")
+            raise ConfigError(
+                f"connector.layout={self.connector.layout} needs a tokenizer to embed the separator {self.config.connector.separator!r}"
+            )
         return self.language_model.get_input_embeddings()(self.separator_ids)
 
     def encode_audio(self, fbank: Tensor) -> Tensor:
@@ -283,7 +291,12 @@ class SAM(nn.Module):
             for i in range(len(seqs)):
                 full_mask[i, int(pad_count[i]) : int(pad_count[i]) + n] = 1
             out = self.language_model.generate(
-                inputs_embeds=inputs, attention_mask=full_mask, max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id, do_sample=do_sample, **kwargs
+                inputs_embeds=inputs,
+                attention_mask=full_mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.tokenizer.eos_token_id,
+                do_sample=do_sample,
+                **kwargs,
             )
         finally:
             self.train(was_training)
@@ -327,8 +340,10 @@ class SAM(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            _, logits = self.forward({k: batch[k].to(device) for k in ("fbank", "input_ids", "attention_mask", "labels")}
-                                     | {"label_positions": positions.to(device)})
+            _, logits = self.forward(
+                {k: batch[k].to(device) for k in ("fbank", "input_ids", "attention_mask", "labels")}
+                | {"label_positions": positions.to(device)}
+            )
         finally:
             self.train(was_training)
         targets = batch["labels"].gather(1, positions)  # IGNORE_INDEX on the filler positions
@@ -354,7 +369,7 @@ class SAM(nn.Module):
         atomic_write_bytes(path / "config.json", (json.dumps(to_dict(self.config), indent=2) + "\n").encode())
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None, device: str | torch.device = "cpu") -> "SAM":
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None, device: str | torch.device = "cpu") -> SAM:
         """Load a directory written by `save_pretrained`; the encoder/LM source checkpoints are not re-read."""
         from safetensors.torch import load_file
 
@@ -394,4 +409,3 @@ class SAM(nn.Module):
             raise ConfigError(f"{weights}: does not match config.json ({type(e).__name__}: {e})") from None
         model.config = config
         return model.to(device)
-

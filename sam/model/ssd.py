@@ -15,6 +15,7 @@ the memory autograd would and is faster on CPU. Its argument order mirrors mamba
 This module must never import mamba_ssm or other GPU-only code, and never change the math to gain
 speed without the reference test still passing at fp64 precision.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,9 @@ def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tup
         raise ValueError(f"x must be [batch, length, heads, headdim], got shape {tuple(x.shape)}")
     b, l, h, p = x.shape
     if B.dim() != 4 or B.shape[:2] != (b, l) or C.shape != B.shape:
-        raise ValueError(f"B and C must be [batch, length, groups, d_state] matching x {tuple(x.shape)}; got B {tuple(B.shape)}, C {tuple(C.shape)}")
+        raise ValueError(
+            f"B and C must be [batch, length, groups, d_state] matching x {tuple(x.shape)}; got B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
     g, n = B.shape[2], B.shape[3]
     if dt.shape != (b, l, h):
         raise ValueError(f"dt must be [batch, length, heads] = {(b, l, h)}, got {tuple(dt.shape)}")
@@ -226,8 +229,12 @@ def ssd_chunked(
     # is off inside: the scan accumulates in `cdt`, and its backward expects one dtype throughout.
     with torch.autocast(x.device.type, enabled=False):
         y, final_state = _ChunkedScan.apply(
-            xf.reshape(b, nc, q, g, r, p), dt.reshape(b, nc, q, g, r), A.to(cdt).reshape(g, r),
-            Bf.reshape(b, nc, q, g, n), Cf.reshape(b, nc, q, g, n), init,
+            xf.reshape(b, nc, q, g, r, p),
+            dt.reshape(b, nc, q, g, r),
+            A.to(cdt).reshape(g, r),
+            Bf.reshape(b, nc, q, g, n),
+            Cf.reshape(b, nc, q, g, n),
+            init,
         )
     y = y.reshape(b, nc * q, h, p)[:, :l]
     if D is not None:

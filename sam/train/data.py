@@ -7,8 +7,9 @@ micro-batch is a slice of that stream, so resuming needs only the step counter.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -60,6 +61,7 @@ class StreamSampler(Sampler[list[int]]):
     def __len__(self) -> int:  # an endless stream; DataLoader only needs a number
         return 2**62
 
+
 # --------------------------------------------------------------------------------------------
 # Stage data and loaders
 
@@ -72,6 +74,7 @@ class StageData:
     valid: list[Any]
     make_dataset: Any  # examples -> torch Dataset
     collate: Any
+
 
 def make_loader(data: StageData, examples: list[Any], sampler: Sampler, workers: int, seed: int, pin: bool = False) -> DataLoader:
     # A private generator: DataLoader otherwise draws its worker seed from the global RNG, which
@@ -87,10 +90,12 @@ def make_loader(data: StageData, examples: list[Any], sampler: Sampler, workers:
         pin_memory=pin,
     )
 
+
 def fixed_batches(data: StageData, examples: list[Any], batch_size: int, limit: int) -> list[dict[str, Any]]:
     ds = data.make_dataset(examples[:limit])
     items = [ds[i] for i in range(len(ds))]
     return [data.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
 
 class WithLabelPositions:
     """A collate function that adds `label_positions` (sam.model.label_positions of the labels) to
@@ -105,6 +110,7 @@ class WithLabelPositions:
         batch = self.collate(items)
         batch["label_positions"] = label_positions(batch["labels"])
         return batch
+
 
 # --------------------------------------------------------------------------------------------
 # Text-only data for LM pretraining
@@ -128,6 +134,7 @@ class TextDataset(torch.utils.data.Dataset):
         labels = ids.clone()
         labels[0] = IGNORE_INDEX
         return {"input_ids": ids, "labels": labels, "pad_id": self.pad_id}
+
 
 def collate_text(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Right-pad ids with the pad id and labels with IGNORE_INDEX; attention_mask 1 on tokens."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -42,6 +43,7 @@ class Dist:
         if self.world_size > 1:
             tdist.barrier()
 
+
 def init_distributed(device: str | None = None) -> Dist:
     """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,12 +60,14 @@ def init_distributed(device: str | None = None) -> Dist:
         tdist.init_process_group("nccl" if cuda else "gloo")
     return Dist(rank, world, local, torch.device(f"cuda:{local}") if cuda else torch.device("cpu"))
 
+
 def all_sum(x: float, dist: Dist, device: torch.device) -> float:
     if dist.world_size == 1:
         return x
     t = torch.tensor([x], dtype=torch.float64, device=device)
     tdist.all_reduce(t)
     return float(t.item())
+
 
 def ddp_kwargs() -> dict[str, bool]:
     """DDP's switch for not broadcasting buffers before each forward (every process holds the same
@@ -72,6 +76,7 @@ def ddp_kwargs() -> dict[str, bool]:
 
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
 
 # --------------------------------------------------------------------------------------------
 # FSDP (`train.fsdp` under torchrun)
@@ -84,12 +89,14 @@ def blocks(module: nn.Module, connector: bool = False) -> Iterator[nn.Module]:
     kinds: tuple[type, ...] = (EncoderBlock, LMBlock, Connector) if connector else (EncoderBlock, LMBlock)
     return (m for m in module.modules() if isinstance(m, kinds))
 
+
 def is_fsdp(net: nn.Module) -> bool:
     if not tdist.is_available():
         return False
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(net, FSDPModule)
+
 
 def fsdp_shard(module: nn.Module, dist: Dist) -> nn.Module:
     """A copy of `module` sharded with FSDP2 over all `dist` processes: `fully_shard` on every
@@ -118,6 +125,7 @@ def fsdp_shard(module: nn.Module, dist: Dist) -> nn.Module:
     fully_shard(shard, mesh=mesh)
     return shard
 
+
 @torch.no_grad()
 def fsdp_unshard_into(shard: nn.Module, module: nn.Module) -> None:
     """Copy the trainable parameters and the buffers of `fsdp_shard`'s copy into `module`, whole,
@@ -129,6 +137,7 @@ def fsdp_unshard_into(shard: nn.Module, module: nn.Module) -> None:
     for name, b in shard.named_buffers():
         buffers[name].copy_(b)
 
+
 def full_optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
     """`opt.state_dict()` with every sharded state gathered whole, on the CPU: the dict one process
     would save (parameters numbered in the same order). A collective."""
@@ -137,6 +146,7 @@ def full_optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
     for i in sorted(sd["state"]):  # the same order on every process
         full[i] = {k: v.full_tensor().cpu() if hasattr(v, "full_tensor") else v for k, v in sd["state"][i].items()}
     return {**sd, "state": full}
+
 
 def restore_sharded_optimizer(opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
     """Load a whole optimizer state (`full_optimizer_state`'s, or one process's) into an optimizer

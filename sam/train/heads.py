@@ -4,7 +4,8 @@ text-only LM, stage checks, loss units and token counters.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from sam.prompt import IGNORE_INDEX
 
 GROUPS = ("encoder", "connector", "lora", "lm", "head", "classifier")
 
+
 def check_stages(train: TrainConfig) -> None:
     """Raise ConfigError naming the key of the first impossible stage setting."""
     if not train.stages:
@@ -27,16 +29,24 @@ def check_stages(train: TrainConfig) -> None:
         key = f"train.stages.{i}"
         bad = sorted(set(stage.trainable) - set(GROUPS))
         if bad or not stage.trainable:
-            raise ConfigError(f"{key}.trainable: unknown group {bad[0]!r}; choose from {', '.join(GROUPS)}" if bad else f"{key}.trainable is empty")
+            raise ConfigError(
+                f"{key}.trainable: unknown group {bad[0]!r}; choose from {', '.join(GROUPS)}" if bad else f"{key}.trainable is empty"
+            )
         other = sorted(set(stage.trainable) - {"encoder", "classifier"})
         if "classifier" in stage.trainable and other:
             raise ConfigError(f"{key}.trainable: a 'classifier' stage trains encoder + classifier only, not {other[0]!r}")
         if is_lm_stage(stage):
             if stage.tasks != [TEXT_TASK] or stage.trainable != ["lm"]:
-                raise ConfigError(f"{key}: an LM-pretraining stage has tasks [{TEXT_TASK}] and trainable [lm] only (got {stage.tasks}, {stage.trainable})")
+                raise ConfigError(
+                    f"{key}: an LM-pretraining stage has tasks [{TEXT_TASK}] and trainable [lm] only (got {stage.tasks}, {stage.trainable})"
+                )
         bad = sorted(set(stage.tasks) - set(TASKS) - ({TEXT_TASK} if is_lm_stage(stage) else set()))
         if bad or not stage.tasks:
-            raise ConfigError(f"{key}.tasks: unknown task {bad[0]!r}; choose from {', '.join(TASKS)} (or [{TEXT_TASK}] alone, for LM pretraining)" if bad else f"{key}.tasks is empty")
+            raise ConfigError(
+                f"{key}.tasks: unknown task {bad[0]!r}; choose from {', '.join(TASKS)} (or [{TEXT_TASK}] alone, for LM pretraining)"
+                if bad
+                else f"{key}.tasks is empty"
+            )
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(stage, name) <= 0:
                 raise ConfigError(f"{key}.{name} must be positive, got {getattr(stage, name)}")
@@ -48,11 +58,13 @@ def check_stages(train: TrainConfig) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0 or (n and (n < 16 or n & (n - 1))):
         raise ConfigError(f"train.ssd_chunk_size must be 0 (the model's own chunk size) or a power of two >= 16, got {n!r}")
 
+
 def class_vocabulary(examples: Sequence[Any]) -> list[str]:
     classes = sorted({label for ex in examples for label in ex.labels})
     if not classes:
         raise ConfigError("encoder pretraining needs examples with class labels; the stage's examples have none")
     return classes
+
 
 # --------------------------------------------------------------------------------------------
 # Modules trained by part stages
@@ -77,6 +89,7 @@ class EncoderClassifier(nn.Module):
     def targets(self, examples: Sequence[Any]) -> torch.Tensor:
         return torch.from_numpy(label_matrix(examples, self.classes)).float()
 
+
 class TextLM(nn.Module):
     """The language model as a plain causal LM: token t predicts token t + 1, loss on every labelled
     target. Wraps SAM's own `language_model`, so what it learns stays in SAM."""
@@ -93,6 +106,7 @@ class TextLM(nn.Module):
         )
         return loss, logits
 
+
 # --------------------------------------------------------------------------------------------
 # Loss units and token counters
 
@@ -104,10 +118,12 @@ def loss_units(batch: dict[str, Any], encoder_stage: bool) -> int:
         return int(batch["fbank"].shape[0])
     return int((batch["labels"] != IGNORE_INDEX).sum())
 
+
 def lm_tokens(batch: dict[str, Any], logits: torch.Tensor, text_tokens: int) -> int:
     """LM positions a batch fed through the model: audio tokens + `text_tokens` (padding excluded)."""
     audio = int(logits.shape[1]) - int(batch["input_ids"].shape[1])
     return text_tokens + int(logits.shape[0]) * audio
+
 
 def audio_lm_tokens(model: nn.Module) -> Callable[[dict[str, Any], torch.Tensor, int], int]:
     """Counter of LM positions per SAM batch (each clip's audio tokens + `text_tokens`) that does not
@@ -117,6 +133,7 @@ def audio_lm_tokens(model: nn.Module) -> Callable[[dict[str, Any], torch.Tensor,
         return text_tokens + int(batch["fbank"].shape[0]) * model.num_audio_tokens(int(batch["fbank"].shape[1]))
 
     return count
+
 
 def patch_tokens(audio_tower: nn.Module) -> Callable[[dict[str, Any], torch.Tensor, int], int]:
     """Counter of encoder patch tokens per batch, for the encoder-pretraining stage."""

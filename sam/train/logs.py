@@ -1,5 +1,4 @@
-"""Per-step training logs (log.csv + log.jsonl) and the progress bar.
-"""
+"""Per-step training logs (log.csv + log.jsonl) and the progress bar."""
 
 from __future__ import annotations
 
@@ -24,7 +23,9 @@ class StageLog:
     def _truncate(self, step: int) -> None:
         rows = []
         if self.jsonl.is_file():
-            rows = [r for r in (json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()) if r.get("step", 0) <= step]
+            rows = [
+                r for r in (json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()) if r.get("step", 0) <= step
+            ]
         with open(self.jsonl, "w") as fj, open(self.csv, "w", newline="") as fc:
             w = csv.DictWriter(fc, fieldnames=self.FIELDS, extrasaction="ignore")
             w.writeheader()
@@ -42,6 +43,7 @@ class StageLog:
         if "loss" in row:
             with open(self.csv, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore").writerow(row)
+
 
 def progress_bar(name: str, start: int, total: int, enabled: bool, log: Path | None = None) -> Progress:
     """A bar on a terminal, timed lines in a log (and in `log`, when given)."""

@@ -17,12 +17,14 @@ from it continues bit for bit on CPU. The run cache and stage chaining live in `
 This module must never change weights outside the stage's trainable groups, never write a
 checkpoint non-atomically, and never draw from the global RNG for data order.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,9 +132,15 @@ def train_stage(
         seen_clips += clips
         seen_tokens += tokens
         row = {
-            "step": step + 1, "loss": loss_value, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
-            "clips": clips, "tokens": tokens, "elapsed_s": elapsed,
-            "clips_per_s": seen_clips / elapsed, "tokens_per_s": seen_tokens / elapsed,
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": sched.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "clips": clips,
+            "tokens": tokens,
+            "elapsed_s": elapsed,
+            "clips_per_s": seen_clips / elapsed,
+            "tokens_per_s": seen_tokens / elapsed,
         }
         if train.log_every and ((step + 1) % train.log_every == 0 or step + 1 == stage.steps):
             log.write(row)

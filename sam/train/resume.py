@@ -26,8 +26,18 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     keep = {n for n, p in params.items() if p.requires_grad}
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in keep or k not in params}
 
+
 def save_stage_checkpoint(
-    module, opt, sched, step: int, sampler: StreamSampler, stage: StageConfig, summary: dict, ckpt_dir: Path, dist: Dist, shard: nn.Module | None = None
+    module,
+    opt,
+    sched,
+    step: int,
+    sampler: StreamSampler,
+    stage: StageConfig,
+    summary: dict,
+    ckpt_dir: Path,
+    dist: Dist,
+    shard: nn.Module | None = None,
 ) -> None:
     if shard is not None:  # FSDP: every process gathers; rank 0 writes the same full state as one process would
         fsdp_unshard_into(shard, module)
@@ -50,6 +60,7 @@ def save_stage_checkpoint(
         save_checkpoint(ckpt_dir, step, state)
     dist.barrier()
 
+
 def restore_weights(module: nn.Module, state: dict[str, Any], dist: Dist) -> None:
     """A checkpoint's weights into `module` (its optimizer and schedule are restored by the caller)."""
     missing = set(state["module"]) - set(module.state_dict())
@@ -57,7 +68,10 @@ def restore_weights(module: nn.Module, state: dict[str, Any], dist: Dist) -> Non
         raise RuntimeError(f"checkpoint of stage {state.get('stage')} holds unknown weights, e.g. {sorted(missing)[0]}")
     module.load_state_dict(state["module"], strict=False)
     if len(state["rng"]) != dist.world_size:
-        raise RuntimeError(f"checkpoint was written by {len(state['rng'])} processes; resume it with the same number (now {dist.world_size})")
+        raise RuntimeError(
+            f"checkpoint was written by {len(state['rng'])} processes; resume it with the same number (now {dist.world_size})"
+        )
+
 
 def publish_final(model: nn.Module, encoder_module: nn.Module | None, stage_dir: Path, summary: dict, exp: ExperimentConfig) -> None:
     def build(tmp: Path) -> None:

@@ -5,6 +5,7 @@ States are stored as tensors and plain containers only, so a checkpoint holding 
 `torch.load(weights_only=True)`: no pickled NumPy arrays or Python objects, nothing that could run
 code when an untrusted file is loaded.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,8 +29,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

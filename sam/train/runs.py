@@ -21,6 +21,7 @@ them, since bf16 autocast on CUDA and fp32 on CPU train different weights.
 This module must never return a run directory whose model is incomplete, and never let two
 processes train the same stage at once (a lock file serializes them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -65,19 +67,8 @@ from sam.train.validate import check_settings
 __all__ = ["run_dir_for", "stage_dirs", "stage_keys", "stage_part", "weight_settings"]
 
 
-
-
-
 # The SAM state-dict prefix each part stage trains, and the model settings its weights depend on.
 _PART_PREFIX = {"lm": "language_model.", "encoder": "audio_tower."}
-
-
-
-
-
-
-
-
 
 
 @contextlib.contextmanager
@@ -158,7 +149,6 @@ def load_weights(model: Any, checkpoint_dir: Path, part: str | None = None) -> N
     from safetensors.torch import load_file
 
     if part is None:
-    
         model.load_state_dict(SAM.from_pretrained(checkpoint_dir).state_dict(), strict=True)
         return
     saved = load_file(str(Path(checkpoint_dir) / "model.safetensors"))
@@ -174,9 +164,13 @@ def load_weights(model: Any, checkpoint_dir: Path, part: str | None = None) -> N
         for key, tensor in tensors.items():
             found = [n for n in names[key] if n in theirs]
             if not found:
-                raise ConfigError(f"{checkpoint_dir} has no {part} weights named {names[key][0]}; was it trained with another {part} shape?")
+                raise ConfigError(
+                    f"{checkpoint_dir} has no {part} weights named {names[key][0]}; was it trained with another {part} shape?"
+                )
             if tensor.shape != theirs[found[0]].shape:
-                raise ConfigError(f"{checkpoint_dir}: {found[0]} has shape {tuple(theirs[found[0]].shape)}, the model wants {tuple(tensor.shape)}")
+                raise ConfigError(
+                    f"{checkpoint_dir}: {found[0]} has shape {tuple(theirs[found[0]].shape)}, the model wants {tuple(tensor.shape)}"
+                )
             tensor.copy_(theirs[found[0]])
 
 
@@ -222,7 +216,6 @@ def stage_model(run_dir: str | Path, stage: int | str, device: str | None = None
     info = json.loads((run_dir / "run.json").read_text())
     dirs = [(run_dir / st["dir"]).resolve() for st in info["stages"]]
     if stage_part(exp, index) is None:
-    
         model = SAM.from_pretrained(dirs[index] / "final")
     else:
         model = _composed_model(exp, dirs, index, run_dir.parent)
@@ -243,9 +236,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 # The cache
 
 
-def train_or_load(
-    exp: ExperimentConfig, runs_dir: str | Path = "runs", device: str | None = None, progress: bool = True
-) -> Path:
+def train_or_load(exp: ExperimentConfig, runs_dir: str | Path = "runs", device: str | None = None, progress: bool = True) -> Path:
     """Train `exp` (reusing every cached stage it shares with earlier runs) and return its run dir.
 
     Under torchrun every process calls this; rank 0 writes, all ranks train.
@@ -263,7 +254,7 @@ def train_or_load(
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     holds = -1  # `model` holds the weights after this stage (-1: initial)
     summaries = []
-    for i, (stage, sdir) in enumerate(zip(exp.train.stages, dirs)):
+    for i, (_stage, sdir) in enumerate(zip(exp.train.stages, dirs)):
         with _lock(sdir.with_name(sdir.name + ".lock"), dist):
             final = sdir / "final"
             if not final.is_dir():
@@ -291,7 +282,9 @@ def _publish_run(exp: ExperimentConfig, run_dir: Path, dirs: list[Path], summari
             "config_hash": config_hash(exp),
             "device": dist.device.type,
             "world_size": dist.world_size,
-            "stages": [{"name": s.name, "dir": os.path.relpath(d, run_dir), "summary": m} for s, d, m in zip(exp.train.stages, dirs, summaries)],
+            "stages": [
+                {"name": s.name, "dir": os.path.relpath(d, run_dir), "summary": m} for s, d, m in zip(exp.train.stages, dirs, summaries)
+            ],
         }
         (tmp / "run.json").write_text(json.dumps(info, indent=2))
         logs = [pd.read_csv(d / "log.csv") for d in dirs if (d / "log.csv").is_file()]

@@ -1,10 +1,10 @@
-"""Speed options that leave the computed step unchanged: bf16 autocast, CUDA graphs, regional torch.compile.
-"""
+"""Speed options that leave the computed step unchanged: bf16 autocast, CUDA graphs, regional torch.compile."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
 
 class CudaGraphs:
     """Forward + weighted backward of a micro-batch, captured once per batch shape as a CUDA graph
@@ -97,12 +98,14 @@ class CudaGraphs:
         graph.replay()
         return loss, torch.empty(shape, device="meta"), tensors
 
+
 def check_compile(train: TrainConfig, device: torch.device, world_size: int) -> None:
     """Refuse `train.compile` where it is not known to give eager's gradients (ConfigError)."""
     if not train.compile:
         return
     if device.type != "cuda" or world_size > 1:
         raise ConfigError("train.compile needs one CUDA process (refused on CPU; compiled blocks under torchrun are not tested)")
+
 
 def compile_blocks(module: nn.Module, device: torch.device, mode: str | None = None) -> list[nn.Module]:
     """`train.compile`: torch.compile, in place, every encoder block, Mamba-2 block and connector
@@ -125,6 +128,7 @@ def compile_blocks(module: nn.Module, device: torch.device, mode: str | None = N
             m.forward = torch.compile(m.forward, mode=mode)
             done.append(m)
     return done
+
 
 def uncompile_blocks(modules: Sequence[nn.Module]) -> None:
     """Undo `compile_blocks` on these modules (their plain `forward` again) and hand mamba_ssm's

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,12 +30,14 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 
     return f
 
+
 def trainable_params(module: nn.Module, stage: StageConfig) -> list[nn.Parameter]:
     """The parameters of `module` that train (ConfigError if the stage's groups select none)."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"stage {stage.name}: trainable groups {stage.trainable} select no parameters")
     return params
+
 
 def make_optimizer(module: nn.Module, stage: StageConfig, train: TrainConfig, device: torch.device):
     """AdamW over trainable parameters; no weight decay on vectors (norms, biases, A_log, D, dt)."""
@@ -47,8 +50,10 @@ def make_optimizer(module: nn.Module, stage: StageConfig, train: TrainConfig, de
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup_steps, stage.steps, train.min_lr_ratio))
     return opt, sched
 
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
 
 @torch.no_grad()
 def mean_loss(module: nn.Module, batches: Sequence[dict[str, Any]], encoder_stage: bool, device: torch.device, precision: str) -> float:
@@ -67,6 +72,7 @@ def mean_loss(module: nn.Module, batches: Sequence[dict[str, Any]], encoder_stag
     finally:
         module.train(was)
     return total / max(units, 1)
+
 
 def train_step(
     net: nn.Module,

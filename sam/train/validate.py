@@ -4,6 +4,7 @@
 coercion alone lets through (``lr=nan`` parses as a float, ``connector.layout=diagonal`` as a
 string) so a run fails in its first second with the key named, not after the tokenizer trained.
 """
+
 from __future__ import annotations
 
 import dataclasses

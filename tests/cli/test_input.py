@@ -1,5 +1,6 @@
 """Bad input ends `sam` with one line and exit 2, before any work; long jobs report progress in logs;
 `sam caption` streams files in batches, reading only what the model uses."""
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,14 @@ def test_unwritable_output_fails_before_any_work(tmp_path: Path, capsys) -> None
     assert code == 2 and "--out" in _err(capsys)
 
 
-@pytest.mark.parametrize("override,key", [("train.stages.0.lr=nan", "train.stages.0.lr"),
-                                          ("model.connector.layout=diagonal", "model.connector.layout"),
-                                          ("train.weight_decay=inf", "train.weight_decay")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.stages.0.lr=nan", "train.stages.0.lr"),
+        ("model.connector.layout=diagonal", "model.connector.layout"),
+        ("train.weight_decay=inf", "train.weight_decay"),
+    ],
+)
 def test_nonsense_settings_are_refused_before_training(tmp_path: Path, capsys, override: str, key: str) -> None:
     code = main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "--runs-dir", str(tmp_path), "--no-progress", override])
     assert code == 2 and _err(capsys).startswith(f"sam train: error: {key}:")
@@ -63,7 +69,10 @@ def test_disk_errors_name_the_path(capsys, monkeypatch) -> None:
 
     monkeypatch.setitem(sam.cli.COMMANDS, "data-summary", full)
     assert main(["data-summary"]) == 1
-    assert _err(capsys) == "sam data-summary: error: /data/out/metrics.json: No space left on device; free space on that disk or write elsewhere"
+    assert (
+        _err(capsys)
+        == "sam data-summary: error: /data/out/metrics.json: No space left on device; free space on that disk or write elsewhere"
+    )
 
 
 def test_progress_prints_timed_lines_when_not_a_terminal(tmp_path: Path) -> None:
@@ -90,8 +99,8 @@ def test_progress_prints_timed_lines_when_not_a_terminal(tmp_path: Path) -> None
 
 
 def test_load_audio_prefix_equals_the_start_of_the_full_decode(tmp_path: Path) -> None:
-    from sam.model.audio import load_audio
     from sam.data.corpus import read_clip, read_manifest
+    from sam.model.audio import load_audio
 
     if not (REPO / "data" / "corpus" / "manifest.jsonl").is_file():
         pytest.skip("needs the corpus in data/")
@@ -137,8 +146,20 @@ def test_caption_streams_batches_cuts_long_files_and_keeps_one_line_per_file(che
         sf.write(tmp_path / f"{i}.wav", np.tile(wave, reps), 16000, subtype="FLOAT")
         paths.append(str(tmp_path / f"{i}.wav"))
     sf.write(tmp_path / "tiny.wav", np.full(160, 0.1, np.float32), 16000)  # 0.01 s: no fbank frame at all
-    argv = ["caption", "--checkpoint", str(checkpoint), paths[0], str(tmp_path / "tiny.wav"), *paths[1:],
-            "--batch-size", "2", "--max-new-tokens", "4", "--device", "cpu"]
+    argv = [
+        "caption",
+        "--checkpoint",
+        str(checkpoint),
+        paths[0],
+        str(tmp_path / "tiny.wav"),
+        *paths[1:],
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 1
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -153,7 +174,9 @@ def test_caption_streams_batches_cuts_long_files_and_keeps_one_line_per_file(che
     from sam.model.audio import fbank, normalize, pad_or_trim
 
     cfg = model.config.audio  # features of the cut wave equal the whole file's features cut to the model's frames
-    uncut = normalize(pad_or_trim(fbank(whole[0], cfg.sample_rate, cfg.num_mel_bins, cfg.window_type), cfg.target_frames), cfg.norm_mean, cfg.norm_std)
+    uncut = normalize(
+        pad_or_trim(fbank(whole[0], cfg.sample_rate, cfg.num_mel_bins, cfg.window_type), cfg.target_frames), cfg.norm_mean, cfg.norm_std
+    )
     assert torch.equal(model.features([whole[0]])[0], uncut)
     expected = model.generate(whole, ["Write a caption for the audio clip."] * 3, max_new_tokens=4)
     from sam.cli.infer import one_line
@@ -198,11 +221,17 @@ def _tiny_text_lm(folder: Path, vocab: int) -> Path:
 def test_probe_lm_names_a_tokenizer_larger_than_the_vocabulary_and_a_truncated_bin(checkpoint: Path, tmp_path: Path, capsys) -> None:
     small = _tiny_text_lm(tmp_path / "lm16", 16)
     out = str(tmp_path / "o.csv")
-    assert main(["probe-lm", "--model", str(small), "--tokenizer", str(checkpoint), "--text", "a dog barks", "--out", out, "--device", "cpu"]) == 2
+    assert (
+        main(["probe-lm", "--model", str(small), "--tokenizer", str(checkpoint), "--text", "a dog barks", "--out", out, "--device", "cpu"])
+        == 2
+    )
     err = _err(capsys)
     assert "--tokenizer" in err and "but the model embeds only 16" in err
     cut = _tiny_text_lm(tmp_path / "cut", 512)
     blob = (cut / "pytorch_model.bin").read_bytes()
     (cut / "pytorch_model.bin").write_bytes(blob[: len(blob) // 2])
-    assert main(["probe-lm", "--model", str(cut), "--tokenizer", str(checkpoint), "--text", "a dog barks", "--out", out, "--device", "cpu"]) == 2
+    assert (
+        main(["probe-lm", "--model", str(cut), "--tokenizer", str(checkpoint), "--text", "a dog barks", "--out", out, "--device", "cpu"])
+        == 2
+    )
     assert f"{cut / 'pytorch_model.bin'}: cannot read weights, truncated or damaged" in _err(capsys)

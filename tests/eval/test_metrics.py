@@ -1,4 +1,5 @@
 """Metric functions agree with the libraries and rules they stand for (scikit-learn, pycocoevalcap, MMAU)."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,9 +28,7 @@ from sam.eval.metrics import (
 
 def test_map_equals_sklearn_macro_over_classes_with_positives():
     y = np.array([[1, 0, 0, 1], [0, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]])
-    s = np.array(
-        [[0.9, 0.1, 0.3, 0.2], [0.2, 0.8, 0.5, 0.6], [0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.9, 0.7], [0.1, 0.6, 0.2, 0.3]]
-    )
+    s = np.array([[0.9, 0.1, 0.3, 0.2], [0.2, 0.8, 0.5, 0.6], [0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.9, 0.7], [0.1, 0.6, 0.2, 0.3]])
     mAP, per_class = mean_average_precision(y, s)
     keep = [0, 1, 3]  # class 2 has no positive
     assert mAP == pytest.approx(average_precision_score(y[:, keep], s[:, keep], average="macro"))

@@ -1,4 +1,5 @@
 """check_learning_curve.py on the smoke preset: records per phase, other-audio answers, probes, the report."""
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,32 @@ def test_variant_config_multiplies_the_audio_stages_and_applies_extra_overrides(
 
 @pytest.mark.slow
 def test_smoke_learning_curve_measures_then_scores_own_and_other_audio(tmp_path: Path) -> None:
-    from sam.eval.baselines import random_map
     from sam.data import build_examples
     from sam.data.types import label_matrix
+    from sam.eval.baselines import random_map
 
     runs, records, out = tmp_path / "runs", tmp_path / "records", tmp_path / "out"
-    check_learning_curve.main(["--preset", "smoke", "--variants", "recipe,token_norm", "--clips", "8", "--probe-train", "32",
-                               "--runs", str(runs), "--records", str(records)])
+    check_learning_curve.main(
+        [
+            "--preset",
+            "smoke",
+            "--variants",
+            "recipe,token_norm",
+            "--clips",
+            "8",
+            "--probe-train",
+            "32",
+            "--runs",
+            str(runs),
+            "--records",
+            str(records),
+        ]
+    )
     rec = json.loads((records / "smoke-token_norm-s0.json").read_text())
     assert rec["complete"] and set(rec["phases_s"]) == {"train", "generate", "losses", "probes"}
-    assert all(len(rec["answers"][f"{t}/{c}"]) == len(rec["test"][t]) for t in ("classification", "caption") for c in ("own", "other_audio"))
+    assert all(
+        len(rec["answers"][f"{t}/{c}"]) == len(rec["test"][t]) for t in ("classification", "caption") for c in ("own", "other_audio")
+    )
     # The embedding entering the LM at the last prompt token is a text token's: the same for every clip, so a
     # probe on it can only rank all clips alike, whose AP is each class's prevalence.
     exs = build_examples(check_learning_curve.variant_config("smoke", "recipe", 0).data, "test", ["classification"])[:8]

@@ -1,4 +1,5 @@
 """The experiments' shared library (experiments/lib): flags, run configs, cache keys, verdicts, outputs, the audio-use gate, baselines."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 
-from lib import common  # noqa: E402
-from lib import paper_numbers  # noqa: E402
 import run_all  # noqa: E402
+
+from lib import common, paper_numbers  # noqa: E402
 
 
 def test_paper_preset_lists_every_missing_input_in_one_message(tmp_path, capsys):
@@ -62,6 +63,7 @@ def test_answer_cache_key_ignores_data_settings_at_their_defaults_and_finds_olde
     import dataclasses
 
     import measure
+
     from sam.config import HASH_OMIT_AT_DEFAULT, config_hash, to_dict
 
     s = common.parse_args("t", "doc", argv=["--preset", "smoke", "--runs", str(tmp_path)])
@@ -70,8 +72,14 @@ def test_answer_cache_key_ignores_data_settings_at_their_defaults_and_finds_olde
     ckpt = tmp_path / "stages" / "final"
     path = measure._eval_path(s, run, ckpt, ["caption"], "")
     older = {k: v for k, v in to_dict(cfg.data).items() if k not in HASH_OMIT_AT_DEFAULT["data"]}  # before they existed
-    parts = {"checkpoint": os.path.relpath(ckpt, tmp_path), "variant": "", "tasks": ["caption"], "eval": to_dict(cfg.eval),
-             "max_new_tokens": cfg.train.max_new_tokens, "device": measure.run_device(s)}
+    parts = {
+        "checkpoint": os.path.relpath(ckpt, tmp_path),
+        "variant": "",
+        "tasks": ["caption"],
+        "eval": to_dict(cfg.eval),
+        "max_new_tokens": cfg.train.max_new_tokens,
+        "device": measure.run_device(s),
+    }
     assert path.name == f"{config_hash({**parts, 'data': older})}.json"
     changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, json_test="test.json"))
     assert measure._eval_path(s, measure.Run(changed, run.dir, {}), ckpt, ["caption"], "") != path
@@ -84,8 +92,18 @@ def test_answer_cache_key_ignores_data_settings_at_their_defaults_and_finds_olde
 
 
 def test_paper_run_config_points_each_lm_size_at_its_local_checkpoint(tmp_path):
-    argv = ["--preset", "paper", "--mamba-checkpoints", str(tmp_path / "m"), "--eat-checkpoint", str(tmp_path / "eat.pt"),
-            "--tokenizer", str(tmp_path / "neox"), "--clap", str(tmp_path / "clap")]
+    argv = [
+        "--preset",
+        "paper",
+        "--mamba-checkpoints",
+        str(tmp_path / "m"),
+        "--eat-checkpoint",
+        str(tmp_path / "eat.pt"),
+        "--tokenizer",
+        str(tmp_path / "neox"),
+        "--clap",
+        str(tmp_path / "clap"),
+    ]
     s = common.parse_args("t", "doc", argv=argv)  # nothing required: no validation
     cfg = common.run_config(s, "medium")
     assert cfg.model.lm_checkpoint == str(tmp_path / "m" / "mamba2-780m")
@@ -95,10 +113,12 @@ def test_paper_run_config_points_each_lm_size_at_its_local_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     "better, worse, verdict",
-    [([0.8, 0.82, 0.79], [0.5, 0.52, 0.49], "held"),
-     ([0.5, 0.52, 0.49], [0.8, 0.82, 0.79], "did not hold"),
-     ([0.8, 0.4, 0.6], [0.5, 0.7, 0.6], "inconclusive"),
-     ([0.9], [0.1], "inconclusive")],
+    [
+        ([0.8, 0.82, 0.79], [0.5, 0.52, 0.49], "held"),
+        ([0.5, 0.52, 0.49], [0.8, 0.82, 0.79], "did not hold"),
+        ([0.8, 0.4, 0.6], [0.5, 0.7, 0.6], "inconclusive"),
+        ([0.9], [0.1], "inconclusive"),
+    ],
 )
 def test_compare_gives_verdict_from_paired_seeds(better, worse, verdict):
     index = pd.MultiIndex.from_product([["small"], range(len(better))], names=["lm_size", "seed"])
@@ -135,7 +155,9 @@ def test_findings_md_orders_each_findings_rows_by_preset_then_folder(tmp_path):
         finding = {"key": key, "measurement": f"from {where}", "verdict": "inconclusive"}
         (tmp_path / where / "x.json").write_text(json.dumps({"experiment": "x", "preset": preset, "seeds": [0], "findings": [finding]}))
     text = run_all.findings_markdown(tmp_path)
-    assert [text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu")] == sorted(text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu"))
+    assert [text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu")] == sorted(
+        text.index(f"from {w}") for w in ("a_smoke", ".", "cpu_more", "gpu")
+    )
 
 
 def test_gate_rules_fail_on_any_measured_part_and_stay_open_without_a_measurement():
@@ -151,10 +173,10 @@ def test_gate_rules_fail_on_any_measured_part_and_stay_open_without_a_measuremen
 
 @pytest.mark.parametrize("folder", ["figures", "figures/gpu"])
 def test_committed_map_chance_agrees_with_random_scores_on_the_same_test_scenes(folder):
-    from sam.eval.baselines import fast_map
     from sam.config import ExperimentConfig, from_dict
     from sam.data import build_examples
     from sam.data.types import label_matrix
+    from sam.eval.baselines import fast_map
 
     prov = json.loads((REPO / folder / "table_main.json").read_text())
     cfg = from_dict(ExperimentConfig, next(iter(prov["configs"].values())))
@@ -173,10 +195,20 @@ def test_committed_map_chance_agrees_with_random_scores_on_the_same_test_scenes(
 def test_rebaseline_rewrites_chance_columns_and_markdown_cells():
     import rebaseline
 
-    base = {"classification": {"mAP": {"chance": 0.12, "uniform": 0.12, "prior": 0.06}},
-            "reasoning": {"accuracy": {"chance": 0.3, "uniform": 0.25, "prior": 0.3}}, "categories": {"Counting": {"chance": 0.4, "uniform": 0.25, "prior": 0.4}}}
-    data = pd.DataFrame({"category": ["all", "Counting", "all"], "task": ["classification", "reasoning", "caption"],
-                         "metric": ["mAP", "accuracy", "CIDEr-D"], "value": [10.0, 30.0, 20.0], "chance": [6.2, 25.0, np.nan]})
+    base = {
+        "classification": {"mAP": {"chance": 0.12, "uniform": 0.12, "prior": 0.06}},
+        "reasoning": {"accuracy": {"chance": 0.3, "uniform": 0.25, "prior": 0.3}},
+        "categories": {"Counting": {"chance": 0.4, "uniform": 0.25, "prior": 0.4}},
+    }
+    data = pd.DataFrame(
+        {
+            "category": ["all", "Counting", "all"],
+            "task": ["classification", "reasoning", "caption"],
+            "metric": ["mAP", "accuracy", "CIDEr-D"],
+            "value": [10.0, 30.0, 20.0],
+            "chance": [6.2, 25.0, np.nan],
+        }
+    )
     new = rebaseline.rebaseline_csv(data, base)
     assert list(new.chance[:2]) == [12.0, 40.0] and np.isnan(new.chance[2]) and list(new.value) == [10.0, 30.0, 20.0]
     md = "| size | classification mAP chance |\n|:--|--:|\n| small | 6.2 |\n"

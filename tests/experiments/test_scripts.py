@@ -1,4 +1,5 @@
 """Every experiment script on the smoke preset (one run_all in a subprocess, shared by this folder's tests), and the measurement cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 
-from lib import common  # noqa: E402
-from lib import paper_numbers  # noqa: E402
 import run_all  # noqa: E402
+
+from lib import common, paper_numbers  # noqa: E402
 from tests.support.experiments import run_script, smoke_runs_dir  # noqa: E402
 
 
@@ -66,7 +67,9 @@ def test_check_audio_conditioning_scores_own_vs_other_audio_on_a_smoke_run(smoke
     run = sorted(p for p in runs.iterdir() if (p / "model").is_dir())[0]
     out = check_audio_conditioning.main([str(run), "--clips", "8", "--batch-size", "4"])
     assert out["clips"] == 8 and 1 <= out["distinct_answers"] <= 8
-    assert all(np.isfinite(out[k]) and out[k] > 0 for k in ("loss_own_audio", "loss_other_audio", "audio_token_norm", "text_embedding_norm"))
+    assert all(
+        np.isfinite(out[k]) and out[k] > 0 for k in ("loss_own_audio", "loss_other_audio", "audio_token_norm", "text_embedding_norm")
+    )
     assert 0 < out["audio_energy_varying_across_clips"] < 1
     # rolling the audio within a batch really changes the input: the losses differ
     assert out["loss_own_audio"] != out["loss_other_audio"]
@@ -100,8 +103,7 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     import table_token_length
 
     measured = tmp_path / "measured-runs"
-    shutil.copytree(smoke_runs_dir(tmp_path_factory), measured, copy_function=os.link,
-                    ignore=shutil.ignore_patterns("evals"))
+    shutil.copytree(smoke_runs_dir(tmp_path_factory), measured, copy_function=os.link, ignore=shutil.ignore_patterns("evals"))
     flags = ["--preset", "smoke"]
     assert table_token_length.main([*flags, "--defer-scoring", "--runs", str(measured), "--out", str(tmp_path / "no")]) == {}
     assert not (tmp_path / "no").exists()
@@ -144,7 +146,9 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     assert "Probe rows were read from another run cache (probes/)" in (split / "table_token_length.md").read_text()
     assert json.loads((split / "table_token_length.json").read_text())["probe_runs"] == str(probes)
     with pytest.raises(FileNotFoundError, match=r"--probe-runs .*: no run record .*run\.json there"):
-        table_token_length.main([*flags, "--cached", "cpu", "--runs", str(answers), "--probe-runs", str(tmp_path / "empty"), "--out", str(split)])
+        table_token_length.main(
+            [*flags, "--cached", "cpu", "--runs", str(answers), "--probe-runs", str(tmp_path / "empty"), "--out", str(split)]
+        )
     with pytest.raises(SystemExit):
         common.parse_args("x", "x", argv=["--probe-runs", str(probes)])
     assert "use it with --cached" in capsys.readouterr().err
@@ -188,7 +192,9 @@ def test_table_reasoning_adds_likelihood_accuracy_where_weights_were_there(smoke
     assert "reasoning likelihood_accuracy" in md and "n/a" in md
 
 
-def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_for_it(smoke_figures, tmp_path_factory, tmp_path, monkeypatch):
+def test_train_procs_trains_a_missing_run_under_torchrun_where_the_scripts_look_for_it(
+    smoke_figures, tmp_path_factory, tmp_path, monkeypatch
+):
     import measure
 
     monkeypatch.chdir(tmp_path)  # a relative --runs means the caller's folder, not the launch's
@@ -226,6 +232,7 @@ def test_parallel_runs_train_missing_runs_in_their_own_processes_and_report_fail
     assert "data.json_train: not set" in log.read_text()
     ok = common.run_config(s, "small", 0, ["model.lora.rank=4"])
     from sam.train.runs import run_dir_for
+
     assert (run_dir_for(ok, runs, "cpu") / "model").is_dir()
     with pytest.raises(SystemExit):
         common.parse_args("x", "x", argv=["--parallel-runs", "2", "--train-procs", "2"])
@@ -269,15 +276,27 @@ def test_parallel_runs_measure_in_worker_processes_and_the_script_only_assembles
 
 
 def test_audio_use_writes_the_gate_with_controls_baseline_and_probe_on_a_smoke_run(smoke_figures, tmp_path_factory, tmp_path):
-    from sam.eval.baselines import random_map
     from sam.config import preset
     from sam.data import build_examples
     from sam.data.types import label_matrix
+    from sam.eval.baselines import random_map
 
     run_script("audio_use", tmp_path, smoke_runs_dir(tmp_path_factory))
     data = pd.read_csv(tmp_path / "audio_use.csv")
-    assert list(data.columns) == ["lm_size", "seed", "metric", "own", "other_audio", "random_baseline", "probe_ceiling",
-                                  "gate", "passes", "ci_low", "ci_high", "note"]
+    assert list(data.columns) == [
+        "lm_size",
+        "seed",
+        "metric",
+        "own",
+        "other_audio",
+        "random_baseline",
+        "probe_ceiling",
+        "gate",
+        "passes",
+        "ci_low",
+        "ci_high",
+        "note",
+    ]
     assert sorted(data.gate.str[:2]) == ["G1", "G2", "G2", "G3"] and data.passes.isin([True, False]).all()
     assert data[["own", "other_audio", "ci_low", "ci_high"]].notna().all().all()
     assert (data.ci_low <= data.own - data.other_audio + 1e-9).all() and (data.own - data.other_audio <= data.ci_high + 1e-9).all()
@@ -286,4 +305,6 @@ def test_audio_use_writes_the_gate_with_controls_baseline_and_probe_on_a_smoke_r
     m = data[data.metric == "mAP"]
     assert np.allclose(m.random_baseline, 100 * random_map(y)) and (m.probe_ceiling > 0).all()
     g1 = m[m.gate.str.startswith("G1")].iloc[0]
-    assert bool(g1.passes) == (g1.own >= g1.random_baseline + 5 and g1.own - g1.random_baseline >= 0.4 * (g1.probe_ceiling - g1.random_baseline))
+    assert bool(g1.passes) == (
+        g1.own >= g1.random_baseline + 5 and g1.own - g1.random_baseline >= 0.4 * (g1.probe_ceiling - g1.random_baseline)
+    )

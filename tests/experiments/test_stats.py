@@ -1,5 +1,6 @@
 """Verdicts with the seed as the unit: t-test, non-superiority, TOST, Holm, the fixed seed count, the
 audio-use gate, and findings.md recomputed from committed CSVs."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "experiments"))
 
-from lib import paper_numbers  # noqa: E402
-from lib import stats  # noqa: E402
+from lib import paper_numbers, stats  # noqa: E402
 
 
 def finding(diffs, test="t", margin=math.nan, preset="cpu") -> stats.Finding:
     """A finding over the given per-seed differences, every run passing the gate, judged alone."""
-    f = stats.Finding("joint_finetuning", "m", "", "", test, margin=margin,
-                      seed_differences=[[k, d] for k, d in enumerate(diffs)], **stats.seed_statistics(diffs, test, margin))
+    f = stats.Finding(
+        "joint_finetuning",
+        "m",
+        "",
+        "",
+        test,
+        margin=margin,
+        seed_differences=[[k, d] for k, d in enumerate(diffs)],
+        **stats.seed_statistics(diffs, test, margin),
+    )
     f.p_holm, f.family, f.gate = f.p, 1, ""
     f.verdict = stats.decide(f, preset)
     return f
@@ -134,8 +142,11 @@ def test_no_verdict_from_another_seed_count_than_the_presets():
 
 
 def write_gate(path: Path, passes: dict[tuple[str, int], str]) -> Path:
-    rows = [dict(lm_size=z, seed=k, metric=m, own=10, other_audio=5, random_baseline=6, probe_ceiling=30, gate="G1",
-                 passes=p) for (z, k), p in passes.items() for m in ("mAP", "CIDEr-D")]
+    rows = [
+        dict(lm_size=z, seed=k, metric=m, own=10, other_audio=5, random_baseline=6, probe_ceiling=30, gate="G1", passes=p)
+        for (z, k), p in passes.items()
+        for m in ("mAP", "CIDEr-D")
+    ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -143,7 +154,7 @@ def write_gate(path: Path, passes: dict[tuple[str, int], str]) -> Path:
 def test_gate_is_read_defensively(tmp_path):
     runs = [["small", 0], ["small", 1]]
     assert stats.gate_status(tmp_path / "none.csv", runs) == stats.GATE_NOT_MEASURED
-    (tmp_path / "bad.csv").write_text("\x00\x01 not a csv\n\"unclosed")
+    (tmp_path / "bad.csv").write_text('\x00\x01 not a csv\n"unclosed')
     assert stats.gate_status(tmp_path / "bad.csv", runs) == stats.GATE_NOT_MEASURED
     (tmp_path / "cols.csv").write_text("a,b\n1,2\n")
     assert stats.gate_status(tmp_path / "cols.csv", runs) == stats.GATE_NOT_MEASURED
@@ -166,17 +177,26 @@ def test_findings_md_recomputes_from_committed_csvs_and_corrects_over_the_preset
 
     sizes, seeds = ["small", "medium", "large"], [0, 1, 2]
     rng = np.random.default_rng(5)
-    rows = [dict(lm_size=z, seed=k, task="classification", metric="mAP", value=10 + 5 * i + rng.normal(0, 0.1), chance=6.0)
-            for i, z in enumerate(sizes) for k in seeds]
+    rows = [
+        dict(lm_size=z, seed=k, task="classification", metric="mAP", value=10 + 5 * i + rng.normal(0, 0.1), chance=6.0)
+        for i, z in enumerate(sizes)
+        for k in seeds
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "table_main.csv", index=False)
     old = {"key": "scaling", "measurement": "old text", "verdict": "held", "rule": "2 standard errors"}  # no per-seed values
     prov = {"experiment": "table_main", "preset": "cpu", "seeds": seeds, "configs": {}, "findings": [old]}
     (tmp_path / "table_main.json").write_text(json.dumps(prov))
     # a second experiment of the same preset, recorded with per-seed values, joins the Holm family
-    other = stats.compare("joint_finetuning", pd.Series([1.0, 1.2, 0.9], index=pd.MultiIndex.from_product([["small"], seeds], names=["lm_size", "seed"])),
-                          pd.Series([1.0, 1.0, 1.0], index=pd.MultiIndex.from_product([["small"], seeds], names=["lm_size", "seed"])), "A", "B")
-    (tmp_path / "x.json").write_text(json.dumps({"experiment": "x", "preset": "cpu", "seeds": seeds, "configs": {},
-                                                "findings": [other.to_dict()]}))
+    other = stats.compare(
+        "joint_finetuning",
+        pd.Series([1.0, 1.2, 0.9], index=pd.MultiIndex.from_product([["small"], seeds], names=["lm_size", "seed"])),
+        pd.Series([1.0, 1.0, 1.0], index=pd.MultiIndex.from_product([["small"], seeds], names=["lm_size", "seed"])),
+        "A",
+        "B",
+    )
+    (tmp_path / "x.json").write_text(
+        json.dumps({"experiment": "x", "preset": "cpu", "seeds": seeds, "configs": {}, "findings": [other.to_dict()]})
+    )
     assert json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     text = run_all.findings_markdown(tmp_path)
     assert "old text" not in text and "large LM mAP" in text and stats.GATE_NOT_MEASURED in text

@@ -1,4 +1,5 @@
 """Test-set sizes of the presets, and that the test split's size touches nothing that trains."""
+
 from __future__ import annotations
 
 import dataclasses

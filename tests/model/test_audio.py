@@ -1,4 +1,5 @@
 """Audio front end: decoding of every format/rate/channel layout, clear errors, Kaldi fbank equality."""
+
 from __future__ import annotations
 
 import glob
@@ -9,12 +10,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from sam.model.audio import AudioError, fbank, fbank_batch, load_audio, normalize, pad_or_trim, wave_to_features, waves_to_features
 from sam.config import AudioConfig
+from sam.model.audio import AudioError, fbank, fbank_batch, load_audio, normalize, pad_or_trim, wave_to_features, waves_to_features
 
 SONIC_PI = sorted(glob.glob("/usr/share/sonic-pi/samples/*.flac"))
 ASTERISK = sorted(glob.glob("/usr/share/asterisk/sounds/en*/*.wav"))
-pytestmark = pytest.mark.skipif(not SONIC_PI or not ASTERISK, reason="Debian packages sonic-pi-samples / asterisk-core-sounds-en-wav not installed")
+pytestmark = pytest.mark.skipif(
+    not SONIC_PI or not ASTERISK, reason="Debian packages sonic-pi-samples / asterisk-core-sounds-en-wav not installed"
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Encoder grid shapes, EAT/AST checkpoint formats (real key layouts), connector layouts and token counts."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ def _eat_reference(state: dict[str, torch.Tensor], prefix: str, x: torch.Tensor,
     h = F.layer_norm(h, (h.shape[-1],), g(pre_norm + "weight"), g(pre_norm + "bias"), eps=1e-6)
     i = 0
     while prefix + f"blocks.{i}.norm1.weight" in state:
-        b = lambda k: g(f"blocks.{i}.{k}")  # noqa: E731
+        b = lambda k, i=i: g(f"blocks.{i}.{k}")  # noqa: E731
         bsz, n, c = h.shape
         qkv = F.linear(h, b("attn.qkv.weight"), b("attn.qkv.bias")).reshape(bsz, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         attn = ((qkv[0] * (c // heads) ** -0.5) @ qkv[1].transpose(-2, -1)).softmax(-1)
@@ -80,7 +81,16 @@ def test_fairseq_eat_checkpoint_loads_and_matches_reference_forward(tmp_path: Pa
     model_state["_ema"] = {"blocks.0.norm1.weight": torch.ones(DIM)}
     model_state["modality_encoders.IMAGE.decoder.proj.weight"] = torch.randn(DIM, DIM)
     cfg = omegaconf.OmegaConf.create(
-        {"model": {"_name": "data2vec_multi", "depth": DEPTH, "embed_dim": DIM, "num_heads": HEADS, "layer_norm_first": False, "modalities": {"image": {"in_chans": 1, "num_extra_tokens": 1}}}}
+        {
+            "model": {
+                "_name": "data2vec_multi",
+                "depth": DEPTH,
+                "embed_dim": DIM,
+                "num_heads": HEADS,
+                "layer_norm_first": False,
+                "modalities": {"image": {"in_chans": 1, "num_extra_tokens": 1}},
+            }
+        }
     )
     path = tmp_path / "EAT-base_epoch30_pt.pt"
     torch.save({"cfg": cfg, "model": model_state, "optimizer_history": [{"num_updates": 10}], "extra_state": {"epoch": 30}}, path)
@@ -98,9 +108,19 @@ def test_hf_eat_safetensors_loads_and_matches_reference_forward(tmp_path: Path) 
     from safetensors.torch import save_file
 
     weights = eat_weights("model.", 96 * 8, fairseq=False)  # HF stores positions for max_length=96 patches
-    stored = dict(weights, **{"model.fc_norm.weight": torch.ones(DIM), "model.fc_norm.bias": torch.zeros(DIM), "model.head.weight": torch.randn(5, DIM), "model.head.bias": torch.zeros(5)})
+    stored = dict(
+        weights,
+        **{
+            "model.fc_norm.weight": torch.ones(DIM),
+            "model.fc_norm.bias": torch.zeros(DIM),
+            "model.head.weight": torch.randn(5, DIM),
+            "model.head.bias": torch.zeros(5),
+        },
+    )
     save_file(stored, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "eat", "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "layer_norm_first": False}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "eat", "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "layer_norm_first": False})
+    )
     enc = AudioEncoder(_eat_cfg(tmp_path), AUDIO_10S).eval()
     x = torch.randn(1, 1024, 128)
     with torch.no_grad():

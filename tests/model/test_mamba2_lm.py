@@ -1,5 +1,6 @@
 """MambaLM: equal to transformers' Mamba2 (both checkpoint directions), published key layout and sizes,
 exact cached decoding and left padding, generation, training signal, and clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,16 @@ def test_state_dict_keys_and_shapes_equal_published_mamba2_130m_layout() -> None
     with torch.device("meta"):
         m = MambaLM.from_config("130m")
     sd = m.state_dict()
-    mixer = {"A_log": (24,), "D": (24,), "conv1d.bias": (1792,), "conv1d.weight": (1792, 1, 4), "dt_bias": (24,),
-             "in_proj.weight": (3352, 768), "norm.weight": (1536,), "out_proj.weight": (768, 1536)}
+    mixer = {
+        "A_log": (24,),
+        "D": (24,),
+        "conv1d.bias": (1792,),
+        "conv1d.weight": (1792, 1, 4),
+        "dt_bias": (24,),
+        "in_proj.weight": (3352, 768),
+        "norm.weight": (1536,),
+        "out_proj.weight": (768, 1536),
+    }
     expected = {"backbone.embedding.weight": (50288, 768), "backbone.norm_f.weight": (768,), "lm_head.weight": (50288, 768)}
     for i in range(24):
         expected[f"backbone.layers.{i}.norm.weight"] = (768,)
@@ -291,16 +300,45 @@ def _fake_kernels():
     from sam.model.mamba2 import _Kernels
     from sam.model.ssd import ssd_chunked
 
-    def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False, final_states_out=None, activation=None):
+    def causal_conv1d_fn(
+        x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False, final_states_out=None, activation=None
+    ):
         y = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
         return F.silu(y) if activation in ("silu", "swish") else y
 
-    def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
-                                  cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
-                                  return_varlen_states=False):
+    def mamba_chunk_scan_combined(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=None,
+        z=None,
+        dt_bias=None,
+        initial_states=None,
+        seq_idx=None,
+        cu_seqlens=None,
+        dt_softplus=False,
+        dt_limit=(0.0, float("inf")),
+        return_final_states=False,
+        return_varlen_states=False,
+    ):
         assert z is None and seq_idx is None
-        return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_state=initial_states,
-                           dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_state=return_final_states)
+        return ssd_chunked(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            chunk_size,
+            D=D,
+            dt_bias=dt_bias,
+            initial_state=initial_states,
+            dt_softplus=dt_softplus,
+            dt_limit=dt_limit,
+            return_final_state=return_final_states,
+        )
 
     def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
         assert not norm_before_gate and bias is None
@@ -308,9 +346,27 @@ def _fake_kernels():
         g = h.view(*h.shape[:-1], -1, group_size)
         return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)).view(h.shape) * weight
 
-    def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, initial_states=None, seq_idx=None,
-                                         dt_limit=(0.0, float("inf")), return_final_states=False, activation="silu", rmsnorm_weight=None,
-                                         rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True):
+    def mamba_split_conv1d_scan_combined(
+        zxbcdt,
+        conv1d_weight,
+        conv1d_bias,
+        dt_bias,
+        A,
+        D,
+        chunk_size,
+        initial_states=None,
+        seq_idx=None,
+        dt_limit=(0.0, float("inf")),
+        return_final_states=False,
+        activation="silu",
+        rmsnorm_weight=None,
+        rmsnorm_eps=1e-6,
+        outproj_weight=None,
+        outproj_bias=None,
+        headdim=None,
+        ngroups=1,
+        norm_before_gate=True,
+    ):
         assert outproj_weight is None and rmsnorm_weight is not None
         nheads = D.shape[0]
         dim = nheads * headdim
@@ -319,12 +375,27 @@ def _fake_kernels():
         xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight, conv1d_bias, activation=activation).transpose(1, 2)
         x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
         b, l = x.shape[:2]
-        y = mamba_chunk_scan_combined(x.reshape(b, l, nheads, headdim), dt, A, B.reshape(b, l, ngroups, dstate), C.reshape(b, l, ngroups, dstate),
-                                      chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True)
-        return rmsnorm_fn(y.reshape(b, l, dim), rmsnorm_weight, None, z=z, eps=rmsnorm_eps, group_size=dim // ngroups, norm_before_gate=False)
+        y = mamba_chunk_scan_combined(
+            x.reshape(b, l, nheads, headdim),
+            dt,
+            A,
+            B.reshape(b, l, ngroups, dstate),
+            C.reshape(b, l, ngroups, dstate),
+            chunk_size,
+            D=D,
+            dt_bias=dt_bias,
+            dt_softplus=True,
+        )
+        return rmsnorm_fn(
+            y.reshape(b, l, dim), rmsnorm_weight, None, z=z, eps=rmsnorm_eps, group_size=dim // ngroups, norm_before_gate=False
+        )
 
-    return _Kernels(chunk_scan=mamba_chunk_scan_combined, split_conv1d_scan=mamba_split_conv1d_scan_combined,
-                    rmsnorm_gated=rmsnorm_fn, conv1d=causal_conv1d_fn)
+    return _Kernels(
+        chunk_scan=mamba_chunk_scan_combined,
+        split_conv1d_scan=mamba_split_conv1d_scan_combined,
+        rmsnorm_gated=rmsnorm_fn,
+        conv1d=causal_conv1d_fn,
+    )
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -1,5 +1,6 @@
 """SAM end to end on real recordings: response-only loss, overfitting captions, batched generation,
 save/load round trips, LoRA and freezing."""
+
 from __future__ import annotations
 
 import copy
@@ -9,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam.model.audio import load_audio, waves_to_features
 from sam.config import ConfigError, SAMConfig, preset
 from sam.model import SAM
+from sam.model.audio import load_audio, waves_to_features
 from sam.prompt import IGNORE_INDEX, encode_example, format_prompt
 from sam.tokenizer import train_bpe
 

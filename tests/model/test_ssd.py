@@ -1,4 +1,5 @@
 """The chunked SSD scan equals the token-by-token recurrence, for any length and chunk size."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,9 @@ from sam.model.ssd import ssd_chunked, ssd_recurrent_ref
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _inputs(length: int, batch: int = 2, heads: int = 4, headdim: int = 3, groups: int = 2, d_state: int = 5, dtype=torch.float64, seed: int = 0):
+def _inputs(
+    length: int, batch: int = 2, heads: int = 4, headdim: int = 3, groups: int = 2, d_state: int = 5, dtype=torch.float64, seed: int = 0
+):
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int) -> torch.Tensor:
@@ -55,7 +58,9 @@ def test_chunked_scan_does_not_depend_on_chunk_size() -> None:
 
 @pytest.mark.parametrize("within_chunk", ["factored", "segment-sum"])
 @pytest.mark.parametrize("length,chunk", [(8, 8), (21, 8), (40, 16)])
-def test_chunked_scan_gradients_equal_recurrence_gradients(length: int, chunk: int, within_chunk: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_scan_gradients_equal_recurrence_gradients(
+    length: int, chunk: int, within_chunk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Both within-chunk forms (exp(cs_t - m) exp(m - cs_s), or per-head segment sums) must be exact.
     monkeypatch.setitem(ssd._FACTOR_LIMIT, torch.float64, float("inf") if within_chunk == "factored" else -1.0)
     inp = _inputs(length, batch=1)

@@ -1,4 +1,5 @@
 """Hooks read without changing anything, and the stable names carry what DESIGN.md says they carry."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Closed forms of the token measures (tau-effective rank, effective/stable rank, token similarity)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -82,7 +83,9 @@ def test_batched_measures_match_direct_numpy_on_random_matrices():
     for tau in (0.9, 0.95, 0.99):
         got = probes.tau_effective_rank(torch.from_numpy(X), tau=tau)
         assert got.tolist() == [_numpy_tau_rank(x, tau, True) for x in X]
-        assert probes.tau_effective_rank(torch.from_numpy(X), tau=tau, normalized=True).tolist() == pytest.approx([r / 10 for r in got.tolist()])
+        assert probes.tau_effective_rank(torch.from_numpy(X), tau=tau, normalized=True).tolist() == pytest.approx(
+            [r / 10 for r in got.tolist()]
+        )
     assert probes.effective_rank(torch.from_numpy(X)).numpy() == pytest.approx([_numpy_effective_rank(x) for x in X], rel=1e-10)
     sims = [(cosine_similarity(x).sum() - len(x)) / (len(x) * (len(x) - 1)) for x in X]
     assert probes.token_similarity(torch.from_numpy(X).float()).numpy() == pytest.approx(sims, abs=1e-6)

@@ -5,6 +5,7 @@ Checked on the math alone, on transformers' Mamba2ForCausalLM, on sam.lm.MambaLM
 start mid-sequence and left padding; and the recomputed SSM inputs reproduce the models' own final
 states, so the numbers describe the model's real states.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ The interpreter multiplies in float32 whatever tl.dot input precision is named, 
 here only to show the option reaches the kernels and is accepted (its accuracy is a CUDA test, in
 tests/test_gpu.py); its validation is tested without triton.
 """
+
 import importlib.util
 import json
 import os
@@ -20,7 +21,10 @@ from pathlib import Path
 import pytest
 
 # triton is no dev dependency (a 170-290 MB wheel of GPU compilers, 0.6-1 GB installed): `pip install triton` to run these.
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton to run the kernels under its interpreter)")
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="triton is not installed (pip install triton to run the kernels under its interpreter)",
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # float32 arithmetic: the PyTorch float32 path stays below ~2e-5 against float64 on these cases.
@@ -73,7 +77,7 @@ def run_checks() -> dict:
     assert triton_state.interpreted() and triton_state.available()
     results: dict = {}
     for name, b, T, H, P, G, N, chunk, decay, tile, *rest in MATH_CASES:
-        precision, segment = (rest + ["ieee", None][len(rest):])[:2]
+        precision, segment = (rest + ["ieee", None][len(rest) :])[:2]
         g = torch.Generator().manual_seed(len(name))
         x = torch.randn(b, T, H, P, generator=g, dtype=torch.float64)
         B = torch.randn(b, T, G, N, generator=g, dtype=torch.float64)
@@ -107,7 +111,14 @@ def run_checks() -> dict:
     models = {  # name: (model, inputs, span, chunk, layer, precision); one layer each keeps the interpreter quick
         "mamba_lm-groups2-left-padding-spans": (tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}, spans, 16, 1, "ieee"),
         "mamba_lm-group1-chunk12": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "ieee"),
-        "hf-mamba2-left-padding-mid-span": (tiny_hf(n_groups=1), {"input_ids": ids[:2], "attention_mask": mask[:2]}, (12, 47), 8, 1, "ieee"),
+        "hf-mamba2-left-padding-mid-span": (
+            tiny_hf(n_groups=1),
+            {"input_ids": ids[:2], "attention_mask": mask[:2]},
+            (12, 47),
+            8,
+            1,
+            "ieee",
+        ),
         "mamba_lm-group1-chunk12-tf32x3": (tiny_lm(ngroups=1), {"input_ids": ids[:2]}, spans[:2], 12, 0, "tf32x3"),
         # 13 chunks of 4, left padding and spans
         "mamba_lm-groups2-left-padding-chunk4": (tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}, spans, 4, 0, "ieee"),
@@ -126,12 +137,14 @@ def run_checks() -> dict:
     from probes.models import mamba2_mixers
     from probes.state import ssm_inputs
 
-    for name, model, inputs in [("conv-mamba_lm-mask", tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}),
-                                ("conv-hf-mask", tiny_hf(n_groups=1), {"input_ids": ids, "attention_mask": mask}),
-                                ("conv-mamba_lm", tiny_lm(ngroups=1), {"input_ids": ids})]:
+    for name, model, inputs in [
+        ("conv-mamba_lm-mask", tiny_lm(ngroups=2), {"input_ids": ids, "attention_mask": mask}),
+        ("conv-hf-mask", tiny_hf(n_groups=1), {"input_ids": ids, "attention_mask": mask}),
+        ("conv-mamba_lm", tiny_lm(ngroups=1), {"input_ids": ids}),
+    ]:
         _, _, mixer = mamba2_mixers(model, [0])[0]
         seen = {}
-        handle = mixer.in_proj.register_forward_hook(lambda m, a, out: seen.setdefault("z", out.detach()))
+        handle = mixer.in_proj.register_forward_hook(lambda m, a, out, seen=seen: seen.setdefault("z", out.detach()))
         with torch.no_grad():
             model(**inputs)
         handle.remove()
@@ -162,8 +175,14 @@ def test_triton_kernels_equal_the_token_recurrence(interpreted_results, case):
 
 @needs_triton
 @pytest.mark.parametrize(
-    "case", ["mamba_lm-groups2-left-padding-spans", "mamba_lm-group1-chunk12", "hf-mamba2-left-padding-mid-span",
-             "mamba_lm-group1-chunk12-tf32x3", "mamba_lm-groups2-left-padding-chunk4"]
+    "case",
+    [
+        "mamba_lm-groups2-left-padding-spans",
+        "mamba_lm-group1-chunk12",
+        "hf-mamba2-left-padding-mid-span",
+        "mamba_lm-group1-chunk12-tf32x3",
+        "mamba_lm-groups2-left-padding-chunk4",
+    ],
 )
 def test_triton_backend_through_models_equals_the_recurrence(interpreted_results, case):
     for key, err in interpreted_results[case].items():
@@ -210,7 +229,6 @@ def test_triton_precision_is_checked_whatever_the_backend(bad):
 
     from probes import triton_state
     from probes.state import TRITON_PRECISIONS, state_updates, update_stats
-
     from tests.support.models import tiny_lm
 
     assert TRITON_PRECISIONS == ("ieee", "tf32x3")

@@ -18,7 +18,12 @@ def smoke_runs_dir(tmp_path_factory) -> Path:
 
 def run_script(script: str, out: Path, runs: Path) -> subprocess.CompletedProcess:
     """`python experiments/<script>.py --preset smoke` from the repository root; fails the test on an error."""
-    r = subprocess.run([sys.executable, f"experiments/{script}.py", "--preset", "smoke", "--out", str(out), "--runs", str(runs)],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, f"experiments/{script}.py", "--preset", "smoke", "--out", str(out), "--runs", str(runs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return r

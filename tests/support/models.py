@@ -16,10 +16,20 @@ def tiny_hf(n_groups: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = Mamba2Config(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2, head_dim=8,
-        n_groups=n_groups, num_heads=8, conv_kernel=4, chunk_size=16, use_cache=False,
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        state_size=8,
+        expand=2,
+        head_dim=8,
+        n_groups=n_groups,
+        num_heads=8,
+        conv_kernel=4,
+        chunk_size=16,
+        use_cache=False,
     )
     return Mamba2ForCausalLM(cfg).eval()
+
 
 def tiny_lm(ngroups: int = 2, seed: int = 0):
     from sam.config import MambaConfig
@@ -27,6 +37,7 @@ def tiny_lm(ngroups: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     return MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=64, d_state=8, headdim=8, ngroups=ngroups, chunk_size=16)).eval()
+
 
 def tiny_sam_and_batch(seed: int = 0):
     """A smoke-preset SAM (LoRA in place on in_proj/out_proj) and a right-padded batch of 2 clips."""
@@ -61,7 +72,14 @@ def eat_weights(prefix: str, n_pos: int, fairseq: bool) -> dict[str, torch.Tenso
     norm = enc + "context_encoder.norm." if fairseq else prefix + "pre_norm."
     sd[norm + "weight"], sd[norm + "bias"] = 1 + r(DIM), r(DIM)
     for i in range(DEPTH):
-        for name, shape in [("norm1", (DIM,)), ("attn.qkv", (3 * DIM, DIM)), ("attn.proj", (DIM, DIM)), ("norm2", (DIM,)), ("mlp.fc1", (4 * DIM, DIM)), ("mlp.fc2", (DIM, 4 * DIM))]:
+        for name, shape in [
+            ("norm1", (DIM,)),
+            ("attn.qkv", (3 * DIM, DIM)),
+            ("attn.proj", (DIM, DIM)),
+            ("norm2", (DIM,)),
+            ("mlp.fc1", (4 * DIM, DIM)),
+            ("mlp.fc2", (DIM, 4 * DIM)),
+        ]:
             sd[f"{prefix}blocks.{i}.{name}.weight"] = (1 + r(*shape)) if name.startswith("norm") else r(*shape)
             sd[f"{prefix}blocks.{i}.{name}.bias"] = r(shape[0])
     return sd

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from sam.config import ExperimentConfig, StageConfig, preset
-from sam.train.runs import build_model
 from sam.tokenizer import load_tokenizer
+from sam.train.runs import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,9 @@ def initial_weights(exp: ExperimentConfig) -> dict[str, torch.Tensor]:
 
 def train_cli(config: Path, runs: Path, env: dict[str, str] | None = None, torchrun: int = 0, device: str = "cpu") -> subprocess.Popen:
     """`sam train` on `config` in a new process (under torchrun with `torchrun` processes)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
+    )
     cmd = launcher + ["-m", "sam.cli", "train", "--config", str(config), "--runs-dir", str(runs), "--device", device, "--no-progress"]
     return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

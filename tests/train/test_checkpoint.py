@@ -1,4 +1,5 @@
 """Crash safety of checkpoints, the learning-rate schedule and the resumable data order."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Training on real corpus scenes (smoke sizes): the curriculum learns stage by stage (text-only LM
 pretraining first) and leaves frozen groups untouched, the run cache reuses shared stages, a SIGKILLed run resumes bit for bit,
 and two torchrun processes (DDP or FSDP) match one."""
+
 from __future__ import annotations
 
 import copy
@@ -143,7 +144,10 @@ def test_part_stages_are_shared_across_lm_sizes_and_lora_ranks(tokenizer_dir: Pa
     # Stage 2 of run B started from that composition: its frozen LM base weights are run B's stage_lm.
     final_b = weights(run_b / "model")
     assert all(torch.equal(final_b[k], lm_b[k]) for k in lm_b if k.startswith("language_model.") and "lora_" not in k)
-    assert weights(run_a / "model")["language_model.backbone.embedding.weight"].shape[1] != final_b["language_model.backbone.embedding.weight"].shape[1]
+    assert (
+        weights(run_a / "model")["language_model.backbone.embedding.weight"].shape[1]
+        != final_b["language_model.backbone.embedding.weight"].shape[1]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +160,9 @@ def killed_and_resumed(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFac
     save_yaml(exp, config)
     stage_dir = stage_dirs(exp, runs, "cpu")[2]
     reference = train_cli(config, ref_runs)
-    proc = train_cli(config, runs, {"SAM_CHECKPOINT_FAULT": "*stage2-*/checkpoints/step-00000004.pt", "SAM_CHECKPOINT_FAULT_SECONDS": "300"})
+    proc = train_cli(
+        config, runs, {"SAM_CHECKPOINT_FAULT": "*stage2-*/checkpoints/step-00000004.pt", "SAM_CHECKPOINT_FAULT_SECONDS": "300"}
+    )
     try:
         deadline = time.time() + 240
         while not list((stage_dir / "checkpoints").glob(".step-00000004.pt.tmp-*")):
@@ -204,7 +210,7 @@ def assert_matches_one_process(two: dict[str, torch.Tensor], one: dict[str, torc
     for k in one:
         # Float sums in another order (all-reduce of two halves); AdamW's normalized update can carry
         # that to ~1e-5 on entries whose gradients are near zero, over three stages.
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(tokenizer_dir: Path, one_process, tmp_path: Path) -> None:
@@ -250,8 +256,8 @@ def test_fsdp_torchrun_matches_one_process_and_resumes_to_the_same_weights(token
 
 def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
     from sam.config import ConfigError, config_hash
-    from sam.train.runs import stage_keys
     from sam.train import CudaGraphs, TrainConfig
+    from sam.train.runs import stage_keys
 
     exp = preset("smoke")
     before = (config_hash(exp), stage_keys(exp))
@@ -263,8 +269,8 @@ def test_cuda_graphs_setting_changes_no_run_hash_and_needs_cuda() -> None:
 
 def test_compile_setting_changes_no_run_hash_and_is_refused_on_cpu(tmp_path: Path) -> None:
     from sam.config import ConfigError, apply_overrides, config_hash
-    from sam.train.runs import stage_keys
     from sam.train import Dist, compile_blocks, train_stage
+    from sam.train.runs import stage_keys
 
     exp = preset("smoke")
     before = (config_hash(exp), stage_keys(exp))
@@ -297,7 +303,11 @@ def test_fsdp_setting_changes_no_run_hash_and_names_its_key_when_invalid() -> No
 def test_train_step_rejects_a_micro_batch_without_labelled_tokens_before_running_it() -> None:
     from sam.train import Dist, train_step
 
-    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "labels": torch.full((1, 3), -100), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.zeros(1, 3, dtype=torch.long),
+        "labels": torch.full((1, 3), -100),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+    }
     with pytest.raises(ValueError, match="no labelled tokens"):
         train_step(torch.nn.Identity(), [batch], None, None, [], ExperimentConfig().train, Dist(), False)
 
@@ -362,11 +372,13 @@ def test_head_on_labelled_positions_only_gives_the_full_loss_and_gradients() -> 
     head_loss, head_logits, head_grads = _loss_and_grads(model, {**batch, "label_positions": positions})
     n = model.num_audio_tokens()
     assert head_logits.shape == (3, 16, logits.shape[-1])
-    torch.testing.assert_close(head_logits, logits.gather(1, (positions + n - 1)[..., None].expand(-1, -1, logits.shape[-1])), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        head_logits, logits.gather(1, (positions + n - 1)[..., None].expand(-1, -1, logits.shape[-1])), rtol=1e-12, atol=1e-12
+    )
     torch.testing.assert_close(head_loss, loss, rtol=1e-6, atol=0)  # the cross-entropy runs in float32
     assert grads.keys() == head_grads.keys()
     for k in grads:
-        torch.testing.assert_close(head_grads[k], grads[k], rtol=1e-6, atol=1e-12, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(head_grads[k], grads[k], rtol=1e-6, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")
     # The trainer's collate adds the positions; its token counter does not read the (partial) logits.
     collated = WithLabelPositions(lambda items: dict(items[0]))([batch])
     assert torch.equal(collated["label_positions"], positions)
@@ -380,8 +392,8 @@ def test_ssd_chunk_size_setting_is_speed_only_and_names_its_key_when_invalid(tmp
     gradient norm and updated weights within float64 rounding; bad values name the key."""
     from sam.config import ConfigError, apply_overrides, config_hash
     from sam.model.mamba2 import Mamba2Mixer, set_ssd_chunk_size
-    from sam.train.runs import stage_keys
     from sam.train import Dist, check_stages, make_optimizer, train_stage, train_step
+    from sam.train.runs import stage_keys
 
     exp = preset("smoke")
     before = (config_hash(exp), stage_keys(exp))
@@ -410,7 +422,7 @@ def test_ssd_chunk_size_setting_is_speed_only_and_names_its_key_when_invalid(tmp
     (loss0, norm0, tok0), (loss1, norm1, tok1) = results
     assert tok0 == tok1 and loss1 == pytest.approx(loss0, rel=1e-6) and norm1 == pytest.approx(norm0, rel=1e-9)
     for (name, p0), p1 in zip(base.named_parameters(), model.parameters()):
-        torch.testing.assert_close(p1, p0, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p1, p0, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     set_ssd_chunk_size(model, 0)  # back to each mixer's default
     assert all("ssd_chunk_size" not in vars(mx) for mx in model.modules() if isinstance(mx, Mamba2Mixer))
 
