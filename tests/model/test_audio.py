@@ -156,7 +156,7 @@ def test_pad_or_trim_pads_with_zeros_and_cuts() -> None:
     assert pad_or_trim(torch.randn(2, 10, 4), 5).shape == (2, 5, 4)
 
 
-MP3_FIXTURES = Path(__file__).parent / "fixtures" / "audio"
+MP3_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 
 
 @pytest.mark.parametrize("name,seconds", [("espeak-sentence.mp3", 82368 / 22050), ("agent-newlocation.mp3", 3.204)])
