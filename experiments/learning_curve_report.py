@@ -112,13 +112,19 @@ def plot(data: pd.DataFrame):
     ax1.plot(x, pick("probe mAP encoder_mean"), "r^", label="linear probe on the encoder")
     ax1.set(xticks=x, xticklabels=variants, ylabel="classification mAP (%)", title="Does the LM use the audio?")
     ax1.tick_params(axis="x", rotation=30)
-    ax1.legend(fontsize=7)
+    top = np.nanmax([pick(m).max() for m in ("mAP own", "mAP other audio", "mAP random scores", "probe mAP encoder_mean")])
+    ax1.set_ylim(0, top * 1.7)  # headroom: the legend sits above the bars and markers
+    ax1.legend(fontsize=7, loc="upper right", ncol=2)
     for variant in variants:
         sub = data[(data.variant == variant) & data.metric.str.startswith("probe mAP lm.")]
         for where, style in (("audio_last", "-"), ("prompt_last", "--")):
             part = sub[sub.metric.str.endswith(where)]
-            ax2.plot(range(len(part)), part.value, style, label=f"{variant}, {where.replace('_', ' ')}")
-    ax2.set(xlabel="LM site (embedding, then each layer)", ylabel="linear-probe mAP (%)", title="Class information along the LM")
+            ax2.plot(range(len(part)), part.value, style, marker="o", label=f"{variant}, {where.replace('_', ' ')}")
+    sites = [m.split(" ")[-1].split("@")[0] for m in data.metric if m.startswith("probe mAP lm.") and m.endswith("@audio_last")]
+    sites = list(dict.fromkeys(sites))
+    ax2.set_xticks(range(len(sites)), [s.replace("lm.", "").replace("layers.", "layer ") for s in sites])
+    ax2.plot(range(len(sites)), [pick("mAP random scores").mean()] * len(sites), "k:", label="random scores")
+    ax2.set(xlabel="LM site at the last audio / last prompt token", ylabel="linear-probe mAP (%)", title="Class information along the LM")
     ax2.legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -144,7 +150,11 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
         + table.to_markdown()
         + "\n\n"
         + "mAP from generated text, as Table 1; 'random scores' is the exact expected mAP of a random ranking of the same clips; "
-        "'audio use' = own minus another scene's audio (95% CIs over clips in the CSV). "
+        "'audio use' = own minus another scene's audio (95% CIs over clips in the CSV). Probe mAP: one logistic "
+        "regression per class on the named features of the training scenes, scored on the test clips (`encoder_mean`: the "
+        "mean-pooled encoder output, the gate's probe ceiling). Gate rows: 1 passes, 0 fails (experiments/gate.py; G3 "
+        "needs reasoning answers, not generated here). Made by `python experiments/check_learning_curve.py --preset "
+        f"{args.preset} --variants {','.join(dict.fromkeys(data.variant))}` then `--score`. "
         + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}.\n" if incomplete else "\n")
     )
     fig = plot(data)
