@@ -12,5 +12,5 @@ if [ "${1:-}" = "--all" ]; then
   shift
   exec .venv/bin/python experiments/run_all.py ${PRESET:+--preset "$PRESET"} "$@"
 fi
-.venv/bin/python experiments/fig2_rank.py "$@"
-.venv/bin/python experiments/table_token_length.py "$@"
+.venv/bin/python experiments/fig2_rank.py ${PRESET:+--preset "$PRESET"} "$@"
+.venv/bin/python experiments/table_token_length.py ${PRESET:+--preset "$PRESET"} "$@"
