@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from lib.probing import audio_token_stats
+
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from sam.train.runs import get_tokenizer, load_run
@@ -51,17 +53,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 rolled_clips += n
             tokens.append(model.encode_audio(batch["fbank"]))
             answers += model.generate(batch["fbank"], [ex.instruction for ex in batch["examples"]], max_new_tokens=exp.train.max_new_tokens)
-        audio = torch.cat(tokens)
-        text = model.language_model.get_input_embeddings().weight.detach()
-    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
+    stats = audio_token_stats(model, torch.cat(tokens))
     out = {
         "loss_own_audio": own / len(items),
         "loss_other_audio": rolled / rolled_clips if rolled_clips else float("nan"),
         "distinct_answers": float(len(set(answers))),
         "clips": float(len(items)),
-        "audio_token_norm": float(audio.norm(dim=-1).mean()),
-        "text_embedding_norm": float(text.norm(dim=-1).mean()),
-        "audio_energy_varying_across_clips": float(varying),
+        "audio_token_norm": stats["audio_token_norm"],
+        "text_embedding_norm": stats["text_embedding_norm"],
+        "audio_energy_varying_across_clips": stats["energy_varying_across_clips"],
     }
     print(f"{args.task} response loss: own audio {out['loss_own_audio']:.4f} vs another clip's audio {out['loss_other_audio']:.4f}")
     print(f"distinct greedy answers: {len(set(answers))} of {len(items)} clips (e.g. {answers[0]!r})")

@@ -23,19 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lib.variants import AUDIO_STAGES, VARIANTS, variant_config
-
-
-def _deranged(examples: list[Any]) -> list[Any]:
-    """The same examples, each with the audio of the example n/2 places on (another scene)."""
-    n = len(examples)
-    return [replace(ex, audio=examples[(i + n // 2) % n].audio) for i, ex in enumerate(examples)]
 
 
 def _batches(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int):
@@ -48,29 +41,34 @@ def _batches(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_si
         yield {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def hidden_features(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> dict[str, np.ndarray]:
-    """Per example: mean-pooled encoder output, and each LM layer's residual stream at the last audio
-    token and at the last prompt token (the position the first answer token is predicted from)."""
+def forward_pass(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> dict[str, Any]:
+    """One teacher-forced pass over `examples`: the response loss (mean over answer tokens), the audio
+    tokens entering the LM [clips, N, d], and per example the probe features: the mean-pooled encoder
+    output, and each LM layer's residual stream at the last audio token and at the last prompt token
+    (the position the first answer token is predicted from)."""
     import torch
 
     import probes
 
     layers = len(model.language_model.backbone.layers)
-    names = ["lm.embed", *[f"lm.layers.{i}" for i in range(layers)]]
-    out: dict[str, list[np.ndarray]] = {}
+    lm_sites = ["lm.embed", *[f"lm.layers.{i}" for i in range(layers)]]
+    feats: dict[str, list[np.ndarray]] = {}
+    tokens, total, count = [], 0.0, 0
     with torch.no_grad():
         for batch in _batches(model, exp, tokenizer, examples, batch_size):
-            grid = model.audio_tower(batch["fbank"])
-            out.setdefault("encoder_mean", []).append(grid.float().mean(dim=(1, 2)).cpu().numpy())
-            _, cache = probes.run_with_cache(model, batch, names)
+            (loss, _), cache = probes.run_with_cache(model, batch, ["encoder.out", "connector.out", *lm_sites])
+            n = int((batch["labels"] != -100).sum())
+            total, count = total + float(loss) * n, count + n
+            tokens.append(cache["connector.out"].float().cpu())
+            feats.setdefault("encoder_mean", []).append(cache["encoder.out"].float().mean(dim=(1, 2)).cpu().numpy())
             n_audio = model.num_audio_tokens(batch["fbank"].shape[1])
             prompt_len = (batch["labels"] == -100).long().cumprod(dim=1).sum(dim=1)  # tokens before the response
             rows = torch.arange(len(prompt_len), device=prompt_len.device)
-            for name in names:
+            for name in lm_sites:
                 h = cache[name].float()
-                out.setdefault(f"{name}@audio_last", []).append(h[:, n_audio - 1].cpu().numpy())
-                out.setdefault(f"{name}@prompt_last", []).append(h[rows, n_audio + prompt_len - 1].cpu().numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+                feats.setdefault(f"{name}@audio_last", []).append(h[:, n_audio - 1].cpu().numpy())
+                feats.setdefault(f"{name}@prompt_last", []).append(h[rows, n_audio + prompt_len - 1].cpu().numpy())
+    return {"loss": total / count, "audio_tokens": torch.cat(tokens), "features": {k: np.concatenate(v) for k, v in feats.items()}}
 
 
 def probe_maps(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
@@ -94,38 +92,6 @@ def probe_maps(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_trai
     return out
 
 
-def response_loss(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> float:
-    import torch
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in _batches(model, exp, tokenizer, examples, batch_size):
-            n = int((batch["labels"] != -100).sum())
-            total += float(model(batch)[0]) * n
-            count += n
-    return total / count
-
-
-def token_stats(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batch_size: int) -> dict[str, float]:
-    import torch
-
-    from probes import tau_effective_rank
-
-    tokens = []
-    with torch.no_grad():
-        for batch in _batches(model, exp, tokenizer, examples, batch_size):
-            tokens.append(model.encode_audio(batch["fbank"]).float().cpu())
-    audio = torch.cat(tokens)  # [clips, N, d]
-    text = model.language_model.get_input_embeddings().weight.detach().float().cpu()
-    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
-    return {
-        "audio_token_norm": float(audio.norm(dim=-1).mean()),
-        "text_embedding_norm": float(text.norm(dim=-1).mean()),
-        "energy_varying_across_clips": float(varying),
-        "raw_tau_rank": float(np.mean([tau_effective_rank(x, tau=0.99) for x in audio])),
-    }
-
-
 def _phase(record: dict[str, Any], path: Path, what: str, t0: float) -> None:
     """Write the record so far (a killed job keeps what it measured) and log the phase."""
     record.setdefault("phases_s", {})[what] = round(time.time() - t0, 1)
@@ -137,9 +103,12 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
     """Train (or load) one variant and measure it, writing the record to `path` after each phase."""
     import torch
 
+    from lib.probing import audio_token_stats
+    from probes import tau_effective_rank
     from sam.data import build_examples
     from sam.data.dataset import SAMDataset
     from sam.eval import generate_predictions, label_matrix
+    from sam.eval.annotate import other_audio
     from sam.train.runs import get_tokenizer, stage_model, train_or_load
 
     exp = variant_config(args.preset, name, args.seed, args.set)
@@ -169,7 +138,7 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
         return model.generate(torch.stack(fbanks), prompts, max_new_tokens=n)
 
     for task, exs in test.items():
-        for cond, items in (("own", exs), ("other_audio", _deranged(exs))):
+        for cond, items in (("own", exs), ("other_audio", other_audio(exs))):
             gen = generate_predictions(generate, items, batch_size=bs, max_new_tokens=n_new, audio_loader=features.features)
             answers[f"{task}/{cond}"] = gen["prediction"].tolist()
     record.update(
@@ -179,20 +148,21 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
     )
     _phase(record, path, "generate", t0)
     cls = test["classification"]
+    own = forward_pass(model, exp, tok, cls, bs)
     record.update(
-        loss_own=response_loss(model, exp, tok, cls, bs),
-        loss_other_audio=response_loss(model, exp, tok, _deranged(cls), bs),
-        **token_stats(model, exp, tok, cls, bs),
+        loss_own=own["loss"],
+        loss_other_audio=forward_pass(model, exp, tok, other_audio(cls), bs)["loss"],
+        **audio_token_stats(model, own["audio_tokens"]),
+        raw_tau_rank=float(np.mean([tau_effective_rank(x, tau=0.99) for x in own["audio_tokens"]])),
     )
     _phase(record, path, "losses", t0)
     train_cls = build_examples(exp.data, "train", ["classification"])[: args.probe_train]
     classes = sorted({c for ex in train_cls + cls for c in ex.labels})
-    feats_train = hidden_features(model, exp, tok, train_cls, bs)
-    feats_test = hidden_features(model, exp, tok, cls, bs)
+    feats_train = forward_pass(model, exp, tok, train_cls, bs)["features"]
     record.update(
         classes=classes,
         complete=True,
-        probe_map=probe_maps(feats_train, feats_test, label_matrix(train_cls, classes), label_matrix(cls, classes)),
+        probe_map=probe_maps(feats_train, own["features"], label_matrix(train_cls, classes), label_matrix(cls, classes)),
     )
     _phase(record, path, "probes", t0)
     return record

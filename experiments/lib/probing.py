@@ -37,3 +37,16 @@ def state_rows(model: Any, batch: dict[str, Any], **labels: Any) -> list[dict]:
 
 def last_layer(cfg: ExperimentConfig) -> str:
     return f"lm.layers.{cfg.model.lm.n_layer - 1}"
+
+
+def audio_token_stats(model: Any, audio: torch.Tensor) -> dict[str, float]:
+    """Audio tokens [clips, N, d] against the LM's text embeddings: their mean norms, and the share of the
+    tokens' energy that varies across clips (the rest is a prefix common to every clip)."""
+    audio = audio.float()
+    text = model.language_model.get_input_embeddings().weight.detach().float()
+    varying = ((audio - audio.mean(0, keepdim=True)) ** 2).sum(-1).mean() / (audio**2).sum(-1).mean()
+    return {
+        "audio_token_norm": float(audio.norm(dim=-1).mean()),
+        "text_embedding_norm": float(text.norm(dim=-1).mean()),
+        "energy_varying_across_clips": float(varying),
+    }
