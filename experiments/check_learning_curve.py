@@ -8,7 +8,8 @@ text-only LM stage and the encoder pretraining train once per seed). After stage
   (the text scorers need not be on the machine that trains);
 - the classification response loss with own vs other audio (teacher forced, no decoding);
 - where the class information goes: one logistic regression per class on the mean-pooled encoder
-  output (the gate's probe ceiling), and on the LM's residual stream at the last audio token and
+  output (the gate's probe ceiling), on the input log-mel's per-band mean and standard deviation (the
+  floor a trained encoder should beat), and on the LM's residual stream at the last audio token and
   at the last prompt token (what the answer is decoded from), per layer, fit on `--probe-train`
   training scenes;
 - the audio tokens' norm against the text embeddings', their raw tau-rank and the share of their
@@ -61,6 +62,8 @@ def forward_pass(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batc
             total, count = total + float(loss) * n, count + n
             tokens.append(cache["connector.out"].float().cpu())
             feats.setdefault("encoder_mean", []).append(cache["encoder.out"].float().mean(dim=(1, 2)).cpu().numpy())
+            fb = batch["fbank"].float()  # the floor any trained encoder should beat: pooled log-mel statistics
+            feats.setdefault("fbank_stats", []).append(torch.cat([fb.mean(dim=1), fb.std(dim=1)], dim=-1).cpu().numpy())
             n_audio = model.num_audio_tokens(batch["fbank"].shape[1])
             prompt_len = (batch["labels"] == -100).long().cumprod(dim=1).sum(dim=1)  # tokens before the response
             rows = torch.arange(len(prompt_len), device=prompt_len.device)
@@ -106,6 +109,7 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
     from lib.probing import audio_token_stats
     from probes import tau_effective_rank
     from sam.data import build_examples
+    from sam.data.archive import transcoded
     from sam.data.dataset import SAMDataset
     from sam.eval import generate_predictions, label_matrix
     from sam.eval.annotate import other_audio
@@ -123,6 +127,8 @@ def measure(args: argparse.Namespace, name: str, path: Path) -> dict[str, Any]:
         "seed": args.seed,
         "run": run_dir.name,
         "audio_steps": sum(s.steps for s in exp.train.stages if s.name in AUDIO_STAGES),
+        "n_train": exp.data.n_train,
+        "corpus_transcode": transcoded(exp.data.root),
         "complete": False,
     }
     _phase(record, path, "train", t0)

@@ -61,7 +61,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_export_corpus(args: argparse.Namespace) -> int:
     from sam.data.archive import export_corpus
 
-    out = export_corpus(args.root, check_writable(args.out, "out"))
+    out = export_corpus(args.root, check_writable(args.out, "out"), codec=args.codec, level=args.level)
     print(f"[corpus] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -48,10 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         "pack a built corpus into one file for another machine",
         "Write ROOT/corpus (manifest, class map, report and every clip as lossless FLAC, about half the "
         "size of the wavs) to one tar file. `sam prepare-data --from-archive FILE` on the other machine "
-        "restores the identical corpus, so its scene, feature and run caches match this machine's.",
+        "restores the identical corpus, so its scene, feature and run caches match this machine's. "
+        "--codec opus packs the clips as lossy Ogg Opus instead (~45 MB for corpus v2), for uploads with a "
+        "size limit; the restored corpus then carries corpus/transcode.json saying so.",
     )
     p.add_argument("out", help="archive file to write (.tar)")
     p.add_argument("--root", default="data", help="folder holding corpus/")
+    p.add_argument("--codec", choices=("flac", "opus"), default="flac", help="flac (lossless, default) or opus (lossy, small)")
+    p.add_argument("--level", type=float, default=0.96, help="opus compression level in [0, 1]; higher is smaller (default 0.96)")
 
     p = add_command(
         sub,

@@ -6,8 +6,12 @@ wavs). `import_corpus` unpacks it into another root and writes each clip back as
 wav at the manifest's path, so the manifest (and therefore `manifest_hash`, the scene and feature
 caches and the run cache keys) is byte-identical to the source machine's.
 
-Why not just copy the folder: the wavs are ~100 MB, and an offline GPU machine may only accept a
-bounded upload; the FLAC archive is ~50 MB.
+Why not just copy the folder: an offline GPU machine may only accept a bounded upload. The wavs of
+corpus v2 are ~580 MB and its FLAC archive ~320 MB. `codec="opus"` packs every clip as Ogg Opus
+instead (about 19 kbit/s at the default level, ~45 MB): lossy, so the clips on the other machine are
+not the same audio. The archive then carries ``corpus/transcode.json`` saying so, `import_corpus`
+writes it beside the manifest, and `transcoded` reads it back: results measured on such a copy name
+the codec. The manifest (labels, lengths, splits) stays byte-identical either way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
@@ -27,37 +33,69 @@ from sam.data.corpus import SAMPLE_RATE, CorpusError, corpus_complete, read_mani
 from sam.paths import UnsafePathError, confined
 
 META_FILES = ("manifest.jsonl", "classes.json", "report.json")
+TRANSCODE_FILE = "transcode.json"  # present only in a lossy archive and in a corpus imported from one
+CODECS = {"flac": ".flac", "opus": ".opus"}
+OPUS_LEVEL = 0.96  # libsndfile's compression level (0 = largest, 1 = smallest): ~19 kbit/s on this corpus
 
 
-def _flac_name(wav_path: str) -> str:
-    return str(Path(wav_path).with_suffix(".flac"))
+def _member_name(wav_path: str, codec: str) -> str:
+    return str(Path(wav_path).with_suffix(CODECS[codec]))
 
 
-def export_corpus(root: str | Path, out: str | Path, progress: bool = True) -> Path:
-    """Write ``root/corpus`` to the tar file `out` (FLAC clips + metadata); returns `out`.
+def _encode(path: Path, codec: str, level: float) -> bytes:
+    buf = io.BytesIO()
+    if codec == "flac":
+        wave, sr = sf.read(path, dtype="int16", always_2d=False)
+        sf.write(buf, wave, sr, format="FLAC", subtype="PCM_16")
+    else:
+        wave, sr = sf.read(path, dtype="float32", always_2d=False)
+        sf.write(buf, wave, sr, format="OGG", subtype="OPUS", compression_level=level)
+    return buf.getvalue()  # not buf.tell(): libsndfile seeks back to finish the header
 
-    Raises CorpusError when ``root`` holds no complete corpus. The archive is written to a temporary
-    name and renamed, so an interrupted export never leaves a truncated file under `out`.
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def export_corpus(
+    root: str | Path, out: str | Path, progress: bool = True, codec: str = "flac", level: float = OPUS_LEVEL, workers: int = 4
+) -> Path:
+    """Write ``root/corpus`` to the tar file `out` (clips in `codec` + metadata); returns `out`.
+
+    `codec` is "flac" (lossless) or "opus" (lossy, `level` in [0, 1]; module docstring). Raises
+    CorpusError when ``root`` holds no complete corpus. The archive is written to a temporary name and
+    renamed, so an interrupted export never leaves a truncated file under `out`.
     """
     root, out = Path(root), Path(out)
+    if codec not in CODECS:
+        raise ValueError(f"codec {codec!r} unknown; choose one of {', '.join(CODECS)}")
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"level must lie in [0, 1], got {level}")
     if not corpus_complete(root):
         raise CorpusError(f"{root / 'corpus'}: no complete corpus to export; run `sam prepare-data --root {root}` first")
     rows = read_manifest(root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w") as tar:
+    with tarfile.open(tmp, "w") as tar, ThreadPoolExecutor(max(1, workers)) as pool:
         for name in META_FILES:
             tar.add(root / "corpus" / name, arcname=f"corpus/{name}")
-        for row in tqdm(rows, desc="export corpus", unit="clip", disable=not progress):
-            wave, sr = sf.read(root / row["path"], dtype="int16", always_2d=False)
-            buf = io.BytesIO()
-            sf.write(buf, wave, sr, format="FLAC", subtype="PCM_16")
-            data = buf.getvalue()  # not buf.tell(): libsndfile seeks back to finish the header
-            info = tarfile.TarInfo(_flac_name(row["path"]))
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+        if codec != "flac":
+            note = {"codec": codec, "compression_level": level, "lossless": False,
+                    "note": "clips were transcoded for transfer; the audio differs from the source machine's"}
+            _add(tar, f"corpus/{TRANSCODE_FILE}", json.dumps(note, indent=1).encode())
+        encoded = pool.map(lambda row: _encode(root / row["path"], codec, level), rows)  # libsndfile calls release the GIL
+        for row, data in zip(tqdm(rows, desc="export corpus", unit="clip", disable=not progress), encoded):
+            _add(tar, _member_name(row["path"], codec), data)
     os.replace(tmp, out)
     return out
+
+
+def transcoded(root: str | Path) -> dict[str, Any] | None:
+    """The transcode note of a corpus imported from a lossy archive, else None (the clips are the originals)."""
+    path = Path(root) / "corpus" / TRANSCODE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _member(tar: tarfile.TarFile, name: str, archive: Path) -> bytes:
@@ -72,12 +110,12 @@ def _member(tar: tarfile.TarFile, name: str, archive: Path) -> bytes:
     return f.read()
 
 
-def import_corpus(archive: str | Path, root: str | Path, progress: bool = True) -> Path:
+def import_corpus(archive: str | Path, root: str | Path, progress: bool = True, workers: int = 8) -> Path:
     """Unpack an `export_corpus` archive into ``root/corpus``; returns ``root/corpus``.
 
     Each clip is checked against its manifest row (sample rate, sample count) and the manifest is
     written last, so a failed or interrupted import never looks complete. Errors name the archive
-    member and the reason.
+    member and the reason. A lossy archive's transcode note is written to ``root/corpus`` (`transcoded`).
     """
     archive, root = Path(archive), Path(root)
     if not archive.is_file():
@@ -109,16 +147,38 @@ def import_corpus(archive: str | Path, root: str | Path, progress: bool = True) 
             except UnsafePathError as e:
                 raise CorpusError(f"{where}: {e}") from None
             rows.append(row)
-        for row, dest in zip(tqdm(rows, desc="import corpus", unit="clip", disable=not progress), dests):
-            name = _flac_name(row["path"])
-            wave, sr = sf.read(io.BytesIO(_member(tar, name, archive)), dtype="int16", always_2d=False)
+        names = set(tar.getnames())
+        note = _member(tar, f"corpus/{TRANSCODE_FILE}", archive) if f"corpus/{TRANSCODE_FILE}" in names else None
+        codec = json.loads(note)["codec"] if note else "flac"
+        if codec not in CODECS:
+            raise CorpusError(f"{archive}: corpus/{TRANSCODE_FILE}: codec {codec!r} unknown")
+
+        def restore(item: tuple[dict[str, Any], Path, str, bytes]) -> None:
+            row, dest, name, data = item
+            try:
+                wave, sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=False)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise CorpusError(f"{archive}: {name}: not a readable {codec} clip ({e})") from None
             if sr != SAMPLE_RATE or wave.ndim != 1 or wave.size != row["num_samples"]:
                 raise CorpusError(
                     f"{archive}: {name}: {wave.size} samples at {sr} Hz, manifest says {row['num_samples']} mono at {SAMPLE_RATE} Hz"
                 )
             dest.parent.mkdir(parents=True, exist_ok=True)
             sf.write(dest, np.ascontiguousarray(wave), sr, subtype="PCM_16")
+
+        def members():  # the tar is read in order here; decoding and writing run in the pool
+            for row, dest in zip(rows, dests):
+                name = _member_name(row["path"], codec)
+                yield row, dest, name, _member(tar, name, archive)
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for _ in tqdm(pool.map(restore, members()), total=len(rows), desc="import corpus", unit="clip", disable=not progress):
+                pass
     corpus.mkdir(parents=True, exist_ok=True)
+    if note:
+        (corpus / TRANSCODE_FILE).write_bytes(note)
+    else:
+        (corpus / TRANSCODE_FILE).unlink(missing_ok=True)
     for name in ("classes.json", "report.json", "manifest.jsonl"):  # the manifest last: its presence means "complete"
         tmp = corpus / (name + ".tmp")
         tmp.write_bytes(meta[name])
