@@ -11,6 +11,12 @@ call (the audio-use gate's probe ceiling uses it). `--stage stage_lm` probes the
 stages before pretraining leave it untouched), which is the baseline a pretrained encoder must beat.
 
     python experiments/check_encoder_probe.py runs/<hash>-cpu [--stage stage0] [--train-clips 2048]
+    python experiments/check_encoder_probe.py --preset cpu [--set data.n_train=4000]   # train stage 0 alone, probe it
+    python experiments/check_encoder_probe.py --preset cpu --fbank                       # the log-mel floor
+
+`--preset` trains (or loads from the run cache) the preset's encoder pretraining alone, with `--set`
+overrides, and probes it. `--fbank` instead probes the input itself, each log-mel band's mean and
+standard deviation over the scene: the floor a trained encoder should beat.
 """
 
 from __future__ import annotations
@@ -106,18 +112,67 @@ def probe(
     return out
 
 
+def fbank_probe(exp: Any, train_clips: int = 2048, test_clips: int | None = None, c: float = 0.1) -> dict[str, Any]:
+    """Linear-probe test mAP (percent) on each scene's log-mel band means and standard deviations."""
+    from sam.data import build_examples
+    from sam.data.dataset import example_wave
+    from sam.data.types import label_matrix
+    from sam.eval.metrics import classification_metrics
+    from sam.model.audio import wave_to_features
+
+    splits = {}
+    for split, limit in (("train", train_clips), ("test", test_clips)):
+        examples = build_examples(exp.data, split, ["classification"])[:limit]
+        x = []
+        for ex in tqdm(examples, desc=f"{split} log-mel", unit="scene", leave=False):
+            fb = wave_to_features(example_wave(ex, exp.data.root), exp.model.audio)
+            x.append(torch.cat([fb.mean(0), fb.std(0)]).double().numpy())
+        splits[split] = (np.stack(x), examples)
+    classes = sorted({lab for ex in splits["train"][1] for lab in ex.labels})
+    (x_train, ex_train), (x_test, ex_test) = splits["train"], splits["test"]
+    scored = classification_metrics(
+        label_matrix(ex_test, classes), linear_probe(x_train, label_matrix(ex_train, classes), x_test, c, exp.train.seed), bootstrap=0
+    )
+    return {"features": "log-mel band mean + std", "train_clips": len(x_train), "test_clips": len(x_test), "classes": len(classes),
+            "chance_mAP": 100 * scored["chance"]["mAP"], "linear_probe_mAP": 100 * scored["mAP"], "C": c}
+
+
+def pretrain_encoder(preset_name: str, overrides: list[str], runs: Path) -> Path:
+    """Train (or load) the preset's encoder pretraining stage alone, with `overrides`; returns the run."""
+    from sam.config import apply_overrides, preset
+    from sam.train.runs import train_or_load
+
+    exp = preset(preset_name)
+    exp.train.stages = [s for s in exp.train.stages if s.name == "stage0"]
+    if not exp.train.stages:
+        raise SystemExit(f"--preset {preset_name}: its curriculum has no encoder pretraining stage (stage0)")
+    return train_or_load(apply_overrides(exp, overrides), runs)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="a run directory (runs/<hash>-<device>)")
+    p.add_argument("run", type=Path, nargs="?", help="a run directory (runs/<hash>-<device>); or use --preset")
+    p.add_argument("--preset", default=None, help="train the preset's stage 0 alone (run cache) and probe it")
+    p.add_argument("--set", nargs="*", default=[], help="dotted config overrides for --preset (key=value)")
+    p.add_argument("--fbank", action="store_true", help="with --preset: probe the log-mel statistics instead")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--stage", default="stage0", help="stage whose encoder to probe (default: stage0)")
     p.add_argument("--train-clips", type=int, default=2048, help="training scenes the probe is fit on (default: 2048)")
     p.add_argument("--test-clips", type=int, default=None, help="test scenes to score (default: all)")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions (default: 1.0)")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
-    if not (args.run / "run.json").is_file():
-        raise SystemExit(f"{args.run}: not a finished run (no run.json)")
-    out = probe(args.run, args.stage, args.train_clips, args.test_clips, args.C, args.batch_size)
+    if args.preset and args.fbank:
+        from sam.config import apply_overrides, preset
+
+        out = fbank_probe(apply_overrides(preset(args.preset), args.set), args.train_clips, args.test_clips)
+    else:
+        if args.preset:
+            args.run = pretrain_encoder(args.preset, args.set, args.runs)
+        if args.run is None or not (args.run / "run.json").is_file():
+            raise SystemExit(f"{args.run}: not a finished run (no run.json); give a run directory or --preset")
+        out = probe(args.run, args.stage, args.train_clips, args.test_clips, args.C, args.batch_size)
+        out["set"] = " ".join(args.set)
     for k, v in out.items():
         print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
     return out
