@@ -90,27 +90,20 @@ def plot(data: pd.DataFrame):
 def findings(data: pd.DataFrame) -> list[common.Finding]:
     """The paper's findings this table checks, from its tidy table (the CSV)."""
     overall, order = data[data.category == "all"], list(STAGES.values())
+    protocols = [("accuracy", "with reasoning stage")]
+    if (overall.metric == "likelihood_accuracy").any():  # the second protocol, where the weights were measured
+        protocols.append(("likelihood_accuracy", "most likely choice (likelihood protocol, not the paper's) with reasoning stage"))
     out = [
         common.compare(
             "reasoning",
-            common.per_seed(overall, "reasoning", "accuracy", stage=order[1]),
-            common.per_seed(overall, "reasoning", "accuracy", stage=order[0]),
-            "with reasoning stage",
+            common.per_seed(overall, "reasoning", metric, stage=order[1]),
+            common.per_seed(overall, "reasoning", metric, stage=order[0]),
+            label,
             "without",
             "%",
         )
+        for metric, label in protocols
     ]
-    if (overall.metric == "likelihood_accuracy").any():  # the second protocol, where the weights were measured
-        out.append(
-            common.compare(
-                "reasoning",
-                common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[1]),
-                common.per_seed(overall, "reasoning", "likelihood_accuracy", stage=order[0]),
-                "most likely choice (likelihood protocol, not the paper's) with reasoning stage",
-                "without",
-                "%",
-            )
-        )
     return out
 
 
