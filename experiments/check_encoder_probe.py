@@ -133,8 +133,15 @@ def fbank_probe(exp: Any, train_clips: int = 2048, test_clips: int | None = None
     scored = classification_metrics(
         label_matrix(ex_test, classes), linear_probe(x_train, label_matrix(ex_train, classes), x_test, c, exp.train.seed), bootstrap=0
     )
-    return {"features": "log-mel band mean + std", "train_clips": len(x_train), "test_clips": len(x_test), "classes": len(classes),
-            "chance_mAP": 100 * scored["chance"]["mAP"], "linear_probe_mAP": 100 * scored["mAP"], "C": c}
+    return {
+        "features": "log-mel band mean + std",
+        "train_clips": len(x_train),
+        "test_clips": len(x_test),
+        "classes": len(classes),
+        "chance_mAP": 100 * scored["chance"]["mAP"],
+        "linear_probe_mAP": 100 * scored["mAP"],
+        "C": c,
+    }
 
 
 def pretrain_encoder(preset_name: str, overrides: list[str], runs: Path) -> Path:

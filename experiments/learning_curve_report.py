@@ -130,6 +130,14 @@ def plot(data: pd.DataFrame):
     return fig
 
 
+def _earlier_rows(csv: Path, scored: set[str]) -> pd.DataFrame:
+    """Rows of an earlier `learning_curve.csv` for the variants not scored now (empty if none)."""
+    if not csv.is_file():
+        return pd.DataFrame()
+    old = pd.read_csv(csv)
+    return old[~old.variant.isin(scored)]
+
+
 def write_report(args: argparse.Namespace) -> pd.DataFrame:
     """Score every record under `args.records` for `args.preset` and write the outputs to `args.out`."""
     from sam.eval import make_text_encoder
@@ -142,6 +150,9 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
     data = pd.DataFrame([row for r in records for row in score_record(r, encoder)])
     out = args.out or (Path("figures") if args.preset == "cpu" else Path("figures") / args.preset)
     out.mkdir(parents=True, exist_ok=True)
+    kept = _earlier_rows(out / "learning_curve.csv", set(data.variant))
+    if len(kept):  # variants scored before whose records are not here (records stay on the machine that measured)
+        data = pd.concat([kept, data], ignore_index=True)
     data.to_csv(out / "learning_curve.csv", index=False)
     table = data.pivot_table(index="metric", columns="variant", values="value", sort=False).round(2)
     incomplete = [r["variant"] for r in records if not r.get("complete")]
@@ -155,7 +166,12 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
         "mean-pooled encoder output, the gate's probe ceiling). Gate rows: 1 passes, 0 fails (experiments/gate.py; G3 "
         "needs reasoning answers, not generated here). Made by `python experiments/check_learning_curve.py --preset "
         f"{args.preset} --variants {','.join(dict.fromkeys(data.variant))}` then `--score`. "
-        + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}.\n" if incomplete else "\n")
+        + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}. " if incomplete else "")
+        + (
+            f"Kept from the earlier scoring in this folder (no record here): {', '.join(dict.fromkeys(kept.variant))}.\n"
+            if len(kept)
+            else "\n"
+        )
     )
     fig = plot(data)
     fig.savefig(out / "learning_curve.png", dpi=150)
@@ -168,6 +184,7 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
                 "measured_on": sorted({r.get("device", "?") for r in records}),
                 "scored_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "runs": {r["variant"]: r["run"] for r in records},
+                "kept_from_earlier": list(dict.fromkeys(kept.variant)) if len(kept) else [],
             },
             indent=1,
         )

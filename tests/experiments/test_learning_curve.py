@@ -74,3 +74,13 @@ def test_smoke_learning_curve_measures_then_scores_own_and_other_audio(tmp_path:
     other = data[(data.metric == "mAP other audio") & (data.variant == use.variant)].value.iloc[0]
     assert use.value == pytest.approx(own - other) and use.ci_low <= use.value <= use.ci_high
     assert (out / "learning_curve.png").stat().st_size > 0 and "random scores" in (out / "learning_curve.md").read_text()
+
+    # Scoring again with one record: the other variant's rows are kept from the earlier CSV, and said so.
+    (records / "smoke-recipe-s0.json").unlink()
+    check_learning_curve.main(["--preset", "smoke", "--score", "--records", str(records), "--out", str(out)])
+    again = pd.read_csv(out / "learning_curve.csv")
+    assert set(again.variant) == {"recipe", "token_norm"}
+    pd.testing.assert_frame_equal(
+        again[again.variant == "recipe"].reset_index(drop=True), data[data.variant == "recipe"].reset_index(drop=True)
+    )
+    assert json.loads((out / "learning_curve.json").read_text())["kept_from_earlier"] == ["recipe"]
