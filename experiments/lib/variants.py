@@ -25,9 +25,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "token_norm_x3": ("token_norm and 3x the audio steps", ["model.connector.token_norm=0.7", *_steps(3)]),
     "scenes_x4": ("4x the training scenes (every stage draws from 4x as many scene mixtures)", ["data.n_train*4"]),
     "scenes_x4_steps_x3": ("4x the training scenes and 3x the audio stages' steps", ["data.n_train*4", *_steps(3)]),
-    "encoder_x4": (
-        "4x the training scenes and 4x the encoder-pretraining steps",
-        ["data.n_train*4", "train.stages.stage0.steps*4"],
+    "encoder_x3": (
+        "4x the training scenes and 3x the encoder-pretraining steps",
+        ["data.n_train*4", "train.stages.stage0.steps*3"],
     ),
     "cls_stage1": (
         "stage 1 on classification only, twice as long",
