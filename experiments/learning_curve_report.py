@@ -156,6 +156,7 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
     data.to_csv(out / "learning_curve.csv", index=False)
     table = data.pivot_table(index="metric", columns="variant", values="value", sort=False).round(2)
     incomplete = [r["variant"] for r in records if not r.get("complete")]
+    lossy = sorted({r["corpus_transcode"]["codec"] for r in records if r.get("corpus_transcode")})
     (out / "learning_curve.md").write_text(
         f"# Why the LM ignores its audio: recipe variants ({args.preset} preset, small LM, seed {args.seed})\n\n"
         + table.to_markdown()
@@ -167,6 +168,7 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
         "needs reasoning answers, not generated here). Made by `python experiments/check_learning_curve.py --preset "
         f"{args.preset} --variants {','.join(dict.fromkeys(data.variant))}` then `--score`. "
         + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}. " if incomplete else "")
+        + (f"Measured on a corpus restored from a lossy {'/'.join(lossy)} archive (`sam export-corpus --codec`). " if lossy else "")
         + (
             f"Kept from the earlier scoring in this folder (no record here): {', '.join(dict.fromkeys(kept.variant))}.\n"
             if len(kept)

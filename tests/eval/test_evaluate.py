@@ -52,6 +52,13 @@ def test_minilm_classifier_maps_obvious_outputs_to_the_right_class():
     assert np.all(scores <= 1 + 1e-5) and np.all(scores >= -1 - 1e-5)  # cosines
 
 
+def test_equal_answers_get_bit_equal_scores_whatever_the_batch():
+    clf = TextClassifier(CLASSES, make_text_encoder("minilm"))
+    alone = clf.scores(["a dog is barking"])
+    mixed = clf.scores(["a car engine is running and then a long silence follows", "a dog is barking", "x", "a dog is barking"])
+    assert np.array_equal(mixed[1], mixed[3]) and np.array_equal(mixed[1], alone[0])  # ties stay ties: mAP is reproducible
+
+
 def test_classifier_split_mode_scores_each_listed_label():
     clf = TextClassifier(CLASSES, make_text_encoder("minilm"))
     whole, split_max = clf.scores(["dog; rain"]), clf.scores(["dog; rain"], split=True)
