@@ -103,13 +103,16 @@ def plot(data: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     variants = list(dict.fromkeys(data.variant))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    color = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
     pick = lambda m: data[data.metric == m].groupby("variant").value.mean().reindex(variants)  # noqa: E731
     x = np.arange(len(variants))
     for off, metric, label in ((-0.2, "mAP own", "own audio"), (0.2, "mAP other audio", "another scene's audio")):
         ax1.bar(x + off, pick(metric), width=0.4, label=label)
     ax1.plot(x, pick("mAP random scores"), "k_", ms=30, mew=2, label="random scores")
     ax1.plot(x, pick("probe mAP encoder_mean"), "r^", label="linear probe on the encoder")
+    if (data.metric == "probe mAP fbank_stats").any():
+        ax1.plot(x, pick("probe mAP fbank_stats"), "gv", label="linear probe on log-mel statistics")
     ax1.set(xticks=x, xticklabels=variants, ylabel="classification mAP (%)", title="Does the LM use the audio?")
     ax1.tick_params(axis="x", rotation=30)
     top = np.nanmax([pick(m).max() for m in ("mAP own", "mAP other audio", "mAP random scores", "probe mAP encoder_mean")])
@@ -119,13 +122,13 @@ def plot(data: pd.DataFrame):
         sub = data[(data.variant == variant) & data.metric.str.startswith("probe mAP lm.")]
         for where, style in (("audio_last", "-"), ("prompt_last", "--")):
             part = sub[sub.metric.str.endswith(where)]
-            ax2.plot(range(len(part)), part.value, style, marker="o", label=f"{variant}, {where.replace('_', ' ')}")
+            ax2.plot(range(len(part)), part.value, style, marker="o", ms=4, color=color[variant], label=f"{variant}, {where.replace('_', ' ')}")
     sites = [m.split(" ")[-1].split("@")[0] for m in data.metric if m.startswith("probe mAP lm.") and m.endswith("@audio_last")]
     sites = list(dict.fromkeys(sites))
     ax2.set_xticks(range(len(sites)), [s.replace("lm.", "").replace("layers.", "layer ") for s in sites])
     ax2.plot(range(len(sites)), [pick("mAP random scores").mean()] * len(sites), "k:", label="random scores")
     ax2.set(xlabel="LM site at the last audio / last prompt token", ylabel="linear-probe mAP (%)", title="Class information along the LM")
-    ax2.legend(fontsize=6)
+    ax2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
