@@ -122,7 +122,9 @@ def plot(data: pd.DataFrame):
         sub = data[(data.variant == variant) & data.metric.str.startswith("probe mAP lm.")]
         for where, style in (("audio_last", "-"), ("prompt_last", "--")):
             part = sub[sub.metric.str.endswith(where)]
-            ax2.plot(range(len(part)), part.value, style, marker="o", ms=4, color=color[variant], label=f"{variant}, {where.replace('_', ' ')}")
+            ax2.plot(
+                range(len(part)), part.value, style, marker="o", ms=4, color=color[variant], label=f"{variant}, {where.replace('_', ' ')}"
+            )
     sites = [m.split(" ")[-1].split("@")[0] for m in data.metric if m.startswith("probe mAP lm.") and m.endswith("@audio_last")]
     sites = list(dict.fromkeys(sites))
     ax2.set_xticks(range(len(sites)), [s.replace("lm.", "").replace("layers.", "layer ") for s in sites])
