@@ -26,6 +26,10 @@ def test_variant_config_multiplies_the_audio_stages_and_applies_extra_overrides(
     assert (x3.train.seed, x3.data.seed, x3.data.n_test) == (1, 1, 128)
     cls = check_learning_curve.variant_config("cpu", "cls_stage1", 0)
     assert next(s for s in cls.train.stages if s.name == "stage1").tasks == ["classification"]
+    enc = check_learning_curve.variant_config("cpu", "encoder_x3", 0)
+    assert enc.data.n_train == 4 * base.data.n_train and enc.data.n_test == base.data.n_test
+    assert {s.name: s.steps for s in enc.train.stages} == {**steps, "stage0": 3 * steps["stage0"]}
+    assert "stage5" not in steps  # the curve measures after stage 4
 
 
 @pytest.mark.slow

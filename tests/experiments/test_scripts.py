@@ -93,6 +93,20 @@ def test_check_encoder_probe_scores_the_stage0_head_and_a_linear_probe_on_a_smok
         check_encoder_probe.main([str(runs)])
 
 
+def test_check_encoder_probe_trains_stage0_alone_with_overrides_and_probes_the_log_mel_floor(tmp_path):
+    import check_encoder_probe
+
+    args = ["--preset", "smoke", "--runs", str(tmp_path), "--train-clips", "32", "--batch-size", "8"]
+    out = check_encoder_probe.main([*args, "--set", "train.stages.0.steps=3"])
+    run = tmp_path / out["run"]
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["stage0"] and out["set"] == "train.stages.0.steps=3"
+    assert 0 < out["linear_probe_mAP"] <= 100 and 0 < out["stage_head_mAP"] <= 100
+    floor = check_encoder_probe.main([*args, "--fbank"])
+    assert floor["features"] == "log-mel band mean + std" and floor["train_clips"] == 32
+    assert 0 < floor["chance_mAP"] < floor["linear_probe_mAP"] <= 100  # 32 training scenes already beat random scores
+
+
 def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_figures, tmp_path_factory, tmp_path, capsys):
     """Measure where the runs are (--defer-scoring: answers and probe rows cached, nothing scored or
     written), move only the records (no weights), assemble there (--cached): the same CSV as a
