@@ -114,6 +114,7 @@ def probe(
 
 def fbank_probe(exp: Any, train_clips: int = 2048, test_clips: int | None = None, c: float = 0.1) -> dict[str, Any]:
     """Linear-probe test mAP (percent) on each scene's log-mel band means and standard deviations."""
+    from lib.probing import log_mel_stats
     from sam.data import build_examples
     from sam.data.dataset import example_wave
     from sam.data.types import label_matrix
@@ -126,7 +127,7 @@ def fbank_probe(exp: Any, train_clips: int = 2048, test_clips: int | None = None
         x = []
         for ex in tqdm(examples, desc=f"{split} log-mel", unit="scene", leave=False):
             fb = wave_to_features(example_wave(ex, exp.data.root), exp.model.audio)
-            x.append(torch.cat([fb.mean(0), fb.std(0)]).double().numpy())
+            x.append(log_mel_stats(fb).double().numpy())
         splits[split] = (np.stack(x), examples)
     classes = sorted({lab for ex in splits["train"][1] for lab in ex.labels})
     (x_train, ex_train), (x_test, ex_test) = splits["train"], splits["test"]

@@ -50,6 +50,7 @@ def forward_pass(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batc
     import torch
 
     import probes
+    from lib.probing import log_mel_stats
 
     layers = len(model.language_model.backbone.layers)
     lm_sites = ["lm.embed", *[f"lm.layers.{i}" for i in range(layers)]]
@@ -62,8 +63,7 @@ def forward_pass(model: Any, exp: Any, tokenizer: Any, examples: list[Any], batc
             total, count = total + float(loss) * n, count + n
             tokens.append(cache["connector.out"].float().cpu())
             feats.setdefault("encoder_mean", []).append(cache["encoder.out"].float().mean(dim=(1, 2)).cpu().numpy())
-            fb = batch["fbank"].float()  # the floor any trained encoder should beat: pooled log-mel statistics
-            feats.setdefault("fbank_stats", []).append(torch.cat([fb.mean(dim=1), fb.std(dim=1)], dim=-1).cpu().numpy())
+            feats.setdefault("fbank_stats", []).append(log_mel_stats(batch["fbank"].float()).cpu().numpy())
             n_audio = model.num_audio_tokens(batch["fbank"].shape[1])
             prompt_len = (batch["labels"] == -100).long().cumprod(dim=1).sum(dim=1)  # tokens before the response
             rows = torch.arange(len(prompt_len), device=prompt_len.device)

@@ -156,7 +156,8 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
     out = args.out or (Path("figures") if args.preset == "cpu" else Path("figures") / args.preset)
     out.mkdir(parents=True, exist_ok=True)
     kept = _earlier_rows(out / "learning_curve.csv", set(data.variant))
-    if len(kept):  # variants scored before whose records are not here (records stay on the machine that measured)
+    kept_names = list(dict.fromkeys(kept.variant)) if len(kept) else []
+    if kept_names:  # variants scored before whose records are not here (records stay on the machine that measured)
         data = pd.concat([kept, data], ignore_index=True)
     data.to_csv(out / "learning_curve.csv", index=False)
     table = data.pivot_table(index="metric", columns="variant", values="value", sort=False).round(2)
@@ -174,11 +175,7 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
         f"{args.preset} --variants {','.join(dict.fromkeys(data.variant))}` then `--score`. "
         + (f"Incomplete records (a phase was not reached): {', '.join(incomplete)}. " if incomplete else "")
         + (f"Measured on a corpus restored from a lossy {'/'.join(lossy)} archive (`sam export-corpus --codec`). " if lossy else "")
-        + (
-            f"Kept from the earlier scoring in this folder (no record here): {', '.join(dict.fromkeys(kept.variant))}.\n"
-            if len(kept)
-            else "\n"
-        )
+        + (f"Kept from the earlier scoring in this folder (no record here): {', '.join(kept_names)}.\n" if kept_names else "\n")
     )
     fig = plot(data)
     fig.savefig(out / "learning_curve.png", dpi=150)
@@ -191,7 +188,7 @@ def write_report(args: argparse.Namespace) -> pd.DataFrame:
                 "measured_on": sorted({r.get("device", "?") for r in records}),
                 "scored_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "runs": {r["variant"]: r["run"] for r in records},
-                "kept_from_earlier": list(dict.fromkeys(kept.variant)) if len(kept) else [],
+                "kept_from_earlier": kept_names,
             },
             indent=1,
         )

@@ -50,3 +50,9 @@ def audio_token_stats(model: Any, audio: torch.Tensor) -> dict[str, float]:
         "text_embedding_norm": float(text.norm(dim=-1).mean()),
         "energy_varying_across_clips": float(varying),
     }
+
+
+def log_mel_stats(fbank: torch.Tensor) -> torch.Tensor:
+    """Each log-mel band's mean and standard deviation over time ([..., frames, mel] -> [..., 2 mel]):
+    the features of the floor a trained encoder should beat."""
+    return torch.cat([fbank.mean(dim=-2), fbank.std(dim=-2)], dim=-1)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from sam.data.archive import transcoded
 from sam.data.corpus import read_class_map, read_manifest
 
 
@@ -68,8 +69,6 @@ def format_summary(root: str | Path = "data") -> str:
         "classes (clips = source clips; train / valid / test: source clips per scene split):",
         t["classes"].to_string(),
     ]
-    from sam.data.archive import transcoded
-
     note = transcoded(root)
     if note:
         lines.insert(1, f"LOSSY COPY: clips restored from a {note['codec']} archive (level {note['compression_level']}); {note['note']}")

@@ -174,19 +174,25 @@ def test_summary_reports_real_numbers(corpus_root):
     assert (table[["train", "valid", "test"]].sum(axis=1) == table["clips"]).all()  # every source clip in one split
 
 
+def _sub_corpus(corpus_root: Path, dst: Path, every: int) -> list[dict]:
+    """A complete corpus under `dst` holding every `every`-th clip of the embedded one; returns its rows."""
+    rows = read_manifest(corpus_root)[::every]
+    (dst / "corpus").mkdir(parents=True)
+    for name in ("classes.json", "report.json"):
+        (dst / "corpus" / name).write_bytes((corpus_root / "corpus" / name).read_bytes())
+    for r in rows:
+        (dst / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (dst / r["path"]).write_bytes((corpus_root / r["path"]).read_bytes())
+    (dst / "corpus" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def test_corpus_archive_round_trip_restores_identical_files_and_names_bad_members(corpus_root, tmp_path, capsys):
     from sam.cli import main
     from sam.data.archive import export_corpus, import_corpus
 
     src = tmp_path / "src"
-    rows = read_manifest(corpus_root)[::200]  # a few clips from every source keep the test fast
-    (src / "corpus").mkdir(parents=True)
-    for name in ("classes.json", "report.json"):
-        (src / "corpus" / name).write_bytes((corpus_root / "corpus" / name).read_bytes())
-    for r in rows:
-        (src / r["path"]).parent.mkdir(parents=True, exist_ok=True)
-        (src / r["path"]).write_bytes((corpus_root / r["path"]).read_bytes())
-    (src / "corpus" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = _sub_corpus(corpus_root, src, 200)  # a few clips from every source keep the test fast
     archive = export_corpus(src, tmp_path / "corpus.tar", progress=False)
     assert main(["prepare-data", "--from-archive", str(archive), "--root", str(tmp_path / "dst")]) == 0
     for rel in ["corpus/manifest.jsonl", "corpus/classes.json"] + [r["path"] for r in rows]:
@@ -207,14 +213,7 @@ def test_opus_archive_is_small_says_it_is_lossy_and_keeps_the_manifest_and_the_s
     from sam.data.summary import format_summary
 
     src = tmp_path / "src"
-    rows = read_manifest(corpus_root)[::400]
-    (src / "corpus").mkdir(parents=True)
-    for name in ("classes.json", "report.json"):
-        (src / "corpus" / name).write_bytes((corpus_root / "corpus" / name).read_bytes())
-    for r in rows:
-        (src / r["path"]).parent.mkdir(parents=True, exist_ok=True)
-        (src / r["path"]).write_bytes((corpus_root / r["path"]).read_bytes())
-    (src / "corpus" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = _sub_corpus(corpus_root, src, 400)
     flac = export_corpus(src, tmp_path / "flac.tar", progress=False)
     opus = export_corpus(src, tmp_path / "opus.tar", progress=False, codec="opus")
     import tarfile
