@@ -14,12 +14,11 @@ trained reads empty.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
 
-from lib import common, controls, gate, measure
+from lib import cache, common, controls, gate, measure
 
 TASKS = ("classification", "caption")
 PROBE_TRAIN_CLIPS = 2048  # the gate asks for >= 1,000: the cpu preset has 1,000 training scenes, the gpu 4,000
@@ -59,15 +58,16 @@ def probe_ceiling(s: common.Settings, run: measure.Run, stage: str) -> float | N
     key = config_hash(
         {"run": run.dir.name, "stage": stage, "train_clips": PROBE_TRAIN_CLIPS, "n_test": run.cfg.data.n_test, "version": PROBE_VERSION}
     )
-    path = s.runs / "evals" / f"{key}.probe.json"
-    if not path.is_file():
-        if s.cached or not measure._in_shard(s, key):
-            return None
+    ceiling = cache.slot(s, s.runs / "evals" / f"{key}.probe.json")
+    if ceiling is None:
+        return None
+
+    def linear_probe() -> dict[str, Any]:
         from check_encoder_probe import probe
 
-        out = probe(run.dir, stage, train_clips=PROBE_TRAIN_CLIPS)
-        measure._write_json(path, {**out, "made_on": measure._origin()})
-    return float(json.loads(path.read_text())["linear_probe_mAP"])
+        return probe(run.dir, stage, train_clips=PROBE_TRAIN_CLIPS)
+
+    return float(ceiling.record(linear_probe)["linear_probe_mAP"])
 
 
 def gate_rows(s: common.Settings, run: measure.Run) -> list[dict[str, Any]]:

@@ -59,10 +59,10 @@ class Settings:
     # (I, N): this process is measurement worker I of N that --parallel-runs launched: it generates and
     # probes only the uncached items whose cache key falls in its share, scores nothing, writes nothing.
     measure_shard: tuple[int, int] | None = None
-    # Filled by `measure`: the origin (device + versions, as JSON) of each cached measurement an output
+    # Filled by `cache`: the origin (device + versions, as JSON) of each cached measurement an output
     # is built from; `provenance` lists them, so an output assembled elsewhere says where it was measured.
     measured_on: set[str] = field(default_factory=set)
-    # Filled by `measure`: measurements made on another training of a stage than the run record read
+    # Filled by `cache`: measurements made on another training of a stage than the run record read
     # here describes (the same config trained twice); the Markdown and provenance list them.
     other_trainings: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)

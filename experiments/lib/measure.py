@@ -11,15 +11,12 @@ the LoRA table is the main table's run) measure it once:
 - ``<key>.rows.json``: probe rows (token rank / similarity, state-update distances) of one stage;
 - ``<key>.likelihoods.json``: per-choice log-likelihoods of the reasoning questions (`choice_likelihood`).
 
-Each record also names the training it was measured on (`trained`: a hash of that stage's summary in
-the run's ``run.json``, which holds its final losses). A run record and a measurement can come from two
-trainings of one config (weights are not kept between machines, and GPU training is not
-bit-deterministic); where the hashes differ, the output's Markdown and provenance say so.
-
-Generating and scoring are separate steps so that they can happen on different machines: a GPU
-machine without the text scorers runs a script with ``--defer-scoring`` (train, generate, probe),
-``export_measurements.py`` packs the records (run.json files and ``evals/``, no weights), and any
-machine with the scorers builds the outputs with ``--cached cuda``, which never trains or loads a
+Whether a record is read, made here, left to another worker or refused (the fresh, ``--measure-shard``,
+``--defer-scoring`` and ``--cached`` modes), and the origin each record carries, are decided in `cache`; the
+functions here say what they measure. Generating and scoring are separate steps so that they can happen on
+different machines: a GPU machine without the text scorers runs a script with ``--defer-scoring`` (train,
+generate, probe), ``export_measurements.py`` packs the records (run.json files and ``evals/``, no weights),
+and any machine with the scorers builds the outputs with ``--cached cuda``, which never trains or loads a
 model. This module must never invent a number: every value comes from a library call on a real
 checkpoint, and failures propagate with the run they concern.
 """
@@ -37,7 +34,8 @@ import torch
 
 from sam.config import ExperimentConfig, config_hash, to_dict
 
-from . import common
+from . import cache, common
+from .cache import deferred  # noqa: F401  (the scripts call measure.deferred)
 from .launch import device, measure_parallel, train_distributed, train_parallel  # noqa: F401  (measure.train_parallel)
 from .probing import last_layer, state_rows, token_rows  # noqa: F401  (the scripts call measure.last_layer)
 from .rows import ROW_KEYS, metric_rows  # noqa: F401  (the scripts call measure.metric_rows)
@@ -181,36 +179,36 @@ def evaluate(
     cfg, variant = run.cfg, "+".join(v for v in (variant, "other-audio" if other_audio else "") if v)
     path = _eval_path(s, run, checkpoint, tasks, variant)
     generated = path.with_suffix(".generated.json")
-    if path.is_file():  # already scored
-        if generated.is_file():  # absent in caches written before answers were kept apart
-            record = json.loads(generated.read_text())
-            _note(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
+    source = cache.Source(run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
+    if path.is_file():  # already scored; its answers are absent in caches written before they were kept apart
+        if generated.is_file():
+            cache.note(s, json.loads(generated.read_text()), source)
         return None if s.defer_scoring else json.loads(path.read_text())
-    if not generated.is_file() and not _in_shard(s, path.stem):
-        return None  # another measurement worker's item
+    answers = cache.slot(
+        s,
+        generated,
+        missing=f"--cached {s.cached}: no generated answers {generated.name} for {run.dir.name} "
+        f"({os.path.relpath(checkpoint, s.runs)}, tasks {sorted(tasks)}{', ' + variant if variant else ''}): "
+        f"run the script with --defer-scoring where the run was trained and export its records",
+    )
+    if answers is None:
+        return None
     examples = test_examples(cfg, tasks, other_audio)
-    if generated.is_file():
-        record = json.loads(generated.read_text())
-        if record["ids"] != [ex.id for ex in examples]:
-            raise ValueError(
-                f"{generated}: its answers are for other examples than the test split of {run.dir.name} "
-                f"for {sorted(tasks)} ({len(record['ids'])} vs {len(examples)}): delete it to regenerate"
-            )
-    elif s.cached:
-        raise FileNotFoundError(
-            f"--cached {s.cached}: no generated answers {generated.name} for {run.dir.name} "
-            f"({os.path.relpath(checkpoint, s.runs)}, tasks {sorted(tasks)}{', ' + variant if variant else ''}): "
-            f"run the script with --defer-scoring where the run was trained and export its records"
+
+    def generate() -> dict[str, Any]:
+        return _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
+
+    record = answers.record(generate, source)
+    if record["ids"] != [ex.id for ex in examples]:
+        raise ValueError(
+            f"{generated}: its answers are for other examples than the test split of {run.dir.name} "
+            f"for {sorted(tasks)} ({len(record['ids'])} vs {len(examples)}): delete it to regenerate"
         )
-    else:
-        record = _generate(run, checkpoint, examples, model() if callable(model) and not hasattr(model, "generate") else model)
-        _write_json(generated, record)
-    _note(s, record, run.dir, checkpoint.parent.name, f"answers of {run.dir.name}")
     if s.defer_scoring:
         return None
     metrics, table = score_predictions(examples, record["predictions"], errors=record["errors"], config=cfg.eval)
     table.drop(columns=["instruction"]).to_csv(path.with_suffix(".predictions.csv"), index=False)
-    _write_json(path, metrics)
+    cache.write_json(path, metrics)
     return metrics
 
 
@@ -237,7 +235,7 @@ def _eval_path(s: common.Settings, run: Run, checkpoint: Path, tasks: Sequence[s
 
 
 def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> dict[str, Any]:
-    """The generation record of `examples`: ids, answers (None where an item failed), errors, origin."""
+    """The generation record of `examples`: ids, answers (None where an item failed), errors."""
     from sam.eval import generate_predictions
 
     gen = generate_predictions(
@@ -254,8 +252,6 @@ def _generate(run: Run, checkpoint: Path, examples: list[Any], model: Any) -> di
         "ids": [ex.id for ex in examples],
         "predictions": [clean(v) for v in gen["prediction"]],
         "errors": [clean(v) for v in gen["error"]],
-        "made_on": _origin(),
-        "trained": trained(run.dir, checkpoint.parent.name),
     }
 
 
@@ -276,41 +272,27 @@ def choice_likelihood(s: common.Settings, run: Run, checkpoint: Path, other_audi
     from sam.eval import choice_likelihoods, score_choice_likelihoods
 
     variant = "choice-likelihood" + ("-other-audio" if other_audio else "")
-    path = _eval_path(s, run, checkpoint, ["reasoning"], variant).with_suffix(".likelihoods.json")
-    if not path.is_file() and (s.cached or not _in_shard(s, path.name.split(".")[0])):
+    likelihoods = cache.slot(s, _eval_path(s, run, checkpoint, ["reasoning"], variant).with_suffix(".likelihoods.json"))
+    if likelihoods is None:
         return None
     examples = test_examples(run.cfg, ["reasoning"])
     if other_audio:
         n = len(examples)
         examples = [replace(ex, audio=examples[(i + n // 2) % n].audio) for i, ex in enumerate(examples)]
-    if path.is_file():
-        record = json.loads(path.read_text())
-    else:
-        table = choice_likelihoods(load(checkpoint), examples, batch_size=run.cfg.train.eval_batch_size)
-        record = {
+    record = likelihoods.record(
+        lambda: {
             "ids": [ex.id for ex in examples],
-            "rows": table.to_dict("records"),
-            "made_on": _origin(),
-            "trained": trained(run.dir, checkpoint.parent.name),
-        }
-        _write_json(path, record)
-    _note(s, record, run.dir, checkpoint.parent.name, f"choice likelihoods of {run.dir.name}")
+            "rows": choice_likelihoods(load(checkpoint), examples, batch_size=run.cfg.train.eval_batch_size).to_dict("records"),
+        },
+        cache.Source(run.dir, checkpoint.parent.name, f"choice likelihoods of {run.dir.name}"),
+    )
     if s.defer_scoring:
         return None
     if record["ids"] != [ex.id for ex in examples]:
-        raise ValueError(f"{path}: its likelihoods are for other questions than the test split of {run.dir.name}: delete it to remeasure")
+        raise ValueError(
+            f"{likelihoods.path}: its likelihoods are for other questions than the test split of {run.dir.name}: delete it to remeasure"
+        )
     return score_choice_likelihoods(examples, pd.DataFrame(record["rows"]))
-
-
-def deferred(s: common.Settings, n_runs: int) -> dict[str, Any]:
-    """What a ``--defer-scoring`` run of a script returns instead of its outputs (and says so)."""
-    print(
-        f"[{s.name}] --defer-scoring: answers and probe rows of {n_runs} runs cached under {s.runs / 'evals'}; "
-        f"nothing scored or written. Pack them with `python experiments/export_measurements.py export FILE "
-        f"--runs {s.runs}`, then on a machine with the scorers run `{s.name}.py --cached {device()}` with the same flags.",
-        flush=True,
-    )
-    return {}
 
 
 def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: Sequence[str] = (), **labels: Any) -> list[dict]:
@@ -331,29 +313,28 @@ def probe_rows(s: common.Settings, run: Run, stage_name: str, what: str, sites: 
             "version": PROBE_CACHE_VERSION,
         }
     )
-    cache = s.probe_runs if s.probe_runs is not None else s.runs
-    if s.probe_runs is not None and not (cache / run.dir.name / "run.json").is_file():
+    runs = s.probe_runs if s.probe_runs is not None else s.runs
+    if s.probe_runs is not None and not (runs / run.dir.name / "run.json").is_file():
         raise FileNotFoundError(
-            f"--probe-runs {cache}: no run record {run.dir.name}/run.json there, so its probe rows "
+            f"--probe-runs {runs}: no run record {run.dir.name}/run.json there, so its probe rows "
             f"cannot belong to {run.dir.name} (export that run's records into it)"
         )
-    path = cache / "evals" / f"{key}.rows.json"
-    if not path.is_file() and not _in_shard(s, key):
-        return []  # another measurement worker's item
+    path = runs / "evals" / f"{key}.rows.json"
+    rows = cache.slot(
+        s,
+        path,
+        missing=f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
+        f"{stage_name}: run the script where the run was trained and export its records",
+    )
+    if rows is None:
+        return []
     stage_dir = UNTRAINED if stage_name == UNTRAINED else stage(run, stage_name).parent.name  # the training measured
-    if path.is_file():
-        record = json.loads(path.read_text())
-    else:
-        if s.cached:
-            raise FileNotFoundError(
-                f"--cached {s.cached}: no {what} probe rows {path.name} for {run.dir.name} after "
-                f"{stage_name}: run the script where the run was trained and export its records"
-            )
+
+    def measure_rows() -> dict[str, Any]:
         model, batch = _probe_inputs(run, stage_name, clips)
-        rows = token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)
-        record = {"rows": rows, "made_on": _origin(), "trained": trained(run.dir, stage_dir)}
-        _write_json(path, record)
-    _note(s, record, cache / run.dir.name, stage_dir, f"{what} probe rows of {run.dir.name}")
+        return {"rows": token_rows(model, batch, sites) if what == "tokens" else state_rows(model, batch)}
+
+    record = rows.record(measure_rows, cache.Source(runs / run.dir.name, stage_dir, f"{what} probe rows of {run.dir.name}"))
     return [{**labels, **r} for r in record["rows"]]
 
 
@@ -380,55 +361,6 @@ def untrained(run: Run) -> Any:
     from sam.train.runs import build_model, get_tokenizer
 
     return build_model(run.cfg, get_tokenizer(run.cfg, run.dir.parent), torch.device(device())).eval()
-
-
-def _origin() -> dict[str, Any]:
-    return {
-        "device": common.device_name(),
-        "versions": {k: v for k, v in common.library_versions().items() if k in ("python", "torch", "mamba-ssm", "sam-audio")},
-    }
-
-
-def _note(s: common.Settings, record: dict[str, Any], run_dir: Path, stage_dir: str, what: str) -> None:
-    """Record in `s` (for the provenance and Markdown) where a cached measurement was made, if it
-    says, and whether it was made on another training of its stage than the run record at `run_dir`
-    describes (records that name no training are taken as they are)."""
-    if record.get("made_on"):
-        s.measured_on.add(json.dumps(record["made_on"], sort_keys=True))
-    made = record.get("trained")
-    if made and trained(run_dir, stage_dir) not in (None, made):
-        s.other_trainings.add(f"{what} ({stage_dir})")
-
-
-def _in_shard(s: common.Settings, key: str) -> bool:
-    """Whether this process measures the item cached under `key` (always, unless it is a
-    ``--measure-shard I/N`` worker: then the items whose key, read as a number, is I modulo N)."""
-    if s.measure_shard is None:
-        return True
-    i, n = s.measure_shard
-    return int(key, 16) % n == i
-
-
-def trained(run_dir: Path, stage_dir: str) -> str | None:
-    """Which training of a stage a run record describes: a hash of the summary (final losses and all)
-    that `run_dir/run.json` holds for the stage stored in `stage_dir`; None without one."""
-    import hashlib
-
-    try:
-        stages = json.loads((run_dir / "run.json").read_text())["stages"]
-    except (OSError, KeyError, ValueError):
-        return None
-    summary = next((st.get("summary") for st in stages if Path(st["dir"]).name == stage_dir), None)
-    if summary is None:
-        return None
-    return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """`value` as JSON, written atomically: a killed run leaves the old file or none, never half of one."""
-    from sam.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, json.dumps(value, default=str).encode())
 
 
 def probe_batch(model: Any, cfg: ExperimentConfig, n_clips: int) -> dict[str, Any]:
