@@ -83,7 +83,10 @@ def paired(s: common.Settings, run: measure.Run, checkpoint: Any, tasks: Sequenc
     from sam.eval.baselines import paired_bootstrap_ci
 
     tasks = list(tasks)
-    if measure.evaluate(s, run, checkpoint, tasks) is None or measure.evaluate(s, run, checkpoint, tasks, other_audio=True) is None:
+    # both conditions before any return: with --defer-scoring (and so in --measure-shard workers) the
+    # first always gives None, and the other-audio answers must still be generated and cached
+    scores = [measure.evaluate(s, run, checkpoint, tasks, other_audio=o) for o in (False, True)]
+    if None in scores:
         return None
     own, other = (pd.read_csv(measure.predictions_path(s, run, checkpoint, tasks, o)).set_index("id") for o in (False, True))
     out: dict[tuple[str, str], dict[str, float]] = {}

@@ -110,16 +110,19 @@ def test_check_encoder_probe_trains_stage0_alone_with_overrides_and_probes_the_l
 def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_figures, tmp_path_factory, tmp_path, capsys):
     """Measure where the runs are (--defer-scoring: answers and probe rows cached, nothing scored or
     written), move only the records (no weights), assemble there (--cached): the same CSV as a
-    normal run, and a provenance that says where the measurements were made."""
+    normal run, and a provenance that says where the measurements were made. table_main also measures
+    the other-audio control (`controls.paired`): its deferred pass generates both conditions' answers."""
     import shutil
 
     import export_measurements
+    import table_main
     import table_token_length
 
     measured = tmp_path / "measured-runs"
     shutil.copytree(smoke_runs_dir(tmp_path_factory), measured, copy_function=os.link, ignore=shutil.ignore_patterns("evals"))
     flags = ["--preset", "smoke"]
     assert table_token_length.main([*flags, "--defer-scoring", "--runs", str(measured), "--out", str(tmp_path / "no")]) == {}
+    assert table_main.main([*flags, "--defer-scoring", "--runs", str(measured), "--out", str(tmp_path / "no")]) == {}
     assert not (tmp_path / "no").exists()
     evals = sorted(p.name for p in (measured / "evals").iterdir())
     assert any(n.endswith(".generated.json") for n in evals) and any(n.endswith(".rows.json") for n in evals)
@@ -133,6 +136,9 @@ def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_f
     out = tmp_path / "assembled"
     table_token_length.main([*flags, "--cached", "cpu", "--runs", str(elsewhere), "--out", str(out)])
     assert (out / "table_token_length.csv").read_bytes() == (smoke_figures / "table_token_length.csv").read_bytes()
+    table_main.main([*flags, "--cached", "cpu", "--runs", str(elsewhere), "--out", str(out)])  # own and other-audio answers
+    assert (out / "table_main.csv").read_bytes() == (smoke_figures / "table_main.csv").read_bytes()
+    assert pd.read_csv(out / "table_main.csv").metric.str.endswith("_other_audio").any()
     prov = json.loads((out / "table_token_length.json").read_text())
     assert prov["measured_on"] and all(m["device"] and m["versions"]["torch"] for m in prov["measured_on"])
     assert "other_trainings" not in prov and "another training" not in (out / "table_token_length.md").read_text()
