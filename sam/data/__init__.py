@@ -4,6 +4,7 @@ Public entry points: `build_examples` and `corpus_texts` (embedded corpus), `pre
 (building it), `Example` (the one example type). They load lazily, so importing `sam.data.types`
 stays cheap (no torch, no audio libraries).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -20,10 +20,9 @@ import io
 import json
 import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import soundfile as sf
@@ -82,8 +81,12 @@ def export_corpus(
         for name in META_FILES:
             tar.add(root / "corpus" / name, arcname=f"corpus/{name}")
         if codec != "flac":
-            note = {"codec": codec, "compression_level": level, "lossless": False,
-                    "note": "clips were transcoded for transfer; the audio differs from the source machine's"}
+            note = {
+                "codec": codec,
+                "compression_level": level,
+                "lossless": False,
+                "note": "clips were transcoded for transfer; the audio differs from the source machine's",
+            }
             _add(tar, f"corpus/{TRANSCODE_FILE}", json.dumps(note, indent=1).encode())
         encoded = pool.map(lambda row: _encode(root / row["path"], codec, level), rows)  # libsndfile calls release the GIL
         for row, data in zip(tqdm(rows, desc="export corpus", unit="clip", disable=not progress), encoded):

@@ -6,6 +6,7 @@ and the code version), so repeated calls cost one JSON read. With ``source: open
 instruction JSON in LTU/OpenAQA's format instead (`openaqa_examples`). `corpus_texts` gathers every
 string the model will read or write, for training the BPE tokenizer. Nothing here renders audio.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,11 +40,20 @@ def composer_for(data_cfg: Any) -> SceneComposer:
 
 
 def cache_key(data_cfg: Any, split: str, tasks: list[str]) -> str:
-    blob = json.dumps({
-        "v": SCENES_VERSION, "manifest": manifest_hash(data_cfg.root), "seed": data_cfg.seed,
-        "seconds": data_cfg.scene_seconds, "max_events": data_cfg.max_events, "background": data_cfg.background,
-        "split": split, "n": _split_size(data_cfg, split), "tasks": sorted(tasks),
-    }, sort_keys=True)
+    blob = json.dumps(
+        {
+            "v": SCENES_VERSION,
+            "manifest": manifest_hash(data_cfg.root),
+            "seed": data_cfg.seed,
+            "seconds": data_cfg.scene_seconds,
+            "max_events": data_cfg.max_events,
+            "background": data_cfg.background,
+            "split": split,
+            "n": _split_size(data_cfg, split),
+            "tasks": sorted(tasks),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -105,8 +115,10 @@ def openaqa_examples(data_cfg: Any, split: str, tasks: list[str]) -> list[Exampl
         examples = tuple(e for e in examples if _held_out(str(e.audio), permille) == (split == "valid"))
     chosen = [e for e in examples if e.task in tasks]
     if not chosen and split == "train":
-        raise ConfigError(f"data.{key}: {path} has no usable {split} examples for tasks {tasks} (its tasks: "
-                          f"{sorted({e.task for e in examples}) or 'none'})")
+        raise ConfigError(
+            f"data.{key}: {path} has no usable {split} examples for tasks {tasks} (its tasks: "
+            f"{sorted({e.task for e in examples}) or 'none'})"
+        )
     return chosen
 
 

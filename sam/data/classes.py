@@ -7,6 +7,7 @@ quiet atmospheres that the scene composer may use as unlabeled background.
 
 This module holds data and pure string functions only: it must never read audio or touch disk.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,14 +73,22 @@ UFOAI_RULES: list[tuple[str, list[str], str]] = [
     (r"ambience/thunder\d*$", ["thunder"], "thunder"),
     (r"ambience/arcticwind$", ["wind"], "howling wind"),
     (r"ambience/cricket_loop$", ["animal"], "crickets chirping"),
-    (r"ambience/(alienmachinery\d*|alienpowermachinery\d*|machine1|minepump03|alien-generator|alien-device"
-     r"|alien-ventilation|wind_turbine|steam|engine_alien_\w+|alien_engine)$", ["machinery"], "machinery humming"),
+    (
+        r"ambience/(alienmachinery\d*|alienpowermachinery\d*|machine1|minepump03|alien-generator|alien-device"
+        r"|alien-ventilation|wind_turbine|steam|engine_alien_\w+|alien_engine)$",
+        ["machinery"],
+        "machinery humming",
+    ),
     (r"ambience/(sparks|sparks_short)$", ["electric sparks"], "electric sparks crackling"),
     (r"misc/(breakelectric\d*|electro)$", ["electric sparks"], "electric sparks crackling"),
     (r"weapons/electro-taser\w*$", ["electric sparks"], "an electric taser zapping"),
     (r"ambience/(disco|jingle\d*)$", ["music"], "a short piece of music"),
-    (r"ambience/(hum\d*|droning_\w+|alienatmo|ufo_night_atm|city_abnd_ufoai_atm|sand-city|lights_loop"
-     r"|alienwormhole|alienenergy\d*|aliencom|tv_static)$", [AMBIENCE], "a low ambient hum"),
+    (
+        r"ambience/(hum\d*|droning_\w+|alienatmo|ufo_night_atm|city_abnd_ufoai_atm|sand-city|lights_loop"
+        r"|alienwormhole|alienenergy\d*|aliencom|tv_static)$",
+        [AMBIENCE],
+        "a low ambient hum",
+    ),
     (r"ambience/bloodspiderwalk$", ["monster growl"], "a creature scuttling"),
     (r"(ambience/creak|doors/creak\w*)$", ["door"], "a door creaking"),
     (r"doors/door\d-(open|close)$", ["door"], "a door {1}"),
@@ -93,8 +102,7 @@ UFOAI_RULES: list[tuple[str, list[str], str]] = [
     (r"geoscape/combat-gun$", ["gunshot"], "a burst of gunfire"),
     (r"weapons/explosion\w*(-\w+)?$", ["explosion"], "an explosion"),
     (r"geoscape/(combat-explosion|combat-rocket-exp)$", ["explosion"], "an explosion"),
-    (r"weapons/(laser-\w+|plasma-(small|medium|large|huge|hoverheavy)|ptl-\w+|ugv-lasercannon-fire)$", ["laser shot"],
-     "a laser blast"),
+    (r"weapons/(laser-\w+|plasma-(small|medium|large|huge|hoverheavy)|ptl-\w+|ugv-lasercannon-fire)$", ["laser shot"], "a laser blast"),
     (r"geoscape/combat-air(laser|plasma)[\w-]*$", ["laser shot"], "a laser blast"),
     (r"weapons/(reload-\w+|grenade-pin)$", ["gun reload"], "a gun being reloaded"),
     (r"weapons/(melee-\w+)$", ["whoosh"], "a swoosh through the air"),
@@ -108,8 +116,11 @@ UFOAI_RULES: list[tuple[str, list[str], str]] = [
     (r"seq/(alien|human)flyby$", ["aircraft"], "an aircraft flying past"),
     (r"ui/(click\w*|item-drag|item-drop)$", ["click"], "a click"),
     (r"ui/beep\d*$", ["beep"], "a short beep"),
-    (r"geoscape/(basealert|ufospotted|newmission|info|mail|promotion|standard|ufolost|build-place|alien-activity)$",
-     ["beep"], "an electronic alert tone"),
+    (
+        r"geoscape/(basealert|ufospotted|newmission|info|mail|promotion|standard|ufolost|build-place|alien-activity)$",
+        ["beep"],
+        "an electronic alert tone",
+    ),
     (r"misc/(popup|lobbyprivmsg|roundstart)$", ["beep"], "an electronic alert tone"),
 ]
 
@@ -144,8 +155,7 @@ SONICPI_RULES: list[tuple[str, list[str], str]] = [
     (r"^(drum_tom_\w+|elec_fuzz_tom)$", ["tom drum", "drums"], "a tom drum hit"),
     (r"^(tabla_\w+|loop_tabla)$", ["tabla"], "a tabla"),
     (r"^(bass_\w+|glitch_bass_g)$", ["bass"], "a deep bass note"),
-    (r"^loop_(amen\w*|breakbeat|compus|garzul|mika|perc\d|safari|industrial|electric|mehackit\d|weirdo)$", ["drums"],
-     "a drum beat"),
+    (r"^loop_(amen\w*|breakbeat|compus|garzul|mika|perc\d|safari|industrial|electric|mehackit\d|weirdo)$", ["drums"], "a drum beat"),
     (r"^loop_3d_printer$", ["machinery"], "a machine whirring"),
     (r"^(elec_(bell|chime|bong|triangle)|perc_bell\d*|drum_cowbell)$", ["bell"], "a bell ringing"),
     (r"^(elec_\w+|glitch_perc\d)$", ["synth blip"], "a synthetic blip"),
@@ -160,8 +170,10 @@ SONICPI_RULES: list[tuple[str, list[str], str]] = [
     (r"^perc_impact\d$", ["impact"], "a heavy impact"),
 ]
 
-_UNCOUNTABLE = re.compile(r"^(wind|heavy wind|applause|steam|mining machinery|morse|electric sparking|sheep|monkeys|"
-                          r"jackhammer|sawmill|building bridge)")
+_UNCOUNTABLE = re.compile(
+    r"^(wind|heavy wind|applause|steam|mining machinery|morse|electric sparking|sheep|monkeys|"
+    r"jackhammer|sawmill|building bridge)"
+)
 
 
 def _match(rules: list, key: str) -> tuple[list[str], str] | None:
@@ -255,8 +267,7 @@ INSTRUMENT_RULES: list[tuple[str, str, str, int, int]] = [
     (r"^(overdrive guitar|distortion guitar)$", "distorted guitar", "a distorted electric guitar", 40, 84),
     (r"^ukulele$", "ukulele", "a ukulele", 60, 84),
     (r"^mandolin$", "mandolin", "a mandolin", 55, 88),
-    (r"^(acoustic bass|fingered bass|picked bass|fretless bass|slap bass|pop bass)$", "bass guitar", "a bass guitar",
-     28, 60),
+    (r"^(acoustic bass|fingered bass|picked bass|fretless bass|slap bass|pop bass)$", "bass guitar", "a bass guitar", 28, 60),
     (r"^synth bass [1-4]$", "synth bass", "a synth bass", 28, 60),
     (r"^(violin|slow violin|fiddle)$", "violin", "a violin", 55, 93),
     (r"^viola$", "viola", "a viola", 48, 88),
@@ -266,8 +277,13 @@ INSTRUMENT_RULES: list[tuple[str, str, str, int, int]] = [
     (r"^harp$", "harp", "a harp", 36, 96),
     (r"^timpani$", "timpani", "timpani", 40, 60),
     (r"^(strings|slow strings|tremolo|orchestral pad)$", "string ensemble", "a string ensemble", 36, 96),
-    (r"^(synth strings [1-3]|fantasia|warm pad|polysynth|space voice|bowed glass|metal pad|halo pad|sweep pad)$",
-     "synth pad", "a synthesizer pad", 36, 84),
+    (
+        r"^(synth strings [1-3]|fantasia|warm pad|polysynth|space voice|bowed glass|metal pad|halo pad|sweep pad)$",
+        "synth pad",
+        "a synthesizer pad",
+        36,
+        84,
+    ),
     (r"^(ahh choir|ohh voices)$", "choir", "a choir singing", 48, 79),
     (r"^(trumpet|muted trumpet)$", "trumpet", "a trumpet", 55, 82),
     (r"^trombone$", "trombone", "a trombone", 40, 72),
@@ -287,8 +303,13 @@ INSTRUMENT_RULES: list[tuple[str, str, str, int, int]] = [
     (r"^shakuhachi$", "shakuhachi", "a shakuhachi", 55, 90),
     (r"^whistle$", "whistle", "a whistle", 60, 96),
     (r"^ocarina$", "ocarina", "an ocarina", 60, 90),
-    (r"^(square lead|saw wave|calliope lead|chiffer lead|charang|fifth sawtooth wave|bass & lead|sine wave)$",
-     "synth lead", "a synthesizer lead", 48, 96),
+    (
+        r"^(square lead|saw wave|calliope lead|chiffer lead|charang|fifth sawtooth wave|bass & lead|sine wave)$",
+        "synth lead",
+        "a synthesizer lead",
+        48,
+        96,
+    ),
     (r"^sitar$", "sitar", "a sitar", 48, 77),
     (r"^banjo$", "banjo", "a banjo", 48, 84),
     (r"^shamisen$", "shamisen", "a shamisen", 50, 79),
@@ -304,12 +325,24 @@ INSTRUMENT_RULES: list[tuple[str, str, str, int, int]] = [
 # General MIDI percussion key map (the note numbers the avldrums kits follow): note -> class, phrase.
 DRUM_NOTES: dict[int, tuple[str, str]] = {
     36: ("kick drum", "a kick drum hit"),
-    38: ("snare drum", "a snare drum"), 40: ("snare drum", "a snare drum"), 37: ("snare drum", "a snare rim click"),
-    42: ("hi-hat", "a closed hi-hat"), 44: ("hi-hat", "a pedal hi-hat"), 46: ("hi-hat", "an open hi-hat"),
-    41: ("tom drum", "a floor tom"), 43: ("tom drum", "a floor tom"), 45: ("tom drum", "a low tom"),
-    47: ("tom drum", "a mid tom"), 48: ("tom drum", "a high tom"), 50: ("tom drum", "a high tom"),
-    49: ("cymbal", "a crash cymbal"), 57: ("cymbal", "a crash cymbal"), 51: ("cymbal", "a ride cymbal"),
-    59: ("cymbal", "a ride cymbal"), 53: ("cymbal", "a ride cymbal bell"), 55: ("cymbal", "a splash cymbal"),
+    38: ("snare drum", "a snare drum"),
+    40: ("snare drum", "a snare drum"),
+    37: ("snare drum", "a snare rim click"),
+    42: ("hi-hat", "a closed hi-hat"),
+    44: ("hi-hat", "a pedal hi-hat"),
+    46: ("hi-hat", "an open hi-hat"),
+    41: ("tom drum", "a floor tom"),
+    43: ("tom drum", "a floor tom"),
+    45: ("tom drum", "a low tom"),
+    47: ("tom drum", "a mid tom"),
+    48: ("tom drum", "a high tom"),
+    50: ("tom drum", "a high tom"),
+    49: ("cymbal", "a crash cymbal"),
+    57: ("cymbal", "a crash cymbal"),
+    51: ("cymbal", "a ride cymbal"),
+    59: ("cymbal", "a ride cymbal"),
+    53: ("cymbal", "a ride cymbal bell"),
+    55: ("cymbal", "a splash cymbal"),
     52: ("cymbal", "a china cymbal"),
 }
 

@@ -17,27 +17,28 @@ Trimming matters: a clip's first sample is where its sound starts, so scene onse
 This module never downloads anything and never writes outside ``root``; unreadable entries are
 reported and skipped, never silently dropped or invented.
 """
+
 from __future__ import annotations
 
 import csv
 import fnmatch
-import io
 import json
 import os
 import re
 import struct
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from sam.model.audio import AudioError, load_audio
 from sam.data import classes as C
 from sam.data.clips import CorpusError, RawClip, read_transcripts
+from sam.model.audio import AudioError, load_audio
 
 CORPUS_VERSION = 2
 SAMPLE_RATE = 16000
@@ -111,8 +112,14 @@ def iter_ufoai(pk3: Path = UFOAI_PK3, copyright_file: Path = UFOAI_COPYRIGHT) ->
             key = info.filename.rsplit(".", 1)[0]
             labels, phrase = C.classify_ufoai(key)
             yield RawClip(
-                id="ufoai/" + key.removeprefix("sound/"), source="ufoai-sound", origin=f"{pk3.name}:{info.filename}",
-                data=z.read(info), labels=labels, phrase=phrase, caption=phrase, caption_kind="derived",
+                id="ufoai/" + key.removeprefix("sound/"),
+                source="ufoai-sound",
+                origin=f"{pk3.name}:{info.filename}",
+                data=z.read(info),
+                labels=labels,
+                phrase=phrase,
+                caption=phrase,
+                caption_kind="derived",
                 licence=_licence_for("base/" + info.filename, paragraphs),
             )
 
@@ -149,8 +156,14 @@ def iter_opensfx(cat: Path = OPENSFX_CAT) -> Iterator[RawClip]:
         m = re.search(r"License:\s*([^.]+(?:\.\d[^.]*)?)", caption)
         slug = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
         yield RawClip(
-            id=f"opensfx/{i:02d}_{slug}", source="openttd-opensfx", origin=f"{cat.name}#{i}", data=riff,
-            labels=labels, phrase=phrase, caption=title, caption_kind="human",
+            id=f"opensfx/{i:02d}_{slug}",
+            source="openttd-opensfx",
+            origin=f"{cat.name}#{i}",
+            data=riff,
+            labels=labels,
+            phrase=phrase,
+            caption=title,
+            caption_kind="human",
             licence=m.group(1).strip() if m else "CC-BY-SA-3.0",
         )
 
@@ -160,8 +173,15 @@ def iter_sonicpi(folder: Path = SONICPI_DIR) -> Iterator[RawClip]:
     for path in sorted(folder.glob("*.flac")):
         labels, phrase = C.classify_sonicpi(path.stem)
         yield RawClip(
-            id=f"sonicpi/{path.stem}", source="sonic-pi-samples", origin=path.name, data=path, labels=labels,
-            phrase=phrase, caption=phrase, caption_kind="derived", licence="CC0-1.0",
+            id=f"sonicpi/{path.stem}",
+            source="sonic-pi-samples",
+            origin=path.name,
+            data=path,
+            labels=labels,
+            phrase=phrase,
+            caption=phrase,
+            caption_kind="derived",
+            licence="CC0-1.0",
         )
 
 
@@ -182,9 +202,16 @@ def iter_asterisk(folder: Path = ASTERISK_DIR, transcripts: Path = ASTERISK_TEXT
             labels, phrase = C.classify_speech(t)
             caption, kind = t, "transcript"
         yield RawClip(
-            id=f"asterisk/{name}", source="asterisk-core-sounds-en", origin=path.relative_to(folder.parent).as_posix(),
-            data=path, labels=labels, phrase=phrase, caption=caption, caption_kind=kind,
-            licence="CC-BY-SA-3.0", transcript=t if labels == ["English speech"] else None,
+            id=f"asterisk/{name}",
+            source="asterisk-core-sounds-en",
+            origin=path.relative_to(folder.parent).as_posix(),
+            data=path,
+            labels=labels,
+            phrase=phrase,
+            caption=caption,
+            caption_kind=kind,
+            licence="CC-BY-SA-3.0",
+            transcript=t if labels == ["English speech"] else None,
         )
 
 
@@ -211,8 +238,14 @@ def iter_folder(root: Path) -> Iterator[RawClip]:
             stem = re.sub(r"[^A-Za-z0-9_/-]+", "_", str(Path(rel).with_suffix("")))
             phrase = caption or (" and ".join(labels) if labels else Path(rel).stem)
             yield RawClip(
-                id=f"folder/{stem}", source="folder", origin=f"labels.csv line {line}", data=root / "audio" / rel,
-                labels=labels, phrase=phrase, caption=caption or phrase, caption_kind="human" if caption else "derived",
+                id=f"folder/{stem}",
+                source="folder",
+                origin=f"labels.csv line {line}",
+                data=root / "audio" / rel,
+                labels=labels,
+                phrase=phrase,
+                caption=caption or phrase,
+                caption_kind="human" if caption else "derived",
                 licence=(row.get("licence") or row.get("license") or "user-supplied").strip(),
             )
 
@@ -276,10 +309,19 @@ def _process(raw: RawClip, root: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, wave, SAMPLE_RATE, subtype="PCM_16")
     return {
-        "id": raw.id, "source": raw.source, "origin": raw.origin, "path": rel.as_posix(),
-        "duration": round(wave.size / SAMPLE_RATE, 4), "num_samples": int(wave.size),
-        "labels": raw.labels, "phrase": raw.phrase, "caption": raw.caption, "caption_kind": raw.caption_kind,
-        "transcript": raw.transcript, "licence": raw.licence, "rms": round(active_rms(wave), 6),
+        "id": raw.id,
+        "source": raw.source,
+        "origin": raw.origin,
+        "path": rel.as_posix(),
+        "duration": round(wave.size / SAMPLE_RATE, 4),
+        "num_samples": int(wave.size),
+        "labels": raw.labels,
+        "phrase": raw.phrase,
+        "caption": raw.caption,
+        "caption_kind": raw.caption_kind,
+        "transcript": raw.transcript,
+        "licence": raw.licence,
+        "rms": round(active_rms(wave), 6),
     }
 
 
@@ -292,11 +334,11 @@ def build_class_map(rows: list[dict[str, Any]], min_clips: int = MIN_CLIPS) -> d
             sources.setdefault(lab, Counter())[r["source"]] += 1
     kept = {
         name: {"clips": n, "group": C.CLASS_GROUPS.get(name, "a sound source"), "sources": dict(sources[name])}
-        for name, n in sorted(counts.items()) if n >= min_clips
+        for name, n in sorted(counts.items())
+        if n >= min_clips
     }
     dropped = {name: n for name, n in sorted(counts.items()) if n < min_clips}
-    return {"min_clips": min_clips, "classes": kept, "dropped": dropped,
-            "ambience_clips": sum(C.AMBIENCE in r["labels"] for r in rows)}
+    return {"min_clips": min_clips, "classes": kept, "dropped": dropped, "ambience_clips": sum(C.AMBIENCE in r["labels"] for r in rows)}
 
 
 def _source_of(root: str | Path | Any, source: str | None) -> tuple[Path, str]:
@@ -318,8 +360,9 @@ def corpus_complete(root: str | Path) -> bool:
     return info.get("version") == CORPUS_VERSION and all((Path(root) / r["path"]).is_file() for r in rows)
 
 
-def prepare_corpus(root: str | Path | Any = "data", force: bool = False, source: str | None = None,
-                   min_clips: int = MIN_CLIPS, progress: bool = True) -> Path:
+def prepare_corpus(
+    root: str | Path | Any = "data", force: bool = False, source: str | None = None, min_clips: int = MIN_CLIPS, progress: bool = True
+) -> Path:
     """Build ``root/corpus`` (idempotent: returns at once when a complete corpus is already there).
 
     `root` may be a path or a `DataConfig` (its ``root`` and ``source`` are used). ``source`` is
@@ -355,14 +398,22 @@ def prepare_corpus(root: str | Path | Any = "data", force: bool = False, source:
     with open(tmp, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    report = {"version": CORPUS_VERSION, "source": source, "clips": len(rows), "skipped": skipped,
-              "classes": len(class_map["classes"]), "hours": round(sum(r["duration"] for r in rows) / 3600, 3)}
+    report = {
+        "version": CORPUS_VERSION,
+        "source": source,
+        "clips": len(rows),
+        "skipped": skipped,
+        "classes": len(class_map["classes"]),
+        "hours": round(sum(r["duration"] for r in rows) / 3600, 3),
+    }
     (corpus / "report.json").write_text(json.dumps(report, indent=1))
     os.replace(tmp, corpus / "manifest.jsonl")  # the manifest appears last: its presence means "complete"
     for s in skipped:
         print(f"[corpus] skipped {s['id']}: {s['reason']}")
-    print(f"[corpus] {len(rows)} clips, {len(class_map['classes'])} classes (>= {min_clips} clips), "
-          f"{report['hours']} h, {len(skipped)} skipped -> {corpus}")
+    print(
+        f"[corpus] {len(rows)} clips, {len(class_map['classes'])} classes (>= {min_clips} clips), "
+        f"{report['hours']} h, {len(skipped)} skipped -> {corpus}"
+    )
     return corpus
 
 

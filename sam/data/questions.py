@@ -7,12 +7,14 @@ is true of the metadata (absent classes, events that do not satisfy the relation
 The reasoning taxonomy follows MMAU test-mini's sound/speech categories. This module must never
 look at audio; it only reads specs.
 """
+
 from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +87,7 @@ def caption(spec: dict[str, Any], rng: np.random.Generator | None = None) -> str
     rng = rng or np.random.default_rng(zlib.crc32(spec["id"].encode()))
     ev = spec["events"]
     text = _cap(ev[0]["phrase"])
-    for prev, e in zip(ev, ev[1:]):
+    for _prev, e in zip(ev, ev[1:]):
         if e["onset"] < max(p["offset"] for p in ev[: ev.index(e)]):
             text += str(rng.choice([f", while {e['phrase']} starts over it", f", overlapping with {e['phrase']}"]))
         else:
@@ -116,8 +118,13 @@ def _open(s: _Scene) -> list[tuple[str, str, str]]:
     out = []
     e = s.pick(s.events, 1)[0]
     length = e["offset"] - e["onset"]
-    out.append((f"When can the {e['label']} be heard?",
-                f"{_cap(e['phrase'])} starts at about {e['onset']:.1f} seconds and lasts about {length:.1f} seconds.", "when"))
+    out.append(
+        (
+            f"When can the {e['label']} be heard?",
+            f"{_cap(e['phrase'])} starts at about {e['onset']:.1f} seconds and lasts about {length:.1f} seconds.",
+            "when",
+        )
+    )
     if len(s.events) >= 2:
         a, b = s.events[0], s.events[1]
         rel = "While it is still going on" if s.overlaps(a, b) else "After it ends"
@@ -148,23 +155,44 @@ def _mcq_first(s: _Scene) -> MCQ | None:
     if len(s.events) < 2:
         return None
     wrong = s.labels[1:] + s.pick(s.absent, 3)
-    return MCQ("Based on the given audio, which of the following sounds is heard first?", s.labels[0], wrong[:3],
-               "Reasoning", "Temporal Event Reasoning", "sound", "hard" if len(s.events) == 3 else "medium")
+    return MCQ(
+        "Based on the given audio, which of the following sounds is heard first?",
+        s.labels[0],
+        wrong[:3],
+        "Reasoning",
+        "Temporal Event Reasoning",
+        "sound",
+        "hard" if len(s.events) == 3 else "medium",
+    )
 
 
 def _mcq_last(s: _Scene) -> MCQ | None:
     if len(s.events) < 2:
         return None
     wrong = s.labels[:-1] + s.pick(s.absent, 3)
-    return MCQ("Based on the given audio, which of the following sounds starts last?", s.labels[-1], wrong[:3],
-               "Reasoning", "Temporal Event Reasoning", "sound", "hard" if len(s.events) == 3 else "medium")
+    return MCQ(
+        "Based on the given audio, which of the following sounds starts last?",
+        s.labels[-1],
+        wrong[:3],
+        "Reasoning",
+        "Temporal Event Reasoning",
+        "sound",
+        "hard" if len(s.events) == 3 else "medium",
+    )
 
 
 def _mcq_after(s: _Scene) -> MCQ | None:
     if len(s.events) < 2:
         return None
-    return MCQ(f"Based on the given audio, which sound begins right after the {s.labels[0]}?", s.labels[1],
-               s.pick(s.absent, 3), "Reasoning", "Event-Based Sound Reasoning", "sound", "medium")
+    return MCQ(
+        f"Based on the given audio, which sound begins right after the {s.labels[0]}?",
+        s.labels[1],
+        s.pick(s.absent, 3),
+        "Reasoning",
+        "Event-Based Sound Reasoning",
+        "sound",
+        "medium",
+    )
 
 
 def _mcq_longest(s: _Scene) -> MCQ | None:
@@ -174,15 +202,29 @@ def _mcq_longest(s: _Scene) -> MCQ | None:
     if dur[0][0] - dur[1][0] < 0.5:  # too close to call by ear: skip rather than risk two answers
         return None
     wrong = [lab for _, lab in dur[1:]] + s.pick(s.absent, 3)
-    return MCQ("For the given audio, identify which of the following sounds can be heard for the longest duration.",
-               dur[0][1], wrong[:3], "Reasoning", "Temporal Event Reasoning", "sound", "hard")
+    return MCQ(
+        "For the given audio, identify which of the following sounds can be heard for the longest duration.",
+        dur[0][1],
+        wrong[:3],
+        "Reasoning",
+        "Temporal Event Reasoning",
+        "sound",
+        "hard",
+    )
 
 
 def _mcq_count(s: _Scene) -> MCQ | None:
     n = len(s.events)
     others = [NUMBERS[i] for i in range(1, 6) if i != n]
-    return MCQ("How many distinct sound events can be heard in the audio?", NUMBERS[n], s.pick(others, 3),
-               "Reasoning", "Counting", "sound", "easy" if n == 1 else "medium")
+    return MCQ(
+        "How many distinct sound events can be heard in the audio?",
+        NUMBERS[n],
+        s.pick(others, 3),
+        "Reasoning",
+        "Counting",
+        "sound",
+        "easy" if n == 1 else "medium",
+    )
 
 
 def _mcq_combination(s: _Scene) -> MCQ | None:
@@ -193,8 +235,15 @@ def _mcq_combination(s: _Scene) -> MCQ | None:
     for x in s.pick(s.absent, 3):
         keep = a if s.rng.random() < 0.5 else b
         wrong.append(" and ".join(sorted([keep, x])))
-    return MCQ("Based on the audio, which combination of sounds can be identified?", f"{a} and {b}", wrong,
-               "Information Extraction", "Sound-Based Event Recognition", "sound", "medium")
+    return MCQ(
+        "Based on the audio, which combination of sounds can be identified?",
+        f"{a} and {b}",
+        wrong,
+        "Information Extraction",
+        "Sound-Based Event Recognition",
+        "sound",
+        "medium",
+    )
 
 
 def _mcq_overlap(s: _Scene) -> MCQ | None:
@@ -202,15 +251,28 @@ def _mcq_overlap(s: _Scene) -> MCQ | None:
         partners = [b for b in s.events if b is not a and s.overlaps(a, b)]
         if len(partners) == 1:
             others = [b["label"] for b in s.events if b is not a and b is not partners[0]]
-            return MCQ(f"Based on the given audio, which sound can be heard at the same time as the {a['label']}?",
-                       partners[0]["label"], (others + s.pick(s.absent, 3))[:3],
-                       "Reasoning", "Event-Based Sound Reasoning", "sound", "hard")
+            return MCQ(
+                f"Based on the given audio, which sound can be heard at the same time as the {a['label']}?",
+                partners[0]["label"],
+                (others + s.pick(s.absent, 3))[:3],
+                "Reasoning",
+                "Event-Based Sound Reasoning",
+                "sound",
+                "hard",
+            )
     return None
 
 
 def _mcq_presence(s: _Scene) -> MCQ | None:
-    return MCQ("Which of the following sounds is present in the audio?", s.pick(s.all_labels, 1)[0], s.pick(s.absent, 3),
-               "Information Extraction", "Sound-Based Event Recognition", "sound", "easy")
+    return MCQ(
+        "Which of the following sounds is present in the audio?",
+        s.pick(s.all_labels, 1)[0],
+        s.pick(s.absent, 3),
+        "Information Extraction",
+        "Sound-Based Event Recognition",
+        "sound",
+        "easy",
+    )
 
 
 def _mcq_source(s: _Scene) -> MCQ | None:
@@ -218,8 +280,15 @@ def _mcq_source(s: _Scene) -> MCQ | None:
     absent = sorted(set(s.vocab.groups.values()) - present)
     if not present or len(absent) < 3:
         return None
-    return MCQ("Based on the given audio, which of the following is a source of one of the sounds?",
-               s.pick(sorted(present), 1)[0], s.pick(absent, 3), "Reasoning", "Acoustic Source Inference", "sound", "medium")
+    return MCQ(
+        "Based on the given audio, which of the following is a source of one of the sounds?",
+        s.pick(sorted(present), 1)[0],
+        s.pick(absent, 3),
+        "Reasoning",
+        "Acoustic Source Inference",
+        "sound",
+        "medium",
+    )
 
 
 def _mcq_speech(s: _Scene) -> MCQ | None:
@@ -230,13 +299,22 @@ def _mcq_speech(s: _Scene) -> MCQ | None:
     pool = [t for t in s.vocab.transcripts if _norm(t) != _norm(said) and s.vocab.transcript_class.get(t, lang) == lang]
     if len(pool) < 3:
         return None
-    return MCQ("What does the speaker say in the audio?", said, s.pick(pool, 3),
-               "Reasoning", "Conversational Fact Retrieval", "speech", "medium")
+    return MCQ(
+        "What does the speaker say in the audio?", said, s.pick(pool, 3), "Reasoning", "Conversational Fact Retrieval", "speech", "medium"
+    )
 
 
 MCQ_MAKERS: list[Callable[[_Scene], MCQ | None]] = [
-    _mcq_first, _mcq_last, _mcq_after, _mcq_longest, _mcq_count, _mcq_combination, _mcq_overlap, _mcq_presence,
-    _mcq_source, _mcq_speech,
+    _mcq_first,
+    _mcq_last,
+    _mcq_after,
+    _mcq_longest,
+    _mcq_count,
+    _mcq_combination,
+    _mcq_overlap,
+    _mcq_presence,
+    _mcq_source,
+    _mcq_speech,
 ]
 
 
@@ -262,8 +340,18 @@ def scene_examples(spec: dict[str, Any], tasks: list[str] | tuple[str, ...], voc
     out: list[Example] = []
 
     def add(task: str, k: int, instruction: str, answer: str, kind: str, **extra: Any) -> None:
-        out.append(Example(f"{spec['id']}-{task}-{k}", spec, instruction, answer, task, list(s.all_labels),
-                           extra.pop("choices", None), {**meta, "question_type": kind, **extra}))
+        out.append(
+            Example(
+                f"{spec['id']}-{task}-{k}",
+                spec,
+                instruction,
+                answer,
+                task,
+                list(s.all_labels),
+                extra.pop("choices", None),
+                {**meta, "question_type": kind, **extra},
+            )
+        )
 
     for task in TASKS:
         if task not in tasks:
@@ -273,8 +361,13 @@ def scene_examples(spec: dict[str, Any], tasks: list[str] | tuple[str, ...], voc
         if task == "classification":
             add(task, 0, CLASSIFICATION_QUESTION, ", ".join(s.labels), "classification")
         elif task == "caption":
-            add(task, 0, str(s.rng.choice(["Write a caption for this audio.", "Describe the audio in one sentence."])),
-                caption(spec, s.rng), "caption")
+            add(
+                task,
+                0,
+                str(s.rng.choice(["Write a caption for this audio.", "Describe the audio in one sentence."])),
+                caption(spec, s.rng),
+                "caption",
+            )
         elif task in ("closed", "open"):
             items = _closed(s) if task == "closed" else _open(s)
             for k, (q, a, kind) in enumerate(s.pick(items, PER_SCENE[task])):
@@ -283,7 +376,17 @@ def scene_examples(spec: dict[str, Any], tasks: list[str] | tuple[str, ...], voc
             for k, q in enumerate(s.pick(_reasoning(s), PER_SCENE[task])):
                 choices = [q.answer] + q.distractors
                 choices = [choices[int(i)] for i in s.rng.permutation(4)]
-                add(task, k, mcq_instruction(q.question, choices), q.answer, q.sub_category, choices=choices,
-                    question=q.question, category=q.category, **{"sub-category": q.sub_category},
-                    difficulty=q.difficulty, mmau_task=q.kind)
+                add(
+                    task,
+                    k,
+                    mcq_instruction(q.question, choices),
+                    q.answer,
+                    q.sub_category,
+                    choices=choices,
+                    question=q.question,
+                    category=q.category,
+                    **{"sub-category": q.sub_category},
+                    difficulty=q.difficulty,
+                    mmau_task=q.kind,
+                )
     return out

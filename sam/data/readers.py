@@ -9,14 +9,16 @@ labels or missing audio files are skipped and listed in the `ReadReport` with th
 Readers never download, never guess labels, and never stop at a bad row; only an unreadable file
 (absent, wrong header, not JSON) raises `DatasetError`.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from sam.data.questions import CLASSIFICATION_QUESTION, mcq_instruction
 from sam.data.types import Example
@@ -43,8 +45,11 @@ class ReadReport:
 
     def __str__(self) -> str:
         head = f"{self.source}: {self.rows} rows, {self.kept} kept, {len(self.bad)} skipped"
-        return "\n".join([head] + [f"  row {r}: {why}" for r, why in self.bad[:20]] +
-                         ([f"  ... {len(self.bad) - 20} more"] if len(self.bad) > 20 else []))
+        return "\n".join(
+            [head]
+            + [f"  row {r}: {why}" for r, why in self.bad[:20]]
+            + ([f"  ... {len(self.bad) - 20} more"] if len(self.bad) > 20 else [])
+        )
 
 
 class _Skip(Exception):
@@ -171,8 +176,13 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
             raise _Skip("not a JSON object")
         instruction, audio_id, output = _need(item, "instruction", "audio_id", "output")
         ltu_task = str(item.get("task", ""))
-        task = ("classification" if ltu_task.startswith("cla") else "caption" if ltu_task.startswith("caption")
-                else _LTU_TASKS.get(ltu_task, "closed"))
+        task = (
+            "classification"
+            if ltu_task.startswith("cla")
+            else "caption"
+            if ltu_task.startswith("caption")
+            else _LTU_TASKS.get(ltu_task, "closed")
+        )
         cands = [Path(audio_id)] + ([base / Path(audio_id).name, base / audio_id.lstrip("./")] if base else [])
         audio = _audio(report, i, cands, check_audio)
         meta = {"dataset": item.get("dataset", ""), "ltu_task": ltu_task, "input": item.get("input", ""), "row": i}
@@ -204,8 +214,13 @@ def _strings(item: dict[str, Any], key: str) -> list[str] | None:
 
 
 # Our task -> LTU's task name (what `read_openaqa` maps back).
-_TO_LTU = {"classification": "cla_label", "caption": "caption", "open": "open-ended question",
-           "closed": "closed-ended question", "reasoning": "multiple-choice question"}
+_TO_LTU = {
+    "classification": "cla_label",
+    "caption": "caption",
+    "open": "open-ended question",
+    "closed": "closed-ended question",
+    "reasoning": "multiple-choice question",
+}
 
 
 def write_openaqa_json(examples: Iterable[Example], path: str | Path, dataset: str = "") -> int:
@@ -221,8 +236,13 @@ def write_openaqa_json(examples: Iterable[Example], path: str | Path, dataset: s
         if not isinstance(ex.audio, str):
             raise ValueError(f"example {ex.id}: its audio is a composed scene, not a file; render it first")
         item: dict[str, Any] = {
-            "id": ex.id, "instruction": ex.instruction, "input": "", "audio_id": str(Path(ex.audio).resolve()),
-            "dataset": dataset or str(ex.metadata.get("dataset", "")), "task": _TO_LTU[ex.task], "output": ex.answer,
+            "id": ex.id,
+            "instruction": ex.instruction,
+            "input": "",
+            "audio_id": str(Path(ex.audio).resolve()),
+            "dataset": dataset or str(ex.metadata.get("dataset", "")),
+            "task": _TO_LTU[ex.task],
+            "output": ex.answer,
         }
         if ex.labels:
             item["labels"] = list(ex.labels)
@@ -259,8 +279,9 @@ def read_audioset_labels(path: str | Path) -> dict[str, str]:
     return {row["mid"].strip(): row["display_name"].strip() for _, row in _csv_rows(Path(path), {"index", "mid", "display_name"})}
 
 
-def read_audioset(segments_csv: str | Path, labels_csv: str | Path, audio_dir: str | Path,
-                  check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+def read_audioset(
+    segments_csv: str | Path, labels_csv: str | Path, audio_dir: str | Path, check_audio: bool = True
+) -> tuple[list[Example], ReadReport]:
     """AudioSet segment CSV (``# YTID, start_seconds, end_seconds, positive_labels`` + rows) as classification.
 
     Audio is looked up as ``{ytid}.wav|.flac``, ``Y{ytid}.wav|.flac`` or ``{ytid}_{start}.wav`` in `audio_dir`.
@@ -294,8 +315,18 @@ def read_audioset(segments_csv: str | Path, labels_csv: str | Path, audio_dir: s
         stems = [ytid, f"Y{ytid}", f"{ytid}_{int(t0)}", f"{ytid}_{t0:.3f}"]
         audio = _audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
         labels = [names[m] for m in mids_list]
-        return [Example(f"audioset-{ytid}-{int(t0)}", audio, CLASSIFICATION_QUESTION, ", ".join(labels), "classification",
-                        labels, None, {"ytid": ytid, "start": t0, "end": t1, "mids": mids_list, "row": line})]
+        return [
+            Example(
+                f"audioset-{ytid}-{int(t0)}",
+                audio,
+                CLASSIFICATION_QUESTION,
+                ", ".join(labels),
+                "classification",
+                labels,
+                None,
+                {"ytid": ytid, "start": t0, "end": t1, "mids": mids_list, "row": line},
+            )
+        ]
 
     return _run(report, rows(), make), report
 
@@ -317,14 +348,25 @@ def read_audiocaps(path: str | Path, audio_dir: str | Path, check_audio: bool = 
             raise _Skip(f"start_time not a number: {start!r}") from None
         stems = [cap_id, yt, f"Y{yt}", f"{yt}_{int(t0)}"]
         audio = _audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
-        return [Example(f"audiocaps-{cap_id}", audio, CAPTION_INSTRUCTION, cap, "caption", [], None,
-                        {"youtube_id": yt, "start_time": t0, "row": line})]
+        return [
+            Example(
+                f"audiocaps-{cap_id}",
+                audio,
+                CAPTION_INSTRUCTION,
+                cap,
+                "caption",
+                [],
+                None,
+                {"youtube_id": yt, "start_time": t0, "row": line},
+            )
+        ]
 
     return _run(report, _csv_rows(Path(path), {"audiocap_id", "youtube_id", "start_time", "caption"}), make), report
 
 
-def read_clotho(captions_csv: str | Path, audio_dir: str | Path, metadata_csv: str | Path | None = None,
-                check_audio: bool = True) -> tuple[list[Example], ReadReport]:
+def read_clotho(
+    captions_csv: str | Path, audio_dir: str | Path, metadata_csv: str | Path | None = None, check_audio: bool = True
+) -> tuple[list[Example], ReadReport]:
     """Clotho captions CSV (file_name, caption_1..caption_5): five caption examples per clip, each
     carrying all five as ``metadata['references']``; keywords come from the metadata CSV if given."""
     report = ReadReport(str(captions_csv))
@@ -339,8 +381,19 @@ def read_clotho(captions_csv: str | Path, audio_dir: str | Path, metadata_csv: s
         caps = _need(row, *cap_cols)
         audio = _audio(report, line, [base / name], check_audio)
         extra = {k: v for k, v in meta.get(name, {}).items() if k != "file_name"}
-        return [Example(f"clotho-{Path(name).stem}-{k}", audio, CAPTION_INSTRUCTION, c, "caption", [], None,
-                        {"file_name": name, "references": caps, "row": line, **extra}) for k, c in enumerate(caps)]
+        return [
+            Example(
+                f"clotho-{Path(name).stem}-{k}",
+                audio,
+                CAPTION_INSTRUCTION,
+                c,
+                "caption",
+                [],
+                None,
+                {"file_name": name, "references": caps, "row": line, **extra},
+            )
+            for k, c in enumerate(caps)
+        ]
 
     return _run(report, _csv_rows(Path(captions_csv), {"file_name", *cap_cols}), make), report
 
@@ -368,8 +421,18 @@ def read_esc50(meta_csv: str | Path, audio_dir: str | Path, check_audio: bool = 
             raise _Skip(f"unknown label: target {target} for category {category!r}, which is {seen_target[category]}")
         audio = _audio(report, line, [base / name], check_audio)
         label = category.replace("_", " ")
-        return [Example(f"esc50-{Path(name).stem}", audio, CLASSIFICATION_QUESTION, label, "classification", [label],
-                        None, {"fold": int(fold), "target": int(target), "esc10": row.get("esc10", ""), "row": line})]
+        return [
+            Example(
+                f"esc50-{Path(name).stem}",
+                audio,
+                CLASSIFICATION_QUESTION,
+                label,
+                "classification",
+                [label],
+                None,
+                {"fold": int(fold), "target": int(target), "esc10": row.get("esc10", ""), "row": line},
+            )
+        ]
 
     return _run(report, _csv_rows(Path(meta_csv), {"filename", "fold", "target", "category"}), make), report
 
@@ -378,8 +441,9 @@ def read_esc50(meta_csv: str | Path, audio_dir: str | Path, check_audio: bool = 
 # MMAU
 
 
-def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True,
-              task: str | None = None) -> tuple[list[Example], ReadReport]:
+def read_mmau(
+    path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True, task: str | None = None
+) -> tuple[list[Example], ReadReport]:
     """MMAU JSON (id, audio_id, question, choices, answer, task, category, sub-category, difficulty...).
 
     `audio_dir` is where ``audio_id`` paths are relative to (default: the JSON's folder). Items
@@ -421,8 +485,9 @@ def read_mmau(path: str | Path, audio_dir: str | Path | None = None, check_audio
     return _run(report, enumerate(items), make), report
 
 
-def write_mmau_json(examples: Iterable[Example], path: str | Path, audio_dir: str | Path | None = None,
-                    corpus_root: str | Path = "data") -> int:
+def write_mmau_json(
+    examples: Iterable[Example], path: str | Path, audio_dir: str | Path | None = None, corpus_root: str | Path = "data"
+) -> int:
     """Write multiple-choice examples in MMAU's JSON shape; returns how many were written.
 
     Scene audio is rendered to ``audio_dir/<id>.wav`` (``audio_id`` relative to the JSON's folder)
@@ -437,10 +502,16 @@ def write_mmau_json(examples: Iterable[Example], path: str | Path, audio_dir: st
         m = ex.metadata
         audio_id = ex.audio if isinstance(ex.audio, str) else f"./scenes/{ex.id}.wav"
         item: dict[str, Any] = {
-            "id": ex.id, "audio_id": audio_id, "question": m.get("question", ex.instruction), "choices": list(ex.choices),
-            "answer": ex.answer, "dataset": m.get("dataset", "sam-scenes"), "task": m.get("mmau_task", m.get("task", "sound")),
+            "id": ex.id,
+            "audio_id": audio_id,
+            "question": m.get("question", ex.instruction),
+            "choices": list(ex.choices),
+            "answer": ex.answer,
+            "dataset": m.get("dataset", "sam-scenes"),
+            "task": m.get("mmau_task", m.get("task", "sound")),
             "split": ex.audio.get("split", "") if isinstance(ex.audio, dict) else m.get("split", ""),
-            "category": m.get("category", "Reasoning"), "sub-category": m.get("sub-category", ""),
+            "category": m.get("category", "Reasoning"),
+            "sub-category": m.get("sub-category", ""),
             "difficulty": m.get("difficulty", "medium"),
         }
         if isinstance(ex.audio, dict):
@@ -460,4 +531,3 @@ def write_mmau_json(examples: Iterable[Example], path: str | Path, audio_dir: st
     tmp.write_text(json.dumps(items, indent=1))
     os.replace(tmp, path)
     return len(items)
-

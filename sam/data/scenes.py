@@ -8,6 +8,7 @@ Every clip (events and backgrounds) belongs to exactly one of train / valid / te
 
 This module never invents labels: every label, phrase and transcript comes from the manifest.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -37,8 +38,9 @@ def _rng(*keys: int | str) -> np.random.Generator:
     return np.random.default_rng([k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys])
 
 
-def assign_splits(rows: list[dict[str, Any]], classes: list[str], split_seed: int = 0,
-                  fractions: tuple[float, float] = (0.1, 0.1)) -> dict[str, str]:
+def assign_splits(
+    rows: list[dict[str, Any]], classes: list[str], split_seed: int = 0, fractions: tuple[float, float] = (0.1, 0.1)
+) -> dict[str, str]:
     """clip id -> split. Stratified by each clip's first class (or ambience) so every class with
     >= 3 clips has at least one clip in each split, and every class with >= `MIN_TEST` * 5 clips at least
     `MIN_TEST` in valid and in test; a clip is in exactly one split."""
@@ -63,8 +65,15 @@ def assign_splits(rows: list[dict[str, Any]], classes: list[str], split_seed: in
 class SceneComposer:
     """Composes scenes from the corpus under `corpus_root` (the DataConfig.root holding ``corpus/``)."""
 
-    def __init__(self, corpus_root: str | Path = "data", seconds: float = 10.0, max_events: int = 3,
-                 background: bool = True, seed: int = 0, split_seed: int = 0):
+    def __init__(
+        self,
+        corpus_root: str | Path = "data",
+        seconds: float = 10.0,
+        max_events: int = 3,
+        background: bool = True,
+        seed: int = 0,
+        split_seed: int = 0,
+    ):
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         if seconds < 1.0:
@@ -115,17 +124,33 @@ class SceneComposer:
             labels = [lab for lab in row["labels"] if lab in self.class_map]
             used.update(labels)
             n = min(row["num_samples"], self.max_event_samples)
-            events.append({
-                "clip": row["id"], "label": str(cls), "labels": labels, "samples": n,
-                "truncated": n < row["num_samples"], "gain_db": round(float(rng.uniform(*GAIN_DB)), 2),
-                "clip_rms": row["rms"], "path": row["path"], "phrase": row["phrase"], "transcript": row.get("transcript"),
-                "caption": row["caption"], "caption_kind": row["caption_kind"], "source": row["source"],
-            })
+            events.append(
+                {
+                    "clip": row["id"],
+                    "label": str(cls),
+                    "labels": labels,
+                    "samples": n,
+                    "truncated": n < row["num_samples"],
+                    "gain_db": round(float(rng.uniform(*GAIN_DB)), 2),
+                    "clip_rms": row["rms"],
+                    "path": row["path"],
+                    "phrase": row["phrase"],
+                    "transcript": row.get("transcript"),
+                    "caption": row["caption"],
+                    "caption_kind": row["caption_kind"],
+                    "source": row["source"],
+                }
+            )
         self._place(events, rng)
         events.sort(key=lambda e: e["onset_sample"])
         spec: dict[str, Any] = {
-            "id": f"{split}-s{self.seed}-{index:05d}", "split": split, "seed": self.seed, "seconds": self.seconds,
-            "sample_rate": SAMPLE_RATE, "events": events, "background": self._background(split, rng),
+            "id": f"{split}-s{self.seed}-{index:05d}",
+            "split": split,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "sample_rate": SAMPLE_RATE,
+            "events": events,
+            "background": self._background(split, rng),
         }
         return spec
 
@@ -133,7 +158,7 @@ class SceneComposer:
         """Random onsets with >= MIN_ONSET_GAP between any two (sample-exact; offsets follow)."""
         total = int(round(self.seconds * SAMPLE_RATE))
         gap = int(MIN_ONSET_GAP * SAMPLE_RATE)
-        for attempt in range(200):
+        for _attempt in range(200):
             onsets = [int(rng.integers(0, total - e["samples"] + 1)) for e in events]
             s = sorted(onsets)
             if all(b - a >= gap for a, b in zip(s, s[1:])):
@@ -153,8 +178,15 @@ class SceneComposer:
         if amb and rng.random() < 0.5:
             row = self.clips[amb[int(rng.integers(len(amb)))]]
             start = int(rng.integers(0, max(1, row["num_samples"] - int(self.seconds * SAMPLE_RATE))))
-            return {"kind": "ambience", "clip": row["id"], "path": row["path"], "clip_rms": row["rms"],
-                    "start_sample": start, "rms": AMBIENCE_RMS, "phrase": "a quiet ambient hum"}
+            return {
+                "kind": "ambience",
+                "clip": row["id"],
+                "path": row["path"],
+                "clip_rms": row["rms"],
+                "start_sample": start,
+                "rms": AMBIENCE_RMS,
+                "phrase": "a quiet ambient hum",
+            }
         return {"kind": "noise", "seed": int(rng.integers(2**31)), "rms": NOISE_RMS, "phrase": "faint background noise"}
 
     # ---------------------------------------------------------------------------------------
@@ -197,8 +229,9 @@ def _read(root: Path, rel: str, start: int, frames: int) -> np.ndarray:
     return wave
 
 
-def render_scene(spec: dict[str, Any], corpus_root: str | Path, sample_rate: int = SAMPLE_RATE,
-                 skip_events: tuple[int, ...] = ()) -> np.ndarray:
+def render_scene(
+    spec: dict[str, Any], corpus_root: str | Path, sample_rate: int = SAMPLE_RATE, skip_events: tuple[int, ...] = ()
+) -> np.ndarray:
     """The scene's waveform (float32 mono, `seconds` long). Same spec -> same samples.
 
     `skip_events` leaves out events by index (tests use it to isolate one event's contribution).

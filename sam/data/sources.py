@@ -6,6 +6,7 @@ or preset name; entries no rule claims are yielded with no labels, and `prepare_
 skips them. Soundfont notes are *synthesized* by fluidsynth from the soundfont's recorded samples:
 their manifest ``source`` says so.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,8 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import soundfile as sf
 
@@ -57,9 +58,16 @@ def iter_asterisk_lang(lang: str) -> Iterator[RawClip]:
         t = text.get(name)
         labels, phrase = C.classify_speech(t, C.LANGUAGES[lang], C.SPEAKERS[sex]) if t else ([], name)
         yield RawClip(
-            id=f"asterisk-{lang}/{name}", source=f"asterisk-core-sounds-{lang}", origin=f"{folder.name}/{name}.wav",
-            data=path, labels=labels, phrase=phrase, caption=t or name, caption_kind="transcript" if t else "derived",
-            licence="CC-BY-SA-3.0", transcript=t if labels and C.is_speech(labels[0]) else None,
+            id=f"asterisk-{lang}/{name}",
+            source=f"asterisk-core-sounds-{lang}",
+            origin=f"{folder.name}/{name}.wav",
+            data=path,
+            labels=labels,
+            phrase=phrase,
+            caption=t or name,
+            caption_kind="transcript" if t else "derived",
+            licence="CC-BY-SA-3.0",
+            transcript=t if labels and C.is_speech(labels[0]) else None,
         )
 
 
@@ -70,19 +78,31 @@ def iter_fillets(folder: Path = FILLETS_DIR) -> Iterator[RawClip]:
         key = "/".join(p for p in rel.parts if p != "en")  # sounds sit in per-level "en" folders
         labels, phrase = C.classify_fillets(key)
         yield RawClip(
-            id=f"fillets/{rel.as_posix()}", source="fillets-ng-data", origin=f"sound/{rel.as_posix()}.ogg", data=path,
-            labels=labels, phrase=phrase, caption=phrase, caption_kind="derived", licence="GPL-2+",
+            id=f"fillets/{rel.as_posix()}",
+            source="fillets-ng-data",
+            origin=f"sound/{rel.as_posix()}.ogg",
+            data=path,
+            labels=labels,
+            phrase=phrase,
+            caption=phrase,
+            caption_kind="derived",
+            licence="GPL-2+",
         )
 
 
 def iter_music(fillets: Path = FILLETS_DIR, colobot: Path = COLOBOT_MUSIC) -> Iterator[RawClip]:
     """The game soundtracks of fillets-ng (GPL-2+) and colobot (GPL-3+): whole tracks, class music."""
-    for pkg, folder, licence in (("fillets-ng-data", fillets / "music", "GPL-2+"),
-                                 ("colobot-common-sounds", colobot, "GPL-3+")):
+    for pkg, folder, licence in (("fillets-ng-data", fillets / "music", "GPL-2+"), ("colobot-common-sounds", colobot, "GPL-3+")):
         for path in sorted(folder.glob("*.ogg")):
             yield RawClip(
-                id=f"{pkg.split('-')[0]}-music/{path.stem}", source=pkg, origin=path.name, data=path, labels=["music"],
-                phrase="a piece of music", caption="a piece of game soundtrack music", caption_kind="derived",
+                id=f"{pkg.split('-')[0]}-music/{path.stem}",
+                source=pkg,
+                origin=path.name,
+                data=path,
+                labels=["music"],
+                phrase="a piece of music",
+                caption="a piece of game soundtrack music",
+                caption_kind="derived",
                 licence=licence,
             )
 
@@ -105,8 +125,10 @@ def sf2_presets(path: Path) -> list[tuple[int, int, str]]:
                 sid, ssz = data[j : j + 4], struct.unpack_from("<I", data, j + 4)[0]
                 if sid == b"phdr":
                     recs = [data[j + 8 + 38 * k : j + 8 + 38 * (k + 1)] for k in range(ssz // 38 - 1)]  # last is EOP
-                    return sorted((struct.unpack_from("<H", r, 22)[0], struct.unpack_from("<H", r, 20)[0],
-                                   r[:20].split(b"\0")[0].decode("latin-1")) for r in recs)
+                    return sorted(
+                        (struct.unpack_from("<H", r, 22)[0], struct.unpack_from("<H", r, 20)[0], r[:20].split(b"\0")[0].decode("latin-1"))
+                        for r in recs
+                    )
                 j += 8 + ssz + (ssz & 1)
         i += 8 + size + (size & 1)
     raise CorpusError(f"{path}: no preset headers (pdta/phdr) found")
@@ -134,7 +156,7 @@ def midi_file(notes: list[tuple[int, int, int, int]], hold_s: float = HOLD_S, sl
         now = start + round(hold_s * tps)
     end = round(len(notes) * slot_s * tps)
     events += _vlq(end - now) + b"\xff\x2f\x00"
-    return (b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(events)) + bytes(events))
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(events)) + bytes(events)
 
 
 def render_notes(sf2: Path, notes: list[tuple[int, int, int, int]], workdir: Path) -> list[bytes]:
@@ -143,7 +165,25 @@ def render_notes(sf2: Path, notes: list[tuple[int, int, int, int]], workdir: Pat
         raise CorpusError("fluidsynth: not found; install the Debian package fluidsynth (scripts/install.sh does)")
     mid, wav = workdir / "notes.mid", workdir / "notes.wav"
     mid.write_bytes(midi_file(notes))
-    cmd = [FLUIDSYNTH, "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.8", "-r", str(RENDER_RATE), "-T", "wav", "-F", str(wav), str(sf2), str(mid)]
+    cmd = [
+        FLUIDSYNTH,
+        "-ni",
+        "-q",
+        "-R",
+        "0",
+        "-C",
+        "0",
+        "-g",
+        "0.8",
+        "-r",
+        str(RENDER_RATE),
+        "-T",
+        "wav",
+        "-F",
+        str(wav),
+        str(sf2),
+        str(mid),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not wav.is_file():
         raise CorpusError(f"{sf2}: fluidsynth failed ({done.returncode}): {done.stderr.strip()[-300:]}")
@@ -176,9 +216,17 @@ def iter_instruments(sf2: Path = FLUID_SF2, per_class: int = NOTES_PER_CLASS) ->
             continue
         hit = C.classify_instrument(name)
         if hit is None:
-            yield RawClip(id=f"fluid/preset-{bank}-{program}", source="fluid-soundfont-gm (rendered by fluidsynth)",
-                          origin=f"{sf2.name} bank {bank} program {program} ({name})", data=b"", labels=[],
-                          phrase=name, caption=name, caption_kind="derived", licence="MIT")
+            yield RawClip(
+                id=f"fluid/preset-{bank}-{program}",
+                source="fluid-soundfont-gm (rendered by fluidsynth)",
+                origin=f"{sf2.name} bank {bank} program {program} ({name})",
+                data=b"",
+                labels=[],
+                phrase=name,
+                caption=name,
+                caption_kind="derived",
+                licence="MIT",
+            )
             continue
         by_class.setdefault(hit[0], []).append((bank, program, name))
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,10 +241,15 @@ def iter_instruments(sf2: Path = FLUID_SF2, per_class: int = NOTES_PER_CLASS) ->
             slug = cls.replace(" ", "_")
             for k, ((bank, program, note, vel, name), wav) in enumerate(zip(plan, wavs)):
                 yield RawClip(
-                    id=f"fluid/{slug}/{k:02d}_{program}_{note}", source="fluid-soundfont-gm (rendered by fluidsynth)",
-                    origin=f"{sf2.name} bank {bank} program {program} ({name}) note {note} velocity {vel}", data=wav,
-                    labels=[cls], phrase=f"{phrase} playing {_note_name(note)}",
-                    caption=f"{phrase} playing the note {_note_name(note)}", caption_kind="derived", licence="MIT",
+                    id=f"fluid/{slug}/{k:02d}_{program}_{note}",
+                    source="fluid-soundfont-gm (rendered by fluidsynth)",
+                    origin=f"{sf2.name} bank {bank} program {program} ({name}) note {note} velocity {vel}",
+                    data=wav,
+                    labels=[cls],
+                    phrase=f"{phrase} playing {_note_name(note)}",
+                    caption=f"{phrase} playing the note {_note_name(note)}",
+                    caption_kind="derived",
+                    licence="MIT",
                 )
 
 
@@ -210,17 +263,24 @@ def iter_drums(kits: tuple[Path, ...] = AVLDRUMS_SF2, per_class: int = NOTES_PER
     with tempfile.TemporaryDirectory() as tmp:
         for ki, kit in enumerate(kits):
             bank, program, kit_name = sf2_presets(kit)[0]
-            plan = [(cls, notes[k % len(notes)], vels[(k * len(kits) + ki) % per_class]) for cls, notes in sorted(keys.items())
-                    for k in range(per_class // len(kits))]
+            plan = [
+                (cls, notes[k % len(notes)], vels[(k * len(kits) + ki) % per_class])
+                for cls, notes in sorted(keys.items())
+                for k in range(per_class // len(kits))
+            ]
             wavs = render_notes(kit, [(bank, program, n, v) for _, n, v in plan], Path(tmp))
             for k, ((cls, note, vel), wav) in enumerate(zip(plan, wavs)):
                 phrase = C.DRUM_NOTES[note][1]
                 yield RawClip(
                     id=f"avldrums/{kit.stem}/{cls.replace(' ', '_')}_{k:03d}_{note}_{vel}",
                     source="avldrums.lv2-soundfont (rendered by fluidsynth)",
-                    origin=f"{kit.name} ({kit_name}) note {note} velocity {vel}", data=wav,
-                    labels=[cls, "drums"], phrase=phrase, caption=f"{phrase} ({kit_name.replace('_', ' ')} drum kit)",
-                    caption_kind="derived", licence="GPL-2+",
+                    origin=f"{kit.name} ({kit_name}) note {note} velocity {vel}",
+                    data=wav,
+                    labels=[cls, "drums"],
+                    phrase=phrase,
+                    caption=f"{phrase} ({kit_name.replace('_', ' ')} drum kit)",
+                    caption_kind="derived",
+                    licence="GPL-2+",
                 )
 
 

@@ -2,6 +2,7 @@
 
 Reads the manifest and class map only; never decodes audio and never writes anything.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -22,8 +23,10 @@ def corpus_tables(root: str | Path = "data") -> dict[str, pd.DataFrame]:
     rows = read_manifest(root)
     df = pd.DataFrame(rows)
     per_source = df.groupby("source").agg(
-        clips=("id", "size"), hours=("duration", lambda d: round(d.sum() / 3600, 3)),
-        median_s=("duration", "median"), max_s=("duration", "max"),
+        clips=("id", "size"),
+        hours=("duration", lambda d: round(d.sum() / 3600, 3)),
+        median_s=("duration", "median"),
+        max_s=("duration", "max"),
         licences=("licence", lambda x: ", ".join(sorted(set(x)))),
     )
     classes = read_class_map(root)
@@ -31,11 +34,18 @@ def corpus_tables(root: str | Path = "data") -> dict[str, pd.DataFrame]:
     exploded = exploded[exploded["labels"].isin(classes["classes"])]
     split_of = assign_splits(rows, sorted(classes["classes"]))
     exploded["split"] = exploded["id"].map(split_of)
-    per_class = exploded.groupby("labels").agg(
-        clips=("id", "size"), hours=("duration", lambda d: round(d.sum() / 3600, 3)), median_s=("duration", "median"),
-        **{split: ("split", lambda x, s=split: int((x == s).sum())) for split in SPLITS},
-        licences=("licence", lambda x: ", ".join(sorted(set(x)))), sources=("source", lambda x: ", ".join(sorted(set(x)))),
-    ).sort_values("clips", ascending=False)
+    per_class = (
+        exploded.groupby("labels")
+        .agg(
+            clips=("id", "size"),
+            hours=("duration", lambda d: round(d.sum() / 3600, 3)),
+            median_s=("duration", "median"),
+            **{split: ("split", lambda x, s=split: int((x == s).sum())) for split in SPLITS},
+            licences=("licence", lambda x: ", ".join(sorted(set(x)))),
+            sources=("source", lambda x: ", ".join(sorted(set(x)))),
+        )
+        .sort_values("clips", ascending=False)
+    )
     per_class.index.name = "class"
     return {"sources": per_source, "classes": per_class}
 
@@ -50,10 +60,15 @@ def corpus_summary(root: str | Path = "data") -> dict[str, Any]:
     counts = Counter(lab for r in rows for lab in r["labels"] if lab in cmap["classes"])
     top, top_n = counts.most_common(1)[0] if counts else ("none", 0)
     return {
-        "largest_class": top, "largest_class_share": round(top_n / max(1, len(rows)), 4),
-        "clips": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 3),
-        "classes": len(cmap["classes"]), "min_clips_per_class": cmap["min_clips"], "dropped_classes": cmap["dropped"],
-        "ambience_clips": cmap["ambience_clips"], "skipped": len(report["skipped"]),
+        "largest_class": top,
+        "largest_class_share": round(top_n / max(1, len(rows)), 4),
+        "clips": len(rows),
+        "hours": round(sum(r["duration"] for r in rows) / 3600, 3),
+        "classes": len(cmap["classes"]),
+        "min_clips_per_class": cmap["min_clips"],
+        "dropped_classes": cmap["dropped"],
+        "ambience_clips": cmap["ambience_clips"],
+        "skipped": len(report["skipped"]),
     }
 
 
@@ -65,7 +80,10 @@ def format_summary(root: str | Path = "data") -> str:
         f"corpus {Path(root) / 'corpus'}: {s['clips']} clips, {s['hours']} h, {s['classes']} classes with >= "
         f"{s['min_clips_per_class']} clips, {s['ambience_clips']} background clips, {s['skipped']} entries skipped",
         f"largest class: {s['largest_class']} in {s['largest_class_share']:.1%} of clips",
-        f"classes dropped (too few clips): {s['dropped_classes'] or 'none'}", "", t["sources"].to_string(), "",
+        f"classes dropped (too few clips): {s['dropped_classes'] or 'none'}",
+        "",
+        t["sources"].to_string(),
+        "",
         "classes (clips = source clips; train / valid / test: source clips per scene split):",
         t["classes"].to_string(),
     ]

@@ -3,6 +3,7 @@
 Training, evaluation and the experiments consume only `Example`, so a new dataset needs a reader
 that yields these and nothing else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

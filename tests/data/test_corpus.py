@@ -1,5 +1,6 @@
 """The embedded corpus: real clips from the Debian sources, every row decodes, enough classes with enough
 source clips in every split, and labels only where a rule derives them."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sam.model.audio import fbank, load_audio
 from sam.data.corpus import (
-    NO_LABEL, OPENSFX_CAT, CorpusError, parse_opensfx_cat, prepare_corpus, read_asterisk_transcripts, read_class_map,
-    read_manifest, trim_silence,
+    NO_LABEL,
+    OPENSFX_CAT,
+    CorpusError,
+    parse_opensfx_cat,
+    prepare_corpus,
+    read_asterisk_transcripts,
+    read_class_map,
+    read_manifest,
+    trim_silence,
 )
 from sam.data.summary import corpus_summary, format_summary
+from sam.model.audio import fbank, load_audio
 
 ROOT = Path(__file__).resolve().parents[2] / "data"
 
@@ -33,9 +41,14 @@ def test_extraction_finds_5000_clips_and_5_hours_from_every_source(corpus_root):
     print("clips per source:", dict(per_source), "total", len(rows))
     assert len(rows) >= 5000 and sum(r["duration"] for r in rows) >= 5 * 3600
     assert set(per_source) == {
-        "ufoai-sound", "openttd-opensfx", "sonic-pi-samples", "fillets-ng-data", "colobot-common-sounds",
+        "ufoai-sound",
+        "openttd-opensfx",
+        "sonic-pi-samples",
+        "fillets-ng-data",
+        "colobot-common-sounds",
         *(f"asterisk-core-sounds-{lang}" for lang in ("en", "es", "fr", "it", "ru")),
-        "fluid-soundfont-gm (rendered by fluidsynth)", "avldrums.lv2-soundfont (rendered by fluidsynth)",
+        "fluid-soundfont-gm (rendered by fluidsynth)",
+        "avldrums.lv2-soundfont (rendered by fluidsynth)",
     }
     assert per_source["openttd-opensfx"] == 62  # 73 catalogue entries: 11 (two empty placeholders) no rule labels
     assert len({r["id"] for r in rows}) == len(rows)

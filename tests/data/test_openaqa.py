@@ -2,6 +2,7 @@
 deterministic train/valid split by audio file, a test split from its own file, clear errors, and a
 short curriculum (BPE from the JSON's text, LM pretraining, stage 0 on cla_label labels, a joint
 stage) trained end to end."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,30 @@ def _items(rows: list[dict], folder: str) -> list[dict]:
     for r in rows:
         audio = f"/data/sls/{folder}/{r['id'].replace('/', '_')}.wav"
         items += [
-            {"instruction": "What is the audio event?", "input": "", "audio_id": audio, "dataset": "corpus",
-             "task": "cla_label", "output": ", ".join(r["labels"])},
-            {"instruction": "Write an audio caption describing the sound.", "input": "", "audio_id": audio,
-             "dataset": "corpus", "task": "caption", "output": r["caption"]},
-            {"instruction": "What could make this sound?", "input": "", "audio_id": audio, "dataset": "corpus",
-             "task": "open-ended question", "output": f"It sounds like {r['phrase']}."},
+            {
+                "instruction": "What is the audio event?",
+                "input": "",
+                "audio_id": audio,
+                "dataset": "corpus",
+                "task": "cla_label",
+                "output": ", ".join(r["labels"]),
+            },
+            {
+                "instruction": "Write an audio caption describing the sound.",
+                "input": "",
+                "audio_id": audio,
+                "dataset": "corpus",
+                "task": "caption",
+                "output": r["caption"],
+            },
+            {
+                "instruction": "What could make this sound?",
+                "input": "",
+                "audio_id": audio,
+                "dataset": "corpus",
+                "task": "open-ended question",
+                "output": f"It sounds like {r['phrase']}.",
+            },
         ]
     return items
 
@@ -54,7 +73,12 @@ def openaqa(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (tmp / "train.json").write_text(json.dumps(train))
     (tmp / "test.json").write_text(json.dumps(test))
     exp = preset("smoke")
-    exp.data.source, exp.data.json_train, exp.data.audio_dir, exp.data.root = "openaqa", str(tmp / "train.json"), str(audio), str(tmp / "root")
+    exp.data.source, exp.data.json_train, exp.data.audio_dir, exp.data.root = (
+        "openaqa",
+        str(tmp / "train.json"),
+        str(audio),
+        str(tmp / "root"),
+    )
     exp.data.valid_permille = 200
     return {"exp": exp, "tmp": tmp, "rows": rows, "train": train}
 
@@ -133,8 +157,19 @@ def test_sam_train_names_a_missing_instruction_json_in_one_line(tmp_path, capsys
     from sam.cli import main
 
     (tmp_path / "c.yaml").write_text("preset: smoke\n")
-    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
-                 "data.source=openaqa", f"data.json_train={tmp_path / 'nope.json'}", f"data.root={tmp_path / 'root'}"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "data.source=openaqa",
+            f"data.json_train={tmp_path / 'nope.json'}",
+            f"data.root={tmp_path / 'root'}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"sam train: error: {tmp_path / 'nope.json'}: file does not exist"
 
@@ -145,7 +180,8 @@ def test_sam_data_summary_counts_the_instruction_json_splits(openaqa, tmp_path, 
     data = openaqa["exp"].data
     (tmp_path / "c.yaml").write_text(
         f"preset: smoke\ndata:\n  source: openaqa\n  json_train: {data.json_train}\n  audio_dir: {data.audio_dir}\n"
-        f"  valid_permille: {data.valid_permille}\n  root: {tmp_path / 'root'}\n")
+        f"  valid_permille: {data.valid_permille}\n  root: {tmp_path / 'root'}\n"
+    )
     assert main(["data-summary", "--config", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out
     train = build_examples(data, "train", ["classification", "caption", "open"])

@@ -1,4 +1,5 @@
 """Readers parse real-format fixtures; bad rows are skipped and reported with their row numbers."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,14 @@ import pytest
 import soundfile as sf
 
 from sam.data.readers import (
-    DatasetError, read_audiocaps, read_audioset, read_clotho, read_esc50, read_mmau, read_openaqa, write_mmau_json,
+    DatasetError,
+    read_audiocaps,
+    read_audioset,
+    read_clotho,
+    read_esc50,
+    read_mmau,
+    read_openaqa,
+    write_mmau_json,
 )
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -59,8 +67,7 @@ def test_audiocaps_reader(tmp_path):
 def test_clotho_reader_gives_five_references_per_clip(tmp_path):
     for name in ("Santa Motor.wav", "Radio bad reception.wav"):
         _wav(tmp_path / name)
-    ex, rep = read_clotho(FIX / "clotho" / "clotho_captions_evaluation.csv", tmp_path,
-                          FIX / "clotho" / "clotho_metadata_evaluation.csv")
+    ex, rep = read_clotho(FIX / "clotho" / "clotho_captions_evaluation.csv", tmp_path, FIX / "clotho" / "clotho_metadata_evaluation.csv")
     assert len(ex) == 5 and all(len(e.metadata["references"]) == 5 for e in ex)
     assert ex[0].metadata["keywords"] == "machine;whine;squeal;rhythm"
     assert dict(rep.bad).keys() == {3, 4}
@@ -115,8 +122,17 @@ def test_sam_convert_writes_instruction_json_that_reads_back_as_the_same_example
     from sam.cli import main
 
     audio = tmp_path / "audio"
-    for name in ("--4gqARaEJE.wav", "Y--BfvyPmVMo.wav", "103549.wav", "6BJ455B1aAs.wav", "Santa Motor.wav",
-                 "Radio bad reception.wav", "1-100032-A-0.wav", "1-101296-A-19.wav", "1-101336-A-30.wav"):
+    for name in (
+        "--4gqARaEJE.wav",
+        "Y--BfvyPmVMo.wav",
+        "103549.wav",
+        "6BJ455B1aAs.wav",
+        "Santa Motor.wav",
+        "Radio bad reception.wav",
+        "1-100032-A-0.wav",
+        "1-101296-A-19.wav",
+        "1-101336-A-30.wav",
+    ):
         _wav(audio / name)
     mmau = tmp_path / "mmau.json"
     items = json.loads((FIX / "mmau" / "mmau-test-mini.json").read_text())[:6]
@@ -124,11 +140,24 @@ def test_sam_convert_writes_instruction_json_that_reads_back_as_the_same_example
         _wav(tmp_path / item["audio_id"].removeprefix("./"))
     mmau.write_text(json.dumps(items))
     cases = {
-        "audioset": ([str(FIX / "audioset" / "eval_segments.csv"), "--labels", str(FIX / "audioset" / "class_labels_indices.csv"), "--audio-dir", str(audio)],
-                     read_audioset(FIX / "audioset" / "eval_segments.csv", FIX / "audioset" / "class_labels_indices.csv", audio)[0]),
-        "audiocaps": ([str(FIX / "audiocaps" / "test.csv"), "--audio-dir", str(audio)], read_audiocaps(FIX / "audiocaps" / "test.csv", audio)[0]),
-        "clotho": ([str(FIX / "clotho" / "clotho_captions_evaluation.csv"), "--audio-dir", str(audio)],
-                   read_clotho(FIX / "clotho" / "clotho_captions_evaluation.csv", audio)[0]),
+        "audioset": (
+            [
+                str(FIX / "audioset" / "eval_segments.csv"),
+                "--labels",
+                str(FIX / "audioset" / "class_labels_indices.csv"),
+                "--audio-dir",
+                str(audio),
+            ],
+            read_audioset(FIX / "audioset" / "eval_segments.csv", FIX / "audioset" / "class_labels_indices.csv", audio)[0],
+        ),
+        "audiocaps": (
+            [str(FIX / "audiocaps" / "test.csv"), "--audio-dir", str(audio)],
+            read_audiocaps(FIX / "audiocaps" / "test.csv", audio)[0],
+        ),
+        "clotho": (
+            [str(FIX / "clotho" / "clotho_captions_evaluation.csv"), "--audio-dir", str(audio)],
+            read_clotho(FIX / "clotho" / "clotho_captions_evaluation.csv", audio)[0],
+        ),
         "esc50": ([str(FIX / "esc50" / "esc50.csv"), "--audio-dir", str(audio)], read_esc50(FIX / "esc50" / "esc50.csv", audio)[0]),
         "mmau": ([str(mmau)], read_mmau(mmau)[0]),
     }
@@ -141,7 +170,20 @@ def test_sam_convert_writes_instruction_json_that_reads_back_as_the_same_example
     assert {e.task for e in read_openaqa(tmp_path / "mmau.json")[0]} == {"reasoning"}
     assert all(e.metadata["references"] for e in read_openaqa(tmp_path / "clotho.json")[0])
     # bad invocations: one line naming the flag
-    assert main(["convert", "audioset", str(FIX / "audioset" / "eval_segments.csv"), "--audio-dir", str(audio), "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "audioset",
+                str(FIX / "audioset" / "eval_segments.csv"),
+                "--audio-dir",
+                str(audio),
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
     assert main(["convert", "esc50", str(FIX / "esc50" / "esc50.csv"), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "--labels: required for audioset" in err and "--audio-dir: required for esc50" in err

@@ -1,4 +1,5 @@
 """Scenes: deterministic from a seed, split by source clip, exact onsets, one true choice per question."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,9 +114,16 @@ def _true_choices(ex) -> list[str]:
         (r"longest duration", lambda c: c in dur and dur[c] == max(dur.values())),
         (r"How many", lambda c: c == NUMBERS[len(ev)]),
         (r"combination", lambda c: all(p in labels for p in c.split(" and "))),
-        (r"same time as the (.+)\?", lambda c, m: any(
-            e["label"] == c and e["onset"] < a["offset"] and a["onset"] < e["offset"]
-            for a in ev if a["label"] == m.group(1) for e in ev if e is not a)),
+        (
+            r"same time as the (.+)\?",
+            lambda c, m: any(
+                e["label"] == c and e["onset"] < a["offset"] and a["onset"] < e["offset"]
+                for a in ev
+                if a["label"] == m.group(1)
+                for e in ev
+                if e is not a
+            ),
+        ),
         (r"present in the audio", lambda c: c in labels),
         (r"source of one of the sounds", lambda c: c in {CLASS_GROUPS[lab] for lab in labels}),
         (r"speaker say", lambda c: any(e.get("transcript") == c for e in ev)),
@@ -135,8 +143,14 @@ def test_every_reasoning_question_has_exactly_one_true_choice(composer):
             assert _true_choices(ex) == [ex.answer], (ex.instruction, ex.choices, ex.answer)
             assert ex.metadata["category"] and ex.metadata["sub-category"] and ex.metadata["difficulty"]
             seen.add(ex.metadata["sub-category"])
-    assert {"Temporal Event Reasoning", "Counting", "Event-Based Sound Reasoning", "Conversational Fact Retrieval",
-            "Sound-Based Event Recognition", "Acoustic Source Inference"} <= seen
+    assert {
+        "Temporal Event Reasoning",
+        "Counting",
+        "Event-Based Sound Reasoning",
+        "Conversational Fact Retrieval",
+        "Sound-Based Event Recognition",
+        "Acoustic Source Inference",
+    } <= seen
 
 
 def test_closed_answers_follow_from_metadata(composer):
@@ -187,8 +201,12 @@ def test_speech_questions_use_the_speakers_sex_and_distractors_in_the_same_langu
                 assert ex.answer.startswith(f'{pronoun} says: "'), ex.answer
                 said, he = said + 1, he + (pronoun == "He")
             if ex.choices and ex.instruction.startswith("What does the speaker say in the audio?"):
-                spoken = {t: lab for lab in language for t in composer.vocabulary("train").transcripts
-                          if composer.vocabulary("train").transcript_class[t] == lab}
+                spoken = {
+                    t: lab
+                    for lab in language
+                    for t in composer.vocabulary("train").transcripts
+                    if composer.vocabulary("train").transcript_class[t] == lab
+                }
                 assert all(c in spoken for c in ex.choices), ex.choices  # no distractor from another language
                 mcqs += 1
     assert said >= 3 and mcqs >= 3 and he >= 1
