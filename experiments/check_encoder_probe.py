@@ -33,10 +33,11 @@ from tqdm import tqdm
 def features(model: Any, dataset: Any, collate: Any, batch_size: int, desc: str) -> tuple[np.ndarray, list[Any]]:
     """Mean-pooled encoder output [clips, dim] (the input of the stage-0 head) and the examples in order."""
     rows, examples = [], []
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", leave=False):
             batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-            rows.append(model.audio_tower(batch["fbank"]).mean(dim=(1, 2)).double().numpy())
+            rows.append(model.audio_tower(batch["fbank"].to(device)).mean(dim=(1, 2)).double().cpu().numpy())
             examples += batch["examples"]
     return np.concatenate(rows), examples
 
@@ -74,7 +75,7 @@ def probe(
     if not (run_dir / "run.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a finished run (no run.json)")
     exp = load_yaml(run_dir / "config.yaml")
-    model = stage_model(run_dir, stage).eval()
+    model = stage_model(run_dir, stage, "cuda" if torch.cuda.is_available() else None).eval()
     head_path = measure.stage(measure.Run(exp, run_dir, {}), stage) / "encoder_head.pt"
     head = torch.load(head_path, weights_only=True) if head_path.is_file() else None
     classes = (
@@ -145,16 +146,70 @@ def fbank_probe(exp: Any, train_clips: int = 2048, test_clips: int | None = None
     }
 
 
-def pretrain_encoder(preset_name: str, overrides: list[str], runs: Path) -> Path:
-    """Train (or load) the preset's encoder pretraining stage alone, with `overrides`; returns the run."""
+def encoder_config(preset_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The preset's config cut to its encoder pretraining stage (index 0 then), with `overrides`."""
     from sam.config import apply_overrides, preset
-    from sam.train.runs import train_or_load
 
     exp = preset(preset_name)
     exp.train.stages = [s for s in exp.train.stages if s.name == "stage0"]
     if not exp.train.stages:
         raise SystemExit(f"--preset {preset_name}: its curriculum has no encoder pretraining stage (stage0)")
-    return train_or_load(apply_overrides(exp, overrides), runs)
+    return apply_overrides(exp, list(overrides))
+
+
+def pretrain_encoder(preset_name: str, overrides: list[str], runs: Path) -> Path:
+    """Train (or load) the preset's encoder pretraining stage alone, with `overrides`; returns the run."""
+    from sam.train.runs import train_or_load
+
+    return train_or_load(encoder_config(preset_name, overrides), runs)
+
+
+def summarize(records: Path, preset_name: str, out: Path) -> Any:
+    """One row per `--json` record in `records` (trained with `--preset preset_name`): the stage-0 settings
+    it ran with (the preset's, changed by its `--set`), its probe and head mAP beside random scores'.
+    Writes `out`.csv and `out`.md; returns the table."""
+    import json
+
+    import pandas as pd
+
+    repo = Path(__file__).resolve().parents[1]
+    shown = records.resolve().relative_to(repo) if records.resolve().is_relative_to(repo) else records
+    rows = []
+    for path in sorted(records.glob("*.json")):
+        rec = json.loads(path.read_text())
+        try:
+            exp = encoder_config(preset_name, rec["set"].split())
+            stage = exp.train.stages[0]
+            rows.append(
+                {
+                    "record": path.stem,
+                    "encoder": exp.model.encoder.size,
+                    "scenes": exp.data.n_train,
+                    "steps": stage.steps,
+                    "lr": stage.lr,
+                    "batch": stage.batch_size,
+                    "spec_mask": f"{exp.model.encoder.pretrain_freq_mask}/{exp.model.encoder.pretrain_time_mask}",
+                    "seed": exp.train.seed,
+                    "probe_mAP": round(rec["linear_probe_mAP"], 2),
+                    "head_mAP": round(rec["stage_head_mAP"], 2) if "stage_head_mAP" in rec else None,
+                    "random_mAP": round(rec["chance_mAP"], 2),
+                    "test_scenes": rec["test_clips"],
+                    "probe_train_scenes": rec["train_clips"],
+                    "device": rec.get("device", ""),
+                }
+            )
+        except (KeyError, ValueError, TypeError) as err:
+            print(f"[summary] skipped {path}: {type(err).__name__}: {err}")
+    table = pd.DataFrame(rows).sort_values(["encoder", "lr", "steps", "spec_mask", "seed"], ascending=[False, False, True, True, True])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    out.with_suffix(".md").write_text(
+        f"# Encoder pretraining alone ({preset_name} preset): linear probe and stage-0 head\n\n"
+        "mAP (%) on the same test scenes for every row; `random_mAP` is the expected mAP of random scores there. "
+        "spec_mask = max masked mel bins / frames. Rebuilt from the records by "
+        f"`python experiments/check_encoder_probe.py --summarize {shown}`.\n\n" + table.to_markdown(index=False) + "\n"
+    )
+    return table
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -169,7 +224,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--test-clips", type=int, default=None, help="test scenes to score (default: all)")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions (default: 1.0)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
+    p.add_argument("--summarize", type=Path, default=None, help="tabulate a folder of --json records instead (with --preset, default gpu)")
+    p.add_argument("--out", type=Path, default=None, help="with --summarize: output stem (default: the folder's parent / encoder_probe)")
     args = p.parse_args(argv)
+    if args.summarize:
+        table = summarize(args.summarize, args.preset or "gpu", args.out or args.summarize.parent / "encoder_probe")
+        print(table.to_markdown(index=False))
+        return {"rows": len(table)}
     if args.preset and args.fbank:
         from sam.config import apply_overrides, preset
 
@@ -183,6 +245,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["set"] = " ".join(args.set)
     for k, v in out.items():
         print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
+    if args.json:
+        import json
+
+        out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        out["preset"], out["torch"] = args.preset, torch.__version__
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 

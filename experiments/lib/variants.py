@@ -29,6 +29,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "4x the training scenes and 3x the encoder-pretraining steps",
         ["data.n_train*4", "train.stages.stage0.steps*3"],
     ),
+    "encoder_lr": (
+        "4x the training scenes, 4.5x the encoder-pretraining steps at lr 3e-4 (the best of the encoder sweep)",
+        ["data.n_train*4", "train.stages.stage0.steps*4.5", "train.stages.stage0.lr=0.0003"],
+    ),
     "cls_stage1": (
         "stage 1 on classification only, twice as long",
         ["train.stages.stage1.tasks=[classification]", "train.stages.stage1.steps*2"],

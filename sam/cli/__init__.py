@@ -12,7 +12,7 @@ This package must never hold training, evaluation or analysis logic of its own.
 
 from __future__ import annotations
 
-from sam.cli.data_commands import cmd_convert, cmd_data_summary, cmd_export_corpus, cmd_prepare_data
+from sam.cli.data_commands import cmd_cache_features, cmd_convert, cmd_data_summary, cmd_export_corpus, cmd_prepare_data
 from sam.cli.model_commands import cmd_ask, cmd_caption, cmd_eval, cmd_train
 from sam.cli.parser import build_parser
 from sam.cli.probe_commands import cmd_probe, cmd_probe_lm
@@ -23,6 +23,7 @@ EXIT_CONFIG = EXIT_INPUT
 
 COMMANDS = {
     "prepare-data": cmd_prepare_data,
+    "cache-features": cmd_cache_features,
     "export-corpus": cmd_export_corpus,
     "train": cmd_train,
     "eval": cmd_eval,

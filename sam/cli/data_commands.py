@@ -45,6 +45,25 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_features(args: argparse.Namespace) -> int:
+    import os
+
+    from sam.data import build_examples
+    from sam.data.corpus import prepare_corpus
+    from sam.data.dataset import cache_features
+    from sam.data.types import TASKS
+
+    exp = config_from(args.config, args.preset, args.overrides)
+    if exp.data.source != "openaqa":
+        prepare_corpus(exp.data, progress=False)
+    examples = [ex for split in args.splits for ex in build_examples(exp.data, split, list(args.tasks or TASKS))]
+    out = cache_features(examples, exp.model.audio, exp.data.root, args.workers or os.cpu_count() or 1)
+    print(
+        f"[features] {out['distinct']} distinct audio: {out['cached_before']} cached before, {out['written']} written, {out['failed']} failed"
+    )
+    return 1 if out["failed"] else 0
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from sam.data.corpus import prepare_corpus
 

@@ -164,6 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(
         sub,
+        "cache-features",
+        "render the scenes of a config's splits into the feature cache, in parallel",
+        "Render every distinct scene (or audio file) of the given splits and tasks once into DATA_ROOT/features, "
+        "the cache training and evaluation read, with --workers processes. Useful before several runs share "
+        "one machine: they would otherwise render the same scenes at the same time. Already cached audio is "
+        "skipped; a clip that fails is reported and the rest go on.",
+    )
+    p.add_argument("--config", default=None, help="experiment YAML (default: the preset given by --preset)")
+    p.add_argument("--preset", default="smoke", help="preset when no --config is given")
+    p.add_argument("--splits", nargs="+", default=["train", "valid", "test"], choices=("train", "valid", "test"))
+    p.add_argument("--tasks", nargs="+", default=None, help="example tasks whose audio to render (default: all)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: every CPU core)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+    p = add_command(
+        sub,
         "convert",
         "write a public dataset as instruction JSON for data.json_train / data.json_test",
         "Read a dataset in its own format (AudioSet segment CSV, AudioCaps CSV, Clotho captions CSV, ESC-50 "

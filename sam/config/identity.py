@@ -27,6 +27,7 @@ SPEED_ONLY = {"train": ("cuda_graphs", "compile", "fsdp", "ssd_chunk_size")}
 HASH_OMIT_AT_DEFAULT = {
     "data": {"json_train": "", "json_test": "", "audio_dir": "", "valid_permille": 20},
     "model.connector": {"token_norm": 0.0},
+    "model.encoder": {"pretrain_freq_mask": 0, "pretrain_time_mask": 0},
 }
 
 

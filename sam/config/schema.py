@@ -50,6 +50,11 @@ class EncoderConfig:
     norm_first: bool = True
     dropout: float = 0.0
     checkpoint: str = ""  # local path to an EAT / AST checkpoint ("" = random init)
+    # SpecAugment in encoder pretraining (stage 0) only, as AST and EAT finetune: each training clip gets
+    # one band of up to this many mel bins and one span of up to this many frames set to 0 (the
+    # normalized mean). 0 = off. The LM stages see unmasked audio.
+    pretrain_freq_mask: int = 0
+    pretrain_time_mask: int = 0
 
 
 @dataclass

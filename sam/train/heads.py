@@ -70,18 +70,44 @@ def class_vocabulary(examples: Sequence[Any]) -> list[str]:
 # Modules trained by part stages
 
 
+def spec_mask(fbank: torch.Tensor, freq: int, time: int) -> torch.Tensor:
+    """SpecAugment's masking (Park et al. 2019) of a batch [B, frames, mel]: per clip, one band of
+    U{0..freq} mel bins and one span of U{0..time} frames, each at a uniform position, set to 0. Draws
+    from the global RNG of the batch's device, which checkpoints save and resume restores."""
+    if fbank.ndim != 3:
+        raise ValueError(f"spec_mask: expected fbank [batch, frames, mel], got shape {tuple(fbank.shape)}")
+    keep = torch.ones_like(fbank, dtype=torch.bool)
+    for axis, width in ((2, freq), (1, time)):
+        if width <= 0:
+            continue
+        size = fbank.shape[axis]
+        w = torch.randint(0, min(width, size) + 1, (fbank.shape[0],), device=fbank.device)
+        start = (torch.rand(fbank.shape[0], device=fbank.device) * (size - w + 1)).long()
+        pos = torch.arange(size, device=fbank.device)
+        band = (pos >= start[:, None]) & (pos < (start + w)[:, None])  # [B, size]
+        keep &= ~(band[:, None, :] if axis == 2 else band[:, :, None])
+    return fbank * keep
+
+
 class EncoderClassifier(nn.Module):
     """Audio tower + linear multi-label head on the mean-pooled patch grid (stands in for EAT's
-    AudioSet finetuning). The head is discarded after the stage; the tower is SAM's own module."""
+    AudioSet finetuning). The head is discarded after the stage; the tower is SAM's own module.
+    In training mode, `freq_mask` / `time_mask` > 0 apply `spec_mask` to the input."""
 
-    def __init__(self, audio_tower: nn.Module, dim: int, classes: Sequence[str]):
+    def __init__(self, audio_tower: nn.Module, dim: int, classes: Sequence[str], freq_mask: int = 0, time_mask: int = 0):
         super().__init__()
+        if freq_mask < 0 or time_mask < 0:
+            raise ConfigError(f"model.encoder.pretrain_freq_mask / pretrain_time_mask must be >= 0, got {freq_mask} / {time_mask}")
         self.audio_tower = audio_tower
         self.classes = list(classes)
         self.head = nn.Linear(dim, len(self.classes))
+        self.freq_mask, self.time_mask = freq_mask, time_mask
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = self.audio_tower(batch["fbank"])  # [B, T, F, D]
+        fbank = batch["fbank"]
+        if self.training and (self.freq_mask or self.time_mask):
+            fbank = spec_mask(fbank, self.freq_mask, self.time_mask)
+        grid = self.audio_tower(fbank)  # [B, T, F, D]
         logits = self.head(grid.mean(dim=(1, 2)))
         target = self.targets(batch["examples"]).to(logits.device)
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), target), logits

@@ -189,7 +189,10 @@ def stage_module(
     `label_positions` so that its LM head and loss run only where labels count."""
     if is_encoder_stage(stage):
         model.set_trainable(["encoder"] if "encoder" in stage.trainable else [])
-        module: nn.Module = EncoderClassifier(model.audio_tower, model.audio_tower.embed_dim, class_vocabulary(data.train)).to(device)
+        enc = model.config.encoder
+        module: nn.Module = EncoderClassifier(
+            model.audio_tower, model.audio_tower.embed_dim, class_vocabulary(data.train), enc.pretrain_freq_mask, enc.pretrain_time_mask
+        ).to(device)
         count_tokens = patch_tokens(model.audio_tower)
     elif is_lm_stage(stage):
         model.set_trainable(["lm"])

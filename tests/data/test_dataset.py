@@ -1,4 +1,5 @@
 """Dataset + collate: fbank of the rendered scene, response-only labels, right padding, workers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,12 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sam.model.audio import wave_to_features
 from sam.config import preset
 from sam.data import build_examples, corpus_texts
 from sam.data.corpus import prepare_corpus
 from sam.data.dataset import SAMDataset, collate
 from sam.data.scenes import render_scene
+from sam.model.audio import wave_to_features
 from sam.prompt import IGNORE_INDEX, format_prompt
 from sam.tokenizer import train_bpe
 
@@ -72,3 +73,28 @@ def test_corpus_texts_cover_prompts_answers_and_captions(setup):
     texts = corpus_texts(cfg.data)
     assert any("### Instruction:" in t for t in texts) and "Ship horn" in texts
     assert any(t.startswith("Please check the number") for t in texts)
+
+
+def test_cache_features_renders_each_distinct_scene_once_reports_bad_ones_and_skips_cached(setup, tmp_path):
+    import copy
+
+    import numpy as np
+
+    from sam.data.dataset import audio_key, cache_features
+
+    cfg, examples, _ = setup
+    (tmp_path / "corpus").symlink_to(ROOT / "corpus")
+    bad = copy.deepcopy(examples[0])
+    bad.audio["events"][0]["path"] = "corpus/audio/no/such/clip.wav"
+    bad.audio["id"] = "broken-scene"
+    scenes = list({ex.audio["id"]: ex for ex in examples}.values())[:3]
+    assert len(scenes) == 3
+    batch = [*examples[: examples.index(scenes[-1]) + 1], bad]  # several questions per scene: one render each
+    out = cache_features(batch, cfg.model.audio, tmp_path, workers=2, progress=False)
+    assert (out["distinct"], out["cached_before"], out["written"], out["failed"]) == (4, 0, 3, 1)
+    assert "broken-scene" in out["errors"][0]
+    for ex in scenes:
+        got = np.load(tmp_path / "features" / f"{audio_key(ex, cfg.model.audio)}.npy")
+        assert np.array_equal(got, wave_to_features(render_scene(ex.audio, ROOT), cfg.model.audio).numpy())
+    again = cache_features(scenes, cfg.model.audio, tmp_path, workers=2, progress=False)
+    assert (again["cached_before"], again["written"]) == (3, 0)

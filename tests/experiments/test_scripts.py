@@ -97,14 +97,27 @@ def test_check_encoder_probe_trains_stage0_alone_with_overrides_and_probes_the_l
     import check_encoder_probe
 
     args = ["--preset", "smoke", "--runs", str(tmp_path), "--train-clips", "32", "--batch-size", "8"]
-    out = check_encoder_probe.main([*args, "--set", "train.stages.0.steps=3"])
+    out = check_encoder_probe.main([*args, "--set", "train.stages.0.steps=3", "--json", str(tmp_path / "records" / "a.json")])
     run = tmp_path / out["run"]
+    check_encoder_probe.main(["--summarize", str(tmp_path / "records"), "--preset", "smoke"])
+    row = pd.read_csv(tmp_path / "encoder_probe.csv").iloc[0]
+    assert (row["record"], row["steps"], row["probe_mAP"]) == ("a", 3, round(out["linear_probe_mAP"], 2))
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert [s["name"] for s in stages] == ["stage0"] and out["set"] == "train.stages.0.steps=3"
     assert 0 < out["linear_probe_mAP"] <= 100 and 0 < out["stage_head_mAP"] <= 100
     floor = check_encoder_probe.main([*args, "--fbank"])
     assert floor["features"] == "log-mel band mean + std" and floor["train_clips"] == 32
     assert 0 < floor["chance_mAP"] < floor["linear_probe_mAP"] <= 100  # 32 training scenes already beat random scores
+
+
+def test_the_committed_encoder_sweep_table_is_rebuilt_from_its_records(tmp_path):
+    import check_encoder_probe
+
+    records = REPO / "figures" / "gpu" / "encoder_probe_records"
+    table = check_encoder_probe.summarize(records, "gpu", tmp_path / "encoder_probe")
+    assert len(table) == len(list(records.glob("*.json"))) >= 8
+    committed = (REPO / "figures" / "gpu" / "encoder_probe.md").read_text()
+    assert (tmp_path / "encoder_probe.md").read_text() == committed
 
 
 def test_defer_scoring_then_cached_assembly_elsewhere_gives_the_same_csv(smoke_figures, tmp_path_factory, tmp_path, capsys):
