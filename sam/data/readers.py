@@ -16,142 +16,28 @@ import csv
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sam.data.questions import CLASSIFICATION_QUESTION, mcq_instruction
+from sam.data.read_support import (
+    BadRow,
+    DatasetError,
+    ReadReport,
+    Skip,
+    collect,
+    csv_rows,
+    find_audio,
+    need_fields,
+    open_text,
+    physical_rows,
+    row_problem,
+)
 from sam.data.types import Example
 
+__all__ = ["DatasetError", "ReadReport"]  # re-exported: they live in sam.data.read_support
+
 CAPTION_INSTRUCTION = "Write a caption for this audio."
-
-
-class DatasetError(ValueError):
-    """A dataset file cannot be read at all; the message names the file and the reason."""
-
-
-@dataclass
-class ReadReport:
-    """What a reader kept and what it skipped (row number, reason)."""
-
-    source: str
-    rows: int = 0
-    kept: int = 0
-    bad: list[tuple[int, str]] = field(default_factory=list)
-    missing_audio: list[tuple[int, str]] = field(default_factory=list)
-
-    def skip(self, row: int, reason: str) -> None:
-        self.bad.append((row, reason))
-
-    def __str__(self) -> str:
-        head = f"{self.source}: {self.rows} rows, {self.kept} kept, {len(self.bad)} skipped"
-        return "\n".join(
-            [head]
-            + [f"  row {r}: {why}" for r, why in self.bad[:20]]
-            + ([f"  ... {len(self.bad) - 20} more"] if len(self.bad) > 20 else [])
-        )
-
-
-class _Skip(Exception):
-    """A row is unusable; the message is the reason."""
-
-
-def _need(row: dict[str, Any], *keys: str) -> list[str]:
-    vals = []
-    for k in keys:
-        v = row.get(k)
-        if v is None or (isinstance(v, str) and not v.strip()):
-            raise _Skip(f"missing field {k!r}")
-        vals.append(v.strip() if isinstance(v, str) else v)
-    return vals
-
-
-def _audio(report: ReadReport, row: int, candidates: Iterable[Path], check: bool) -> str:
-    """First existing candidate path; with `check`, none existing skips the row (reported)."""
-    candidates = list(candidates)
-    for p in candidates:
-        if p.is_file():
-            return str(p)
-    if check:
-        report.missing_audio.append((row, str(candidates[0])))
-        raise _Skip(f"audio file missing: {candidates[0]}")
-    return str(candidates[0])
-
-
-class _BadRow:
-    """A CSV row that cannot be trusted as parsed (stray comma, runaway quote, undecodable bytes)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _open_text(path: Path):
-    # utf-8-sig drops the byte-order mark Excel writes ("CSV UTF-8"); surrogateescape keeps invalid
-    # bytes visible as lone surrogates, so the row holding them is skipped and named, not garbled.
-    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
-
-
-def _row_problem(fields: list[str], n_header: int | None, first: int, last: int) -> str | None:
-    """Why a parsed row is not what its line says, or None: undecodable bytes, a quoted field that
-    runs over several lines (an unterminated quote swallows what follows), or a field count other
-    than the header's (an unquoted comma splits a field)."""
-    for v in fields:
-        bad = next((c for c in v if "\udc80" <= c <= "\udcff"), None)
-        if bad is not None:
-            return f"not UTF-8 text (byte 0x{ord(bad) - 0xDC00:02x}); save the file as UTF-8"
-    if last > first and any("\n" in v or "\r" in v for v in fields):
-        return f"a quoted field runs over lines {first}-{last} (an unterminated quote?); those lines are skipped"
-    if n_header is not None and len(fields) != n_header:
-        return f"{len(fields)} fields, the header has {n_header} (an unquoted comma or a missing field?)"
-    return None
-
-
-def _physical_rows(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]]:
-    """(first line, last line, fields) of each row a csv.reader parses; csv errors name their line."""
-    last = 0
-    while True:
-        first = last + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise DatasetError(f"{path}: line {first}: {e}") from None
-        last = reader.line_num
-        yield first, last, fields
-
-
-def _csv_rows(path: Path, required: set[str], comment: str | None = None) -> Iterator[tuple[int, dict[str, str] | _BadRow]]:
-    """(line number, row dict or _BadRow) of a headed CSV; DatasetError if absent, undecodable in
-    the header, or the header lacks `required`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file does not exist")
-    with _open_text(path) as f:
-        lines = (ln for ln in f if not (comment and ln.startswith(comment)))
-        rows = _physical_rows(csv.reader(lines, skipinitialspace=True), path)
-        header = [h.strip() for h in next(rows, (1, 1, []))[2]]
-        if _row_problem(header, None, 1, 1) or not required <= set(header):
-            raise DatasetError(f"{path}: header must contain {sorted(required)}, got {header}")
-        for first, last, fields in rows:
-            if not fields:
-                continue  # a blank line, as csv.DictReader skips it
-            why = _row_problem(fields, len(header), first, last)
-            yield first, _BadRow(why) if why else dict(zip(header, fields))
-
-
-def _run(report: ReadReport, rows: Iterable[tuple[int, Any]], make) -> list[Example]:
-    out: list[Example] = []
-    for num, row in rows:
-        report.rows += 1
-        try:
-            if isinstance(row, _BadRow):
-                raise _Skip(row.reason)
-            out.extend(make(num, row))
-        except _Skip as e:
-            report.skip(num, str(e))
-    report.kept = len(out)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,8 +59,8 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
 
     def make(i: int, item: Any) -> list[Example]:
         if not isinstance(item, dict):
-            raise _Skip("not a JSON object")
-        instruction, audio_id, output = _need(item, "instruction", "audio_id", "output")
+            raise Skip("not a JSON object")
+        instruction, audio_id, output = need_fields(item, "instruction", "audio_id", "output")
         ltu_task = str(item.get("task", ""))
         task = (
             "classification"
@@ -184,7 +70,7 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
             else _LTU_TASKS.get(ltu_task, "closed")
         )
         cands = [Path(audio_id)] + ([base / Path(audio_id).name, base / audio_id.lstrip("./")] if base else [])
-        audio = _audio(report, i, cands, check_audio)
+        audio = find_audio(report, i, cands, check_audio)
         meta = {"dataset": item.get("dataset", ""), "ltu_task": ltu_task, "input": item.get("input", ""), "row": i}
         # Keys LTU does not have, written by `write_openaqa_json`: labels, choices, references.
         labels = _strings(item, "labels")
@@ -193,14 +79,14 @@ def read_openaqa(path: str | Path, audio_dir: str | Path | None = None, check_au
         choices = _strings(item, "choices")
         if choices is not None:
             if output not in choices:
-                raise _Skip(f"output {output!r} is not one of the choices")
+                raise Skip(f"output {output!r} is not one of the choices")
             task = "reasoning"
         references = _strings(item, "references")
         if references is not None:
             meta["references"] = references
         return [Example(str(item.get("id") or f"openaqa-{i}"), audio, instruction, output, task, labels, choices, meta)]
 
-    return _run(report, enumerate(items), make), report
+    return collect(report, enumerate(items), make), report
 
 
 def _strings(item: dict[str, Any], key: str) -> list[str] | None:
@@ -209,7 +95,7 @@ def _strings(item: dict[str, Any], key: str) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Skip(f"{key} must be a list of strings")
+        raise Skip(f"{key} must be a list of strings")
     return list(value)
 
 
@@ -276,7 +162,7 @@ def _json_list(path: str | Path) -> list[Any]:
 
 def read_audioset_labels(path: str | Path) -> dict[str, str]:
     """class_labels_indices.csv (index, mid, display_name) -> {mid: display_name}."""
-    return {row["mid"].strip(): row["display_name"].strip() for _, row in _csv_rows(Path(path), {"index", "mid", "display_name"})}
+    return {row["mid"].strip(): row["display_name"].strip() for _, row in csv_rows(Path(path), {"index", "mid", "display_name"})}
 
 
 def read_audioset(
@@ -293,27 +179,27 @@ def read_audioset(
     report = ReadReport(str(path))
     base = Path(audio_dir)
 
-    def rows() -> Iterator[tuple[int, list[str] | _BadRow]]:
-        with _open_text(path) as f:
-            for first, last, fields in _physical_rows(csv.reader(f, skipinitialspace=True), path):
+    def rows() -> Iterator[tuple[int, list[str] | BadRow]]:
+        with open_text(path) as f:
+            for first, last, fields in physical_rows(csv.reader(f, skipinitialspace=True), path):
                 if fields and not fields[0].lstrip().startswith("#"):
-                    why = _row_problem(fields, None, first, last)  # the field count is checked per row below
-                    yield first, _BadRow(why) if why else fields
+                    why = row_problem(fields, None, first, last)  # the field count is checked per row below
+                    yield first, BadRow(why) if why else fields
 
     def make(line: int, fields: list[str]) -> list[Example]:
         if len(fields) != 4 or not all(x.strip() for x in fields):
-            raise _Skip(f"expected 4 fields YTID, start_seconds, end_seconds, positive_labels; got {len(fields)}")
+            raise Skip(f"expected 4 fields YTID, start_seconds, end_seconds, positive_labels; got {len(fields)}")
         ytid, start, end, mids = (x.strip() for x in fields)
         try:
             t0, t1 = float(start), float(end)
         except ValueError:
-            raise _Skip(f"start/end not numbers: {start!r}, {end!r}") from None
+            raise Skip(f"start/end not numbers: {start!r}, {end!r}") from None
         mids_list = [m.strip() for m in mids.split(",") if m.strip()]
         unknown = [m for m in mids_list if m not in names]
         if unknown:
-            raise _Skip(f"unknown label(s) {unknown} (not in {Path(labels_csv).name})")
+            raise Skip(f"unknown label(s) {unknown} (not in {Path(labels_csv).name})")
         stems = [ytid, f"Y{ytid}", f"{ytid}_{int(t0)}", f"{ytid}_{t0:.3f}"]
-        audio = _audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
+        audio = find_audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
         labels = [names[m] for m in mids_list]
         return [
             Example(
@@ -328,7 +214,7 @@ def read_audioset(
             )
         ]
 
-    return _run(report, rows(), make), report
+    return collect(report, rows(), make), report
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,13 +227,13 @@ def read_audiocaps(path: str | Path, audio_dir: str | Path, check_audio: bool = 
     base = Path(audio_dir)
 
     def make(line: int, row: dict[str, str]) -> list[Example]:
-        cap_id, yt, start, cap = _need(row, "audiocap_id", "youtube_id", "start_time", "caption")
+        cap_id, yt, start, cap = need_fields(row, "audiocap_id", "youtube_id", "start_time", "caption")
         try:
             t0 = float(start)
         except ValueError:
-            raise _Skip(f"start_time not a number: {start!r}") from None
+            raise Skip(f"start_time not a number: {start!r}") from None
         stems = [cap_id, yt, f"Y{yt}", f"{yt}_{int(t0)}"]
-        audio = _audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
+        audio = find_audio(report, line, [base / f"{s}{ext}" for s in stems for ext in (".wav", ".flac")], check_audio)
         return [
             Example(
                 f"audiocaps-{cap_id}",
@@ -361,7 +247,7 @@ def read_audiocaps(path: str | Path, audio_dir: str | Path, check_audio: bool = 
             )
         ]
 
-    return _run(report, _csv_rows(Path(path), {"audiocap_id", "youtube_id", "start_time", "caption"}), make), report
+    return collect(report, csv_rows(Path(path), {"audiocap_id", "youtube_id", "start_time", "caption"}), make), report
 
 
 def read_clotho(
@@ -373,13 +259,13 @@ def read_clotho(
     base = Path(audio_dir)
     meta: dict[str, dict[str, str]] = {}
     if metadata_csv is not None:
-        meta = {r["file_name"].strip(): r for _, r in _csv_rows(Path(metadata_csv), {"file_name"})}
+        meta = {r["file_name"].strip(): r for _, r in csv_rows(Path(metadata_csv), {"file_name"})}
     cap_cols = [f"caption_{k}" for k in range(1, 6)]
 
     def make(line: int, row: dict[str, str]) -> list[Example]:
-        (name,) = _need(row, "file_name")
-        caps = _need(row, *cap_cols)
-        audio = _audio(report, line, [base / name], check_audio)
+        (name,) = need_fields(row, "file_name")
+        caps = need_fields(row, *cap_cols)
+        audio = find_audio(report, line, [base / name], check_audio)
         extra = {k: v for k, v in meta.get(name, {}).items() if k != "file_name"}
         return [
             Example(
@@ -395,7 +281,7 @@ def read_clotho(
             for k, c in enumerate(caps)
         ]
 
-    return _run(report, _csv_rows(Path(captions_csv), {"file_name", *cap_cols}), make), report
+    return collect(report, csv_rows(Path(captions_csv), {"file_name", *cap_cols}), make), report
 
 
 def read_esc50(meta_csv: str | Path, audio_dir: str | Path, check_audio: bool = True) -> tuple[list[Example], ReadReport]:
@@ -410,16 +296,16 @@ def read_esc50(meta_csv: str | Path, audio_dir: str | Path, check_audio: bool = 
     seen_target: dict[str, int] = {}
 
     def make(line: int, row: dict[str, str]) -> list[Example]:
-        name, fold, target, category = _need(row, "filename", "fold", "target", "category")
+        name, fold, target, category = need_fields(row, "filename", "fold", "target", "category")
         if not (target.isdigit() and 0 <= int(target) < 50):
-            raise _Skip(f"target {target!r} is not a class number 0..49")
+            raise Skip(f"target {target!r} is not a class number 0..49")
         if not (fold.isdigit() and 1 <= int(fold) <= 5):
-            raise _Skip(f"fold {fold!r} is not 1..5")
+            raise Skip(f"fold {fold!r} is not 1..5")
         if seen.setdefault(int(target), category) != category:
-            raise _Skip(f"unknown label: category {category!r} for target {target}, which is {seen[int(target)]!r}")
+            raise Skip(f"unknown label: category {category!r} for target {target}, which is {seen[int(target)]!r}")
         if seen_target.setdefault(category, int(target)) != int(target):
-            raise _Skip(f"unknown label: target {target} for category {category!r}, which is {seen_target[category]}")
-        audio = _audio(report, line, [base / name], check_audio)
+            raise Skip(f"unknown label: target {target} for category {category!r}, which is {seen_target[category]}")
+        audio = find_audio(report, line, [base / name], check_audio)
         label = category.replace("_", " ")
         return [
             Example(
@@ -434,7 +320,7 @@ def read_esc50(meta_csv: str | Path, audio_dir: str | Path, check_audio: bool = 
             )
         ]
 
-    return _run(report, _csv_rows(Path(meta_csv), {"filename", "fold", "target", "category"}), make), report
+    return collect(report, csv_rows(Path(meta_csv), {"filename", "fold", "target", "category"}), make), report
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,32 +343,32 @@ def read_mmau(
 
     def make(i: int, item: Any) -> list[Example]:
         if not isinstance(item, dict):
-            raise _Skip("not a JSON object")
-        qid, question, choices, _ = _need(item, "id", "question", "choices", "answer")
+            raise Skip("not a JSON object")
+        qid, question, choices, _ = need_fields(item, "id", "question", "choices", "answer")
         answer = item["answer"]  # verbatim: some test-mini choices keep a leading space
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise _Skip("choices must be a list of >= 2 strings")
+            raise Skip("choices must be a list of >= 2 strings")
         if answer not in choices:
-            raise _Skip(f"answer {answer!r} is not one of the choices")
+            raise Skip(f"answer {answer!r} is not one of the choices")
         if task and item.get("task") != task:
             return []
         if str(qid) in seen:  # one id, one question: a second copy would be scored twice or contradict the first
             first, first_answer = seen[str(qid)]
             differs = "with a different answer " if first_answer != answer else ""
-            raise _Skip(f"duplicate id {qid!r} {differs}(first at item {first})")
+            raise Skip(f"duplicate id {qid!r} {differs}(first at item {first})")
         seen[str(qid)] = (i, answer)
         if isinstance(item.get("scene"), dict):
             audio: str | dict = item["scene"]
         else:
-            (audio_id,) = _need(item, "audio_id")
-            audio = _audio(report, i, [base / audio_id.removeprefix("./")], check_audio)
+            (audio_id,) = need_fields(item, "audio_id")
+            audio = find_audio(report, i, [base / audio_id.removeprefix("./")], check_audio)
         category = item.get("category", "")
         category = category[0] if isinstance(category, list) and category else category  # a few test-mini items hold a list
         meta = {k: v for k, v in item.items() if k not in ("question", "choices", "answer", "scene")}
         meta.update(question=question, category=category, row=i)
         return [Example(str(qid), audio, mcq_instruction(question, choices), answer, "reasoning", [], list(choices), meta)]
 
-    return _run(report, enumerate(items), make), report
+    return collect(report, enumerate(items), make), report
 
 
 def write_mmau_json(
