@@ -248,10 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         import json
 
+        from sam.checkpoint import atomic_write_bytes
+
         out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         out["preset"], out["torch"] = args.preset, torch.__version__
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        atomic_write_bytes(args.json, (json.dumps(out, indent=1) + "\n").encode())
     return out
 
 

@@ -48,13 +48,18 @@ def audio_key(ex: Example, audio_cfg: AudioConfig) -> str:
     return hashlib.sha256(f"{src}|{cfg}".encode()).hexdigest()[:24]
 
 
+def feature_path(cache_dir: str | Path, key: str) -> Path:
+    """Where the feature cache keeps the features named `key` (an `audio_key`)."""
+    return Path(cache_dir) / f"{key}.npy"
+
+
 def cached_features(
     ex: Example, audio_cfg: AudioConfig, corpus_root: str | Path, cache_dir: str | Path | None, key: str | None = None
 ) -> torch.Tensor:
     """The normalized fbank of an example's audio, read from `cache_dir`/<audio_key>.npy when there and
     otherwise rendered (and written there atomically: several loader workers may race on one scene)."""
     key = key or audio_key(ex, audio_cfg)
-    path = Path(cache_dir) / f"{key}.npy" if cache_dir else None
+    path = feature_path(cache_dir, key) if cache_dir else None
     if path is not None and path.is_file():
         return torch.from_numpy(np.load(path))
     feats = wave_to_features(example_wave(ex, corpus_root, audio_cfg.sample_rate), audio_cfg).to(torch.float32).contiguous()
@@ -167,7 +172,7 @@ def cache_features(
     for ex in examples:
         todo.setdefault(audio_key(ex, audio_cfg), ex)
     distinct = len(todo)
-    todo = {k: ex for k, ex in todo.items() if not (cache_dir / f"{k}.npy").is_file()}
+    todo = {k: ex for k, ex in todo.items() if not feature_path(cache_dir, k).is_file()}
     failed: list[str] = []
     jobs = [(ex, audio_cfg, str(corpus_root), str(cache_dir)) for ex in todo.values()]
     # spawn, not fork: a forked copy of a process whose torch thread pools are running can deadlock.
@@ -178,7 +183,8 @@ def cache_features(
             try:
                 fut.result()
             except Exception as err:  # a bad clip must not stop the others
-                failed.append(f"{ex.audio if not isinstance(ex.audio, dict) else 'scene ' + str(ex.audio.get('id', '?'))}: {err}")
+                name = f"scene {ex.audio.get('id', '?')}" if isinstance(ex.audio, dict) else str(ex.audio)
+                failed.append(f"{name}: {err}")
                 print(f"[features] skipped {failed[-1]}", flush=True)
             bar.update()
         bar.close()
